@@ -1,0 +1,334 @@
+package tcpmd5_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+)
+
+func TestSupported(t *testing.T) {
+	requireMD5(t)
+	require.True(t, tcpmd5.Supported())
+}
+
+// TestSignatures runs sequentially: each case asserts which of the kernel's
+// namespace-wide drop counters moved, so no other test may dial meanwhile.
+func TestSignatures(t *testing.T) {
+	requireMD5(t)
+	lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
+		key(t, "127.0.10.1", secretA),
+		key(t, "127.0.10.2", secretA),
+		key(t, "127.0.10.3", secretA),
+	}}
+	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	addr := ln.Addr().String()
+
+	tests := []struct {
+		name    string
+		dial    func() (net.Conn, error)
+		counter string // the drop counter that must move; "" for a connection that works
+	}{{
+		name: "right key connects",
+		dial: func() (net.Conn, error) { return dialer("127.0.10.1", key(t, "127.0.0.1", secretA)).Dial("tcp", addr) },
+	}, {
+		name:    "wrong key is dropped",
+		dial:    func() (net.Conn, error) { return dialer("127.0.10.2", key(t, "127.0.0.1", secretB)).Dial("tcp", addr) },
+		counter: netstat.MD5Failure,
+	}, {
+		name: "unsigned dial to a keyed peer is dropped",
+		dial: func() (net.Conn, error) {
+			d := net.Dialer{Timeout: refuseAfter, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.10.3")}}
+			return d.Dial("tcp", addr)
+		},
+		counter: netstat.MD5NotFound,
+	}, {
+		name:    "signed dial to a listener without our key is dropped",
+		dial:    func() (net.Conn, error) { return dialer("127.0.10.4", key(t, "127.0.0.1", secretA)).Dial("tcp", addr) },
+		counter: netstat.MD5Unexpected,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := counters(t)
+			c, err := tt.dial()
+			moved := before.Delta(counters(t), netstat.MD5Counters...)
+			if tt.counter == "" {
+				require.NoError(t, err)
+				defer c.Close()
+				ping(t, c)
+				for _, n := range netstat.MD5Counters {
+					assert.Zero(t, moved[n], "%s moved on a good connection", n)
+				}
+				return
+			}
+			requireRefused(t, c, err)
+			assert.Positive(t, moved[tt.counter], "%s did not move: %v", tt.counter, moved)
+			if tt.counter != netstat.MD5NotFound { // a signed dial says what to check
+				assert.Contains(t, err.Error(), "same key")
+			}
+		})
+	}
+}
+
+func TestTimeoutErrorIsActionable(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.11.1", secretA)}}, "tcp4", "127.0.0.1:0")
+	d := dialer("127.0.11.1", key(t, "127.0.0.1", secretB))
+
+	t.Run("Dialer.Timeout", func(t *testing.T) {
+		t.Parallel()
+		c, err := d.Dial("tcp", ln.Addr().String())
+		requireRefused(t, c, err)
+		var oe *net.OpError
+		require.ErrorAs(t, err, &oe)
+		assert.Equal(t, "dial", oe.Op)
+		assert.Contains(t, err.Error(), "i/o timeout")
+		assert.Contains(t, err.Error(), "holds the same key for 127.0.11.1")
+		assert.NotContains(t, err.Error(), secretB)
+	})
+	t.Run("context deadline", func(t *testing.T) {
+		t.Parallel()
+		nd := *d
+		nd.Timeout = 0
+		ctx, cancel := context.WithTimeout(context.Background(), refuseAfter)
+		defer cancel()
+		c, err := nd.DialContext(ctx, "tcp", ln.Addr().String())
+		requireRefused(t, c, err)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), "same key")
+	})
+	t.Run("unsigned timeouts stay as they are", func(t *testing.T) {
+		t.Parallel()
+		nd := dialer("127.0.11.1") // covered by the listener's key, so its unsigned SYN is dropped
+		c, err := nd.Dial("tcp", ln.Addr().String())
+		requireRefused(t, c, err)
+		assert.NotContains(t, err.Error(), "same key")
+	})
+}
+
+func TestPrefixKey(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
+		key(t, "127.0.12.0/24", secretA),
+		key(t, "127.0.12.128/25", secretB), // the longer prefix wins for its half
+	}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	addr := ln.Addr().String()
+	server := key(t, "127.0.0.1", secretA)
+	serverB := key(t, "127.0.0.1", secretB)
+
+	t.Run("inside /24", func(t *testing.T) {
+		t.Parallel()
+		requireEcho(t, dialer("127.0.12.9", server), addr)
+	})
+	t.Run("inside /25 takes its own key", func(t *testing.T) {
+		t.Parallel()
+		requireEcho(t, dialer("127.0.12.200", serverB), addr)
+		c, err := dialer("127.0.12.201", server).Dial("tcp", addr)
+		requireRefused(t, c, err)
+	})
+	t.Run("outside the prefix", func(t *testing.T) {
+		t.Parallel()
+		c, err := dialer("127.0.13.9", server).Dial("tcp", addr)
+		requireRefused(t, c, err)
+	})
+	t.Run("dialer prefix key", func(t *testing.T) {
+		t.Parallel()
+		requireEcho(t, dialer("127.0.12.10", key(t, "127.0.0.0/8", secretA)), addr)
+	})
+	t.Run("dialer takes the longest prefix", func(t *testing.T) {
+		t.Parallel()
+		d := dialer("127.0.12.11", key(t, "127.0.0.0/8", secretB), key(t, "127.0.0.0/30", secretA), key(t, "0.0.0.0/0", secretB))
+		requireEcho(t, d, addr)
+	})
+}
+
+func TestDualStackListenerTakesIPv4Keys(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	for _, address := range []string{"[::]:0", ":0"} {
+		t.Run(address, func(t *testing.T) {
+			t.Parallel()
+			ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
+				key(t, "127.0.14.0/24", secretA),
+				key(t, "::1", secretA),
+			}}, "tcp", address)
+			serveEcho(t, ln)
+			requireDomain(t, ln, unix.AF_INET6)
+			port := ln.Addr().(*net.TCPAddr).Port
+			v4 := net.JoinHostPort("127.0.0.1", itoa(port))
+			v6 := net.JoinHostPort("::1", itoa(port))
+			requireEcho(t, dialer("127.0.14.1", key(t, "127.0.0.1", secretA)), v4)
+			requireEcho(t, dialer("::1", key(t, "::1", secretA)), v6)
+			c, err := dialer("127.0.14.2", key(t, "127.0.0.1", secretB)).Dial("tcp", v4)
+			requireRefused(t, c, err)
+
+			// A live key for an IPv4 host goes in v4-mapped too.
+			require.NoError(t, ln.SetKey(key(t, "127.0.15.1", secretB)))
+			requireEcho(t, dialer("127.0.15.1", key(t, "127.0.0.1", secretB)), v4)
+			assert.Len(t, ln.Keys(), 3)
+		})
+	}
+}
+
+func TestTCP6(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "::1", secretA)}}, "tcp6", "[::1]:0")
+	serveEcho(t, ln)
+	requireDomain(t, ln, unix.AF_INET6)
+	requireEcho(t, dialer("::1", key(t, "::1/128", secretA)), ln.Addr().String())
+	c, err := dialer("::1", key(t, "::1", secretB)).Dial("tcp6", ln.Addr().String())
+	requireRefused(t, c, err)
+}
+
+func TestIPv6KeyOnIPv4Socket(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	_, err := tcpmd5.Listen("tcp4", "127.0.0.1:0", key(t, "2001:db8::1", secretA))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "an IPv6 peer cannot be keyed on an IPv4 socket")
+	var oe *net.OpError
+	assert.ErrorAs(t, err, &oe)
+
+	c, err := dialer("127.0.0.1", key(t, "::/0", secretA)).Dial("tcp4", "127.0.0.1:9")
+	require.ErrorIs(t, err, tcpmd5.ErrNoKey, "an IPv6 key does not cover an IPv4 destination")
+	require.Nil(t, c)
+}
+
+// TestListenersArePlainTCP checks that keyed listeners are not MPTCP, which
+// Go 1.24+ makes the default and which takes no MD5 keys.
+func TestListenersArePlainTCP(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	var plain net.ListenConfig
+	pl, err := plain.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer pl.Close()
+	mptcp := protocol(t, pl.(*net.TCPListener)) == unix.IPPROTO_MPTCP
+	if mptcp {
+		// The kernel answers ENOPROTOOPT; the error says what to do.
+		err := tcpmd5.SetKeys(pl.(*net.TCPListener), key(t, "127.0.0.1", secretA))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "SetMultipathTCP(false)")
+		assert.NotErrorIs(t, err, tcpmd5.ErrMD5Unsupported, "MPTCP is a fixable configuration, not a kernel without MD5")
+	} else {
+		t.Log("net.ListenConfig is not MPTCP on this kernel (net.mptcp.enabled=0?); checking only that ours is TCP")
+	}
+
+	lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.0.1", secretA)}}
+	lc.SetMultipathTCP(true) // the caller's wish cannot win over the keys
+	ln := listen(t, lc, "tcp", "127.0.0.1:0")
+	assert.Equal(t, unix.IPPROTO_TCP, protocol(t, ln))
+}
+
+func TestOptionMemoryFull(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{}, "tcp4", "127.0.0.1:0")
+	var err error
+	n := 0
+	for ; n < 1<<16; n++ {
+		err = ln.SetKey(tcpmd5.Key{Peer: hostPrefix(n), Secret: []byte(secretA)})
+		if err != nil {
+			break
+		}
+	}
+	require.Error(t, err, "the kernel took %d keys on one socket without ENOMEM", n)
+	require.ErrorIs(t, err, syscall.ENOMEM)
+	optmem := strings.TrimSpace(readFile(t, "/proc/sys/net/core/optmem_max"))
+	assert.Contains(t, err.Error(), "net.core.optmem_max is "+optmem+" bytes")
+	assert.NotContains(t, err.Error(), secretA)
+	assert.Len(t, ln.Keys(), n, "the refused key must not be recorded")
+	t.Logf("one socket held %d keys with net.core.optmem_max=%s", n, optmem)
+}
+
+func TestIfindexKeyNeedsVRF(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	lo, err := net.InterfaceByName("lo")
+	require.NoError(t, err)
+	k := key(t, "127.0.0.1%lo", secretA)
+	require.Equal(t, lo.Index, k.Ifindex)
+	_, err = tcpmd5.Listen("tcp4", "127.0.0.1:0", k)
+	require.ErrorIs(t, err, syscall.EINVAL)
+	assert.Contains(t, err.Error(), "is not a VRF (L3 master) device")
+}
+
+func TestSetKeys(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	var nlc net.ListenConfig
+	nlc.SetMultipathTCP(false)
+	nl, err := nlc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	tl := nl.(*net.TCPListener)
+	t.Cleanup(func() { tl.Close() })
+	serveEcho(t, tl)
+	addr := tl.Addr().String()
+	lo, err := net.InterfaceByName("lo")
+	require.NoError(t, err)
+
+	t.Run("a refused key rolls back the others", func(t *testing.T) {
+		err := tcpmd5.SetKeys(tl,
+			key(t, "127.0.16.1", secretA),
+			key(t, "127.0.16.2", secretA),
+			tcpmd5.Key{Peer: hostPrefix(3), Secret: []byte(secretA), Ifindex: lo.Index})
+		require.ErrorIs(t, err, syscall.EINVAL)
+		// Had 127.0.16.1 kept its key, its unsigned SYN would be dropped.
+		requireEcho(t, dialer("127.0.16.1"), addr)
+	})
+	t.Run("an invalid key applies nothing", func(t *testing.T) {
+		err := tcpmd5.SetKeys(tl, key(t, "127.0.16.3", secretA), tcpmd5.Key{Peer: hostPrefix(4)})
+		require.ErrorContains(t, err, "the secret is empty")
+		requireEcho(t, dialer("127.0.16.3"), addr)
+	})
+	t.Run("keys apply", func(t *testing.T) {
+		require.NoError(t, tcpmd5.SetKeys(tl, key(t, "127.0.16.5", secretA)))
+		requireEcho(t, dialer("127.0.16.5", key(t, "127.0.0.1", secretA)), addr)
+		c, err := dialer("127.0.16.5").Dial("tcp", addr)
+		requireRefused(t, c, err)
+	})
+	t.Run("not a TCP socket", func(t *testing.T) {
+		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer u.Close()
+		err = tcpmd5.SetKeys(u.(*net.UDPConn), key(t, "127.0.0.1", secretA))
+		require.ErrorContains(t, err, "not TCP")
+		assert.NotErrorIs(t, err, tcpmd5.ErrMD5Unsupported)
+	})
+}
+
+func TestErrorsNeverShowTheSecret(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	const secret = "fake-secret-must-not-leak"
+	lo, err := net.InterfaceByName("lo")
+	require.NoError(t, err)
+	var errs []error
+	_, err = tcpmd5.Listen("tcp4", "127.0.0.1:0", tcpmd5.Key{Peer: hostPrefix(1), Secret: []byte(secret), Ifindex: lo.Index})
+	errs = append(errs, err)
+	_, err = tcpmd5.Listen("tcp4", "127.0.0.1:0", key(t, "2001:db8::1", secret))
+	errs = append(errs, err)
+	_, err = dialer("127.0.17.1", key(t, "127.0.0.2", secret)).Dial("tcp", "127.0.0.1:1")
+	errs = append(errs, err)
+	_, err = dialer("127.0.17.1", key(t, "127.0.0.1", secret)).Dial("tcp", "127.0.0.1:1") // the unsigned RST is dropped: a timeout
+	errs = append(errs, err)
+	for _, err := range errs {
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), secret)
+		assert.NotContains(t, strings.ToLower(errors.Unwrap(err).Error()), secret)
+	}
+}

@@ -1,0 +1,191 @@
+package tcpmd5
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// keyBytes is what the kernel charges to a socket's option memory for one
+// key, sizeof(struct tcp_md5sig_key) on 64-bit 6.x kernels: 131072 bytes of
+// net.core.optmem_max hold 963 keys.
+const keyBytes = 136
+
+// applyKeys installs keys on the socket behind c, all of them or none.
+func applyKeys(c syscall.RawConn, keys []Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		err = setKeys(int(fd), keys)
+	})
+	if cerr != nil {
+		return fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return err
+}
+
+// removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
+// c. A key that is not there is not an error.
+func removeKey(c syscall.RawConn, k Key) error {
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		var family int
+		family, err = socketFamily(int(fd))
+		if err != nil {
+			return
+		}
+		err = setsockopt(int(fd), family, k, true)
+		if errors.Is(err, unix.ENOENT) {
+			err = nil
+		}
+	})
+	if cerr != nil {
+		return fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return err
+}
+
+// setKeys installs keys on fd; if one fails, it deletes those it installed.
+func setKeys(fd int, keys []Key) error {
+	family, err := socketFamily(fd)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if _, _, err := md5sig(family, k, false); err != nil {
+			return err
+		}
+	}
+	for i, k := range keys {
+		if err := setsockopt(fd, family, k, false); err != nil {
+			for _, done := range keys[:i] {
+				_ = setsockopt(fd, family, done, true)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// socketFamily reads the socket's address family from the kernel
+// (SO_DOMAIN), which decides how peers are encoded.
+func socketFamily(fd int) (int, error) {
+	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return 0, fmt.Errorf("tcpmd5: reading the socket family: %w", os.NewSyscallError("getsockopt", err))
+	}
+	if family != unix.AF_INET && family != unix.AF_INET6 {
+		return 0, fmt.Errorf("tcpmd5: the socket is not IPv4 or IPv6 (address family %d); TCP MD5 keys need a TCP socket", family)
+	}
+	return family, nil
+}
+
+// md5sig encodes k for a socket of the given family as the kernel's struct
+// tcp_md5sig and returns it with the option name that takes it: TCP_MD5SIG
+// for a host key on any interface, TCP_MD5SIG_EXT with flags otherwise. With
+// del, the key length is 0, which tells the kernel to delete the key.
+//
+// An IPv4 peer on an AF_INET6 socket (a dual-stack listener) is encoded as a
+// v4-mapped address (::ffff:a.b.c.d) with its IPv4 prefix length, the only
+// form such a socket takes.
+func md5sig(family int, k Key, del bool) (*unix.TCPMD5Sig, int, error) {
+	var sig unix.TCPMD5Sig
+	addr := k.Peer.Addr()
+	full := k.Peer.Bits() == addr.BitLen()
+	switch {
+	case family == unix.AF_INET && addr.Is4():
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
+		sa.Family = unix.AF_INET
+		sa.Addr = addr.As4()
+	case family == unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sig.Addr))
+		sa.Family = unix.AF_INET6
+		sa.Addr = addr.As16()
+	case family == unix.AF_INET:
+		return nil, 0, fmt.Errorf("tcpmd5: key for %s: an IPv6 peer cannot be keyed on an IPv4 socket; listen or dial with tcp6, or on a dual-stack address such as [::]", k.peerString())
+	default:
+		return nil, 0, fmt.Errorf("tcpmd5: key for %s: address family %d is neither IPv4 nor IPv6", k.peerString(), family)
+	}
+	opt := unix.TCP_MD5SIG
+	if !full {
+		opt = unix.TCP_MD5SIG_EXT
+		sig.Flags |= unix.TCP_MD5SIG_FLAG_PREFIX
+		sig.Prefixlen = uint8(k.Peer.Bits())
+	}
+	if k.Ifindex != 0 {
+		opt = unix.TCP_MD5SIG_EXT
+		sig.Flags |= unix.TCP_MD5SIG_FLAG_IFINDEX
+		sig.Ifindex = int32(k.Ifindex)
+	}
+	if !del {
+		sig.Keylen = uint16(copy(sig.Key[:], k.Secret))
+	}
+	return &sig, opt, nil
+}
+
+// setsockopt installs k on fd, or deletes it with del, and gives the kernel's
+// error a meaning an operator can act on.
+func setsockopt(fd, family int, k Key, del bool) error {
+	sig, opt, err := md5sig(family, k, del)
+	if err != nil {
+		return err
+	}
+	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
+	clear(sig.Key[:])
+	if err == nil {
+		return nil
+	}
+	serr := os.NewSyscallError("setsockopt", err)
+	peer := k.peerString()
+	switch {
+	case errors.Is(err, unix.ENOPROTOOPT), errors.Is(err, unix.EOPNOTSUPP):
+		proto, perr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		switch {
+		case perr == nil && proto == unix.IPPROTO_MPTCP:
+			return fmt.Errorf("tcpmd5: key for %s: the socket is MPTCP, which takes no TCP MD5 keys; call SetMultipathTCP(false) on the net.ListenConfig or net.Dialer (Go 1.24+ listeners default to MPTCP): %w", peer, serr)
+		case perr == nil && proto != unix.IPPROTO_TCP:
+			return fmt.Errorf("tcpmd5: key for %s: the socket is not TCP (protocol %d): %w", peer, proto, serr)
+		case opt == unix.TCP_MD5SIG_EXT:
+			return fmt.Errorf("%w (key for %s: prefix and interface keys need TCP_MD5SIG_EXT, Linux 4.13+: %w)", ErrMD5Unsupported, peer, serr)
+		}
+		return fmt.Errorf("%w (key for %s: the kernel lacks CONFIG_TCP_MD5SIG or runs in a sandbox without it: %w)", ErrMD5Unsupported, peer, serr)
+	case errors.Is(err, unix.ENOMEM):
+		optmem := "unknown"
+		if b, rerr := os.ReadFile("/proc/sys/net/core/optmem_max"); rerr == nil {
+			optmem = strings.TrimSpace(string(b))
+		}
+		perSocket := "a few hundred"
+		if n, perr := strconv.Atoi(optmem); perr == nil {
+			perSocket = strconv.Itoa(n / keyBytes)
+		}
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N) or spread peers over more sockets: %w", peer, optmem, perSocket, serr)
+	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:
+		return fmt.Errorf("tcpmd5: key for %s: interface %d is not a VRF (L3 master) device, the only kind the kernel takes for TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+): %w", peer, k.Ifindex, serr)
+	case errors.Is(err, unix.EINVAL) && opt == unix.TCP_MD5SIG_EXT:
+		return fmt.Errorf("tcpmd5: key for %s: the kernel refused a prefix key (TCP_MD5SIG_FLAG_PREFIX needs Linux 4.13+): %w", peer, serr)
+	}
+	return fmt.Errorf("tcpmd5: key for %s: %w", peer, serr)
+}
+
+// probe installs and deletes a key on a throwaway socket.
+func probe() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return fmt.Errorf("tcpmd5: probe socket: %w", os.NewSyscallError("socket", err))
+	}
+	defer unix.Close(fd)
+	k := Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte("tcpmd5-probe")}
+	if err := setsockopt(fd, unix.AF_INET, k, false); err != nil {
+		return err
+	}
+	return setsockopt(fd, unix.AF_INET, k, true)
+}

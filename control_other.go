@@ -1,0 +1,30 @@
+//go:build !linux
+
+package tcpmd5
+
+import (
+	"fmt"
+	"runtime"
+	"syscall"
+)
+
+// applyKeys fails for any key: only Linux signs segments.
+func applyKeys(_ syscall.RawConn, keys []Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	return unsupported(keys[0])
+}
+
+// removeKey fails: only Linux signs segments.
+func removeKey(_ syscall.RawConn, k Key) error {
+	return unsupported(k)
+}
+
+func probe() error {
+	return fmt.Errorf("%w (%s has no TCP_MD5SIG; only Linux signs segments)", ErrMD5Unsupported, runtime.GOOS)
+}
+
+func unsupported(k Key) error {
+	return fmt.Errorf("%w (key for %s: %s has no TCP_MD5SIG; only Linux signs segments)", ErrMD5Unsupported, k.peerString(), runtime.GOOS)
+}

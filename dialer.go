@@ -1,0 +1,123 @@
+package tcpmd5
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+)
+
+// Dialer is a drop-in for [net.Dialer] whose connections sign every segment,
+// the SYN first, with the RFC 2385 key for the address dialled. The
+// embedded [net.Dialer] keeps its meaning: its ControlContext or Control hook
+// runs first, then the key is installed before connect(2). Every connection
+// attempt, each address of a Happy Eyeballs race included, gets the key whose
+// Peer holds that address with the longest prefix.
+//
+// With no Keys, a Dialer dials exactly like [net.Dialer]. With keys but none
+// for the destination, Dial fails with [ErrNoKey] unless AllowUnsigned is set.
+// Keyed sockets are plain TCP, never MPTCP.
+type Dialer struct {
+	net.Dialer
+
+	// Keys are the secrets shared with the peers this dialer reaches.
+	Keys []Key
+
+	// AllowUnsigned dials destinations that no key covers without a
+	// signature instead of failing with ErrNoKey.
+	AllowUnsigned bool
+}
+
+// Dial connects to the address on the named network, as [net.Dialer.Dial].
+// The connection is a *[net.TCPConn].
+func (d *Dialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+// DialContext connects to the address on the named network using ctx, as
+// [net.Dialer.DialContext].
+//
+// A peer that holds another key for this host, or none, drops our signed
+// segments in silence, so such a dial ends in a timeout: the error is then
+// a [net.Error] whose Timeout reports true and whose text says what to check.
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if len(d.Keys) == 0 {
+		return d.Dialer.DialContext(ctx, network, address)
+	}
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	keys, err := normalizeKeys(d.Keys)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	nd := d.Dialer
+	nd.SetMultipathTCP(false)
+	userCtx, user := nd.ControlContext, nd.Control
+	var signed atomic.Bool
+	nd.Control = nil
+	nd.ControlContext = func(ctx context.Context, network, address string, c syscall.RawConn) error {
+		switch {
+		case userCtx != nil:
+			if err := userCtx(ctx, network, address, c); err != nil {
+				return err
+			}
+		case user != nil:
+			if err := user(network, address, c); err != nil {
+				return err
+			}
+		}
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
+		}
+		best := bestKeys(keys, ap.Addr())
+		if len(best) == 0 {
+			if d.AllowUnsigned {
+				return nil
+			}
+			return fmt.Errorf("%w %s: add a Key whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())
+		}
+		if err := applyKeys(c, best); err != nil {
+			return err
+		}
+		signed.Store(true)
+		return nil
+	}
+	c, err := nd.DialContext(ctx, network, address)
+	if err != nil {
+		var oe *net.OpError
+		if signed.Load() && errors.As(err, &oe) && oe.Timeout() {
+			annotated := *oe
+			annotated.Err = &noAnswerError{err: oe.Err, local: d.LocalAddr}
+			return nil, &annotated
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// noAnswerError is a dial timeout on a signed connection attempt. It keeps
+// the original error for errors.Is and Timeout, and tells the operator what
+// such a silence usually means.
+type noAnswerError struct {
+	err   error
+	local net.Addr
+}
+
+func (e *noAnswerError) Error() string {
+	src := "this host's source address"
+	if e.local != nil {
+		src = e.local.String()
+	}
+	return fmt.Sprintf("%v: no answer to a signed SYN; a peer drops segments whose TCP MD5 signature it cannot verify, so check that it holds the same key for %s, or that a firewall is not dropping them", e.err, src)
+}
+
+func (e *noAnswerError) Unwrap() error   { return e.err }
+func (e *noAnswerError) Timeout() bool   { return true }
+func (e *noAnswerError) Temporary() bool { return true }

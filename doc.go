@@ -1,0 +1,55 @@
+// Package tcpmd5 gives existing Go network code RFC 2385 TCP MD5 signatures,
+// the option BGP routers and route servers use against spoofed segments and
+// resets, without a new connection type.
+//
+// [ListenConfig], [Listen] and [Dialer] are drop-ins for [net.ListenConfig],
+// [net.Listen] and [net.Dialer]. They install keys on the socket through
+// setsockopt(2) TCP_MD5SIG and TCP_MD5SIG_EXT before bind, listen and
+// connect, so every segment from the SYN on is signed and verified by the
+// kernel. What they return are ordinary values: [Listener] implements
+// [net.Listener], and its Accept, like [Dialer.Dial], returns a
+// *[net.TCPConn], so [net/http], bufio, gRPC and [io.Copy] (with splice and
+// sendfile) work unchanged, at the kernel's speed.
+//
+// Keys change on a live listener with [Listener.SetKey] and
+// [Listener.RemoveKey]. [Control] composes keys into a Control hook of your
+// own, and [SetKeys] puts them on a socket made elsewhere.
+//
+// # Refusing unsigned peers
+//
+// The kernel verifies signatures only for peers a key covers; any other peer
+// may connect unsigned. A [Listener] therefore closes, at Accept, connections
+// from peers that no installed key covers, unless [ListenConfig.AllowUnsigned]
+// is set. A [Dialer] with keys refuses to dial a destination that none of
+// them covers ([ErrNoKey]) unless [Dialer.AllowUnsigned] is set.
+//
+// A peer with a different key, or none, drops signed segments in silence, so
+// a mismatch shows up as a dial timeout. Such errors say so in their text and
+// still report Timeout() as a [net.Error].
+//
+// # Platforms
+//
+// Signing happens on Linux only. Everywhere else the same API compiles;
+// [Supported] reports false and whatever needs a key returns an error that
+// matches [ErrMD5Unsupported] with [errors.Is]. Kernels without
+// CONFIG_TCP_MD5SIG and sandboxes such as gVisor report the same.
+//
+// # Example
+//
+//	key, err := tcpmd5.ParseKey("192.0.2.1", "not-a-real-secret")
+//	if err != nil {
+//		return err
+//	}
+//	ln, err := tcpmd5.Listen("tcp", ":179", key)
+//	if err != nil {
+//		return err
+//	}
+//	defer ln.Close()
+//	for {
+//		conn, err := ln.Accept() // a *net.TCPConn, signed by the kernel
+//		if err != nil {
+//			return err
+//		}
+//		go serve(conn)
+//	}
+package tcpmd5

@@ -1,0 +1,81 @@
+// Package netstat reads the kernel's TCP counters from /proc/net/netstat,
+// among them the three that count segments dropped for their RFC 2385
+// signature: TCPMD5NotFound (a key was expected, the segment had none),
+// TCPMD5Unexpected (the segment was signed, no key was expected) and
+// TCPMD5Failure (the signature did not verify).
+package netstat
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// The counters that record segments dropped for their signature.
+const (
+	MD5NotFound   = "TCPMD5NotFound"
+	MD5Unexpected = "TCPMD5Unexpected"
+	MD5Failure    = "TCPMD5Failure"
+)
+
+// MD5Counters are the names of the signature counters, in a fixed order.
+var MD5Counters = []string{MD5NotFound, MD5Unexpected, MD5Failure}
+
+// Counters are the TcpExt counters of one network namespace by name.
+type Counters map[string]uint64
+
+// Read returns the TcpExt counters of the calling thread's network
+// namespace.
+func Read() (Counters, error) {
+	f, err := os.Open("/proc/net/netstat")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return Parse(f)
+}
+
+// Parse reads TcpExt counters in the format of /proc/net/netstat: pairs of
+// lines, names then values, each starting with the section name.
+func Parse(r io.Reader) (Counters, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		names := strings.Fields(sc.Text())
+		if len(names) == 0 || names[0] != "TcpExt:" {
+			continue
+		}
+		if !sc.Scan() {
+			break
+		}
+		values := strings.Fields(sc.Text())
+		if len(values) != len(names) || values[0] != "TcpExt:" {
+			return nil, fmt.Errorf("netstat: TcpExt has %d names but %d values", len(names), len(values))
+		}
+		out := make(Counters, len(names)-1)
+		for i := 1; i < len(names); i++ {
+			v, err := strconv.ParseUint(values[i], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("netstat: counter %s: %w", names[i], err)
+			}
+			out[names[i]] = v
+		}
+		return out, sc.Err()
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("netstat: no TcpExt section")
+}
+
+// Delta returns, for each name, how much the counter grew from c to later.
+func (c Counters) Delta(later Counters, names ...string) Counters {
+	out := make(Counters, len(names))
+	for _, n := range names {
+		out[n] = later[n] - c[n]
+	}
+	return out
+}

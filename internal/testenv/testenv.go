@@ -1,0 +1,39 @@
+// Package testenv decides what a test does when the machine lacks something
+// it needs: skip with the reason and the remedy, or, under CI (CI=true),
+// fail, because CI installs everything and a skip there hides a broken
+// install step.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// Missing skips t, or fails it under CI, saying what is missing and how to
+// get it.
+func Missing(t testing.TB, what, remedy string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s; under CI this is a failure, not a skip: %s", what, remedy)
+	}
+	t.Skipf("%s; %s", what, remedy)
+}
+
+// RequireRoot skips or fails t unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "this test needs root (network namespaces, sysctls)", "run it as root, e.g. sudo -E go test ./...")
+	}
+}
+
+// RequireTool skips or fails t unless name is on PATH, and returns its path.
+func RequireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, name+" is not installed", "install it with: apt-get install -y "+pkg)
+	}
+	return p
+}

@@ -1,0 +1,266 @@
+package tcpmd5
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// MaxSecretLen is the longest secret the kernel accepts, TCP_MD5SIG_MAXKEYLEN
+// in setsockopt(2) terms.
+const MaxSecretLen = 80
+
+// ErrMD5Unsupported reports that this system cannot sign TCP segments with
+// RFC 2385 MD5 signatures: it is not Linux, the kernel was built without
+// CONFIG_TCP_MD5SIG, or a sandbox such as gVisor does not implement the
+// option. Every error that comes from a missing kernel feature matches it with
+// [errors.Is].
+var ErrMD5Unsupported = errors.New("tcpmd5: TCP MD5 signatures (RFC 2385) are not supported on this system")
+
+// ErrNoKey reports that a [Dialer] with keys was asked to reach a destination
+// that none of its keys covers, and AllowUnsigned was not set.
+var ErrNoKey = errors.New("tcpmd5: no key covers the destination")
+
+// Key is one RFC 2385 key: the secret this host shares with the peers in Peer.
+//
+// Peer is one host (a /32 or /128 prefix) or a range of hosts, which the
+// kernel matches longest prefix first (TCP_MD5SIG_EXT with
+// TCP_MD5SIG_FLAG_PREFIX, Linux 4.13+). Secret is 1 to [MaxSecretLen] bytes.
+// Ifindex, when not 0, limits the key to peers reached through that interface
+// (TCP_MD5SIG_FLAG_IFINDEX, Linux 5.6+); the kernel takes only VRF (L3
+// master) interfaces there.
+//
+// A Key's String, GoString and Format never show the secret, and neither does
+// any error of this package.
+type Key struct {
+	Peer    netip.Prefix
+	Secret  []byte
+	Ifindex int
+}
+
+// ParseKey returns the Key for secret shared with peer, where peer is an IP
+// address ("192.0.2.1", "2001:db8::1"), a prefix ("192.0.2.0/24",
+// "2001:db8::/64") or an address with a zone ("fe80::1%eth0"), whose
+// interface becomes the key's Ifindex.
+func ParseKey(peer, secret string) (Key, error) {
+	var k Key
+	addr, zone, _ := strings.Cut(peer, "%")
+	if strings.Contains(addr, "/") {
+		if zone != "" {
+			return Key{}, fmt.Errorf("tcpmd5: peer %q: a zone goes with a single address, not a prefix", peer)
+		}
+		p, err := netip.ParsePrefix(addr)
+		if err != nil {
+			return Key{}, fmt.Errorf("tcpmd5: peer %q is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", peer)
+		}
+		k.Peer = p
+	} else {
+		a, err := netip.ParseAddr(addr)
+		if err != nil {
+			return Key{}, fmt.Errorf("tcpmd5: peer %q is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", peer)
+		}
+		k.Peer = netip.PrefixFrom(a, a.BitLen())
+	}
+	if zone != "" {
+		idx, err := zoneIndex(zone)
+		if err != nil {
+			return Key{}, fmt.Errorf("tcpmd5: peer %q: %w", peer, err)
+		}
+		k.Ifindex = idx
+	}
+	k.Secret = []byte(secret)
+	k, err := k.normalize()
+	if err != nil {
+		return Key{}, err
+	}
+	return k, nil
+}
+
+// zoneIndex returns the interface index a zone names: a number, or the name
+// of an interface on this host.
+func zoneIndex(zone string) (int, error) {
+	if n, err := strconv.Atoi(zone); err == nil {
+		if n <= 0 {
+			return 0, fmt.Errorf("interface index %d is not a valid interface", n)
+		}
+		return n, nil
+	}
+	ifi, err := net.InterfaceByName(zone)
+	if err != nil {
+		return 0, fmt.Errorf("no interface %q on this host", zone)
+	}
+	return ifi.Index, nil
+}
+
+// normalize checks k and returns it in the form the rest of the package
+// relies on: IPv4 peers as 4-byte prefixes, even when given v4-mapped.
+func (k Key) normalize() (Key, error) {
+	k, err := k.normalizePeer()
+	if err != nil {
+		return Key{}, err
+	}
+	switch n := len(k.Secret); {
+	case n == 0:
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: the secret is empty; give 1 to %d bytes", k.peerString(), MaxSecretLen)
+	case n > MaxSecretLen:
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: the secret is %d bytes, longer than the kernel's limit of %d (TCP_MD5SIG_MAXKEYLEN)", k.peerString(), n, MaxSecretLen)
+	}
+	return k, nil
+}
+
+// normalizePeer checks and normalizes what identifies k, its Peer and
+// Ifindex, and leaves the secret alone.
+func (k Key) normalizePeer() (Key, error) {
+	if !k.Peer.IsValid() {
+		return Key{}, fmt.Errorf("tcpmd5: key has no valid Peer prefix; set it to a host such as 192.0.2.1/32 or a range such as 2001:db8::/64")
+	}
+	if k.Peer.Addr().Zone() != "" {
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: Peer carries a zone; put the interface in Ifindex", k.Peer)
+	}
+	if k.Peer != k.Peer.Masked() {
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: the prefix has host bits set; did you mean %s?", k.Peer, k.Peer.Masked())
+	}
+	if k.Peer.Addr().Is4In6() && k.Peer.Bits() >= 96 {
+		k.Peer = netip.PrefixFrom(k.Peer.Addr().Unmap(), k.Peer.Bits()-96)
+	}
+	if k.Ifindex < 0 {
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: Ifindex %d is negative; use 0 for any interface", k.Peer, k.Ifindex)
+	}
+	return k, nil
+}
+
+// normalizeKeys checks every key and returns normalized copies.
+func normalizeKeys(keys []Key) ([]Key, error) {
+	out := make([]Key, len(keys))
+	for i, k := range keys {
+		nk, err := k.normalize()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = nk
+	}
+	return out, nil
+}
+
+// peerString names the peers a key covers, its interface included: the form
+// used in this package's errors.
+func (k Key) peerString() string {
+	s := k.Peer.String()
+	if k.Peer.IsSingleIP() {
+		s = k.Peer.Addr().String()
+	}
+	if k.Ifindex != 0 {
+		s += "%" + strconv.Itoa(k.Ifindex)
+	}
+	return s
+}
+
+// String returns the key's peer and interface with the secret redacted, as in
+// "192.0.2.1 secret:<redacted>".
+func (k Key) String() string {
+	return k.peerString() + " secret:<redacted>"
+}
+
+// GoString returns a Go-syntax form of the key with the secret redacted.
+func (k Key) GoString() string {
+	return fmt.Sprintf("tcpmd5.Key{Peer:netip.MustParsePrefix(%q), Secret:<redacted>, Ifindex:%d}", k.Peer.String(), k.Ifindex)
+}
+
+// Format implements [fmt.Formatter] so that no verb, %x and %q included, can
+// print the secret: %#v prints [Key.GoString], every other verb [Key.String].
+func (k Key) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, k.GoString())
+		return
+	}
+	fmt.Fprint(f, k.String())
+}
+
+// clone returns k with its own copy of the secret.
+func (k Key) clone() Key {
+	k.Secret = append([]byte(nil), k.Secret...)
+	return k
+}
+
+// keyID is what identifies a key to the kernel: the peer prefix and the
+// interface. Installing a key with the same keyID replaces the secret.
+type keyID struct {
+	peer    netip.Prefix
+	ifindex int
+}
+
+func (k Key) id() keyID { return keyID{k.Peer, k.Ifindex} }
+
+// bestKeys returns the keys whose Peer holds addr with the longest prefix
+// (more than one when they differ only in Ifindex).
+func bestKeys(keys []Key, addr netip.Addr) []Key {
+	addr = addr.Unmap().WithZone("")
+	var best []Key
+	for _, k := range keys {
+		if !k.Peer.Contains(addr) {
+			continue
+		}
+		switch {
+		case len(best) == 0 || k.Peer.Bits() > best[0].Peer.Bits():
+			best = append(best[:0], k)
+		case k.Peer.Bits() == best[0].Peer.Bits():
+			best = append(best, k)
+		}
+	}
+	return best
+}
+
+// Supported reports whether this system signs TCP segments with RFC 2385
+// keys. The first call probes the kernel by installing and deleting a key on
+// a throwaway socket (setsockopt(2) TCP_MD5SIG); later calls return the
+// cached answer.
+func Supported() bool { return probeOnce() == nil }
+
+var probeOnce = sync.OnceValue(probe)
+
+// Control returns a function of the shape of [net.ListenConfig.Control] and
+// [net.Dialer.Control] that installs keys on the socket before bind(2) and
+// connect(2), so that the handshake is signed. Compose it into hooks you
+// already have; [ListenConfig] and [Dialer] do that for you.
+//
+// If any key cannot be installed, the function removes the ones it installed
+// and returns the error, and the net package closes the socket. The socket
+// must be plain TCP: MPTCP sockets, the default of Go 1.24+ listeners, refuse
+// the option; call SetMultipathTCP(false) on the [net.ListenConfig].
+func Control(keys ...Key) func(network, address string, c syscall.RawConn) error {
+	keys, err := normalizeKeys(keys)
+	return func(network, address string, c syscall.RawConn) error {
+		if err != nil {
+			return err
+		}
+		return applyKeys(c, keys)
+	}
+}
+
+// SetKeys installs keys on a TCP socket made elsewhere, such as an inherited
+// file descriptor or a socket from systemd activation. Keys set on a
+// listening socket sign the handshakes that follow; keys set on a connected
+// socket sign the segments that follow, and the peer must start signing at
+// the same moment or the connection stalls.
+//
+// SetKeys installs all keys or none: every key is checked before the first
+// setsockopt(2) call, and if the kernel refuses one, the keys already
+// installed by this call are removed again. A key that replaced an earlier
+// key for the same peer is then removed, not restored, because the kernel
+// offers no way to read keys back.
+func SetKeys(c syscall.Conn, keys ...Key) error {
+	keys, err := normalizeKeys(keys)
+	if err != nil {
+		return err
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("tcpmd5: %w", err)
+	}
+	return applyKeys(rc, keys)
+}
