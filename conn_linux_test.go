@@ -14,6 +14,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 func TestSupported(t *testing.T) {
@@ -21,46 +22,30 @@ func TestSupported(t *testing.T) {
 	require.True(t, tcpmd5.Supported())
 }
 
-// TestSignatures runs sequentially: each case asserts which of the kernel's
-// namespace-wide drop counters moved, so no other test may dial meanwhile.
+// TestSignatures checks each verdict against the kernel's drop counters, in
+// a network namespace per case so that no other test's traffic moves them.
 func TestSignatures(t *testing.T) {
 	requireMD5(t)
-	lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
-		key(t, "127.0.10.1", secretA),
-		key(t, "127.0.10.2", secretA),
-		key(t, "127.0.10.3", secretA),
-	}}
-	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
-	serveEcho(t, ln)
-	addr := ln.Addr().String()
-
+	t.Parallel()
 	tests := []struct {
 		name    string
-		dial    func() (net.Conn, error)
-		counter string // the drop counter that must move; "" for a connection that works
-	}{{
-		name: "right key connects",
-		dial: func() (net.Conn, error) { return dialer("127.0.10.1", key(t, "127.0.0.1", secretA)).Dial("tcp", addr) },
-	}, {
-		name:    "wrong key is dropped",
-		dial:    func() (net.Conn, error) { return dialer("127.0.10.2", key(t, "127.0.0.1", secretB)).Dial("tcp", addr) },
-		counter: netstat.MD5Failure,
-	}, {
-		name: "unsigned dial to a keyed peer is dropped",
-		dial: func() (net.Conn, error) {
-			d := net.Dialer{Timeout: refuseAfter, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.10.3")}}
-			return d.Dial("tcp", addr)
-		},
-		counter: netstat.MD5NotFound,
-	}, {
-		name:    "signed dial to a listener without our key is dropped",
-		dial:    func() (net.Conn, error) { return dialer("127.0.10.4", key(t, "127.0.0.1", secretA)).Dial("tcp", addr) },
-		counter: netstat.MD5Unexpected,
-	}}
+		src     string       // the dialer's source address
+		keys    []tcpmd5.Key // the dialer's keys; none dials unsigned
+		counter string       // the drop counter that must move; "" for a connection that works
+	}{
+		{name: "right key connects", src: "127.0.10.1", keys: []tcpmd5.Key{key(t, "127.0.0.1", secretA)}},
+		{name: "wrong key is dropped", src: "127.0.10.1", keys: []tcpmd5.Key{key(t, "127.0.0.1", secretB)}, counter: netstat.MD5Failure},
+		{name: "unsigned dial to a keyed listener is dropped", src: "127.0.10.1", counter: netstat.MD5NotFound},
+		{name: "signed dial to a listener without our key is dropped", src: "127.0.10.2", keys: []tcpmd5.Key{key(t, "127.0.0.1", secretA)}, counter: netstat.MD5Unexpected},
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			testenv.Netns(t)
+			ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.10.1", secretA)}}, "tcp4", "127.0.0.1:0")
+			serveEcho(t, ln)
 			before := counters(t)
-			c, err := tt.dial()
+			c, err := dialer(tt.src, tt.keys...).Dial("tcp", ln.Addr().String())
 			moved := before.Delta(counters(t), netstat.MD5Counters...)
 			if tt.counter == "" {
 				require.NoError(t, err)
@@ -73,7 +58,7 @@ func TestSignatures(t *testing.T) {
 			}
 			requireRefused(t, c, err)
 			assert.Positive(t, moved[tt.counter], "%s did not move: %v", tt.counter, moved)
-			if tt.counter != netstat.MD5NotFound { // a signed dial says what to check
+			if len(tt.keys) > 0 { // a signed dial says what to check
 				assert.Contains(t, err.Error(), "same key")
 			}
 		})

@@ -28,9 +28,10 @@ var MD5Counters = []string{MD5NotFound, MD5Unexpected, MD5Failure}
 type Counters map[string]uint64
 
 // Read returns the TcpExt counters of the calling thread's network
-// namespace.
+// namespace (/proc/thread-self/net/netstat), which is the process's unless
+// the goroutine locked its thread into another one.
 func Read() (Counters, error) {
-	f, err := os.Open("/proc/net/netstat")
+	f, err := os.Open("/proc/thread-self/net/netstat")
 	if err != nil {
 		return nil, err
 	}
