@@ -1,0 +1,144 @@
+package tcpmd5_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/nettest"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+func TestHTTPOverSignedTCP(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.30.1", secretA)}}, "tcp4", "127.0.0.1:0")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.RemoteAddr)
+	})}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		require.ErrorIs(t, <-done, http.ErrServerClosed)
+	})
+
+	get := func(d *tcpmd5.Dialer) (string, error) {
+		client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+		defer client.CloseIdleConnections()
+		resp, err := client.Get("http://" + ln.Addr().String() + "/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	body, err := get(dialer("127.0.30.1", key(t, "127.0.0.1", secretA)))
+	require.NoError(t, err)
+	assert.Regexp(t, `^hello 127\.0\.30\.1:\d+$`, body)
+
+	_, err = get(dialer("127.0.30.1", key(t, "127.0.0.1", secretB)))
+	require.Error(t, err, "a client with the wrong key must not get an answer")
+	assert.Contains(t, err.Error(), "same key")
+}
+
+// TestNettestConn runs x/net's conformance suite for net.Conn over a signed
+// connection pair.
+func TestNettestConn(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		ln, err := tcpmd5.Listen("tcp4", "127.0.0.1:0", key(t, "127.0.31.1", secretA))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, _ := ln.Accept()
+			accepted <- c
+		}()
+		c1, err = dialer("127.0.31.1", key(t, "127.0.0.1", secretA)).Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		c2 = <-accepted
+		if c2 == nil {
+			c1.Close()
+			return nil, nil, nil, fmt.Errorf("accept failed")
+		}
+		return c1, c2, func() { c1.Close(); c2.Close() }, nil
+	})
+}
+
+// TestFailedDialsLeakNothing makes 1,000 dials that fail in each way a
+// signed dial can fail and requires the process to hold no more file
+// descriptors or goroutines afterwards.
+func TestFailedDialsLeakNothing(t *testing.T) {
+	requireMD5(t)
+	// Not parallel: it counts the process's descriptors and goroutines.
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.32.1", secretA)}}, "tcp4", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	fds, goroutines := openFDs(t), runtime.NumGoroutine()
+
+	wrongKey := dialer("127.0.32.1", key(t, "127.0.0.1", secretB))
+	wrongKey.Timeout = 20 * time.Millisecond
+	noKey := dialer("127.0.32.2", key(t, "127.0.99.1", secretA))
+	badKey := dialer("127.0.32.3", tcpmd5.Key{Peer: key(t, "127.0.0.1", secretA).Peer, Secret: make([]byte, tcpmd5.MaxSecretLen+1)})
+	lo, err := net.InterfaceByName("lo")
+	require.NoError(t, err)
+	notVRF := dialer("127.0.32.4", tcpmd5.Key{Peer: key(t, "127.0.0.1", secretA).Peer, Secret: []byte(secretA), Ifindex: lo.Index})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dialers := []func() (net.Conn, error){
+		func() (net.Conn, error) { return wrongKey.Dial("tcp", addr) },
+		func() (net.Conn, error) { return noKey.Dial("tcp", addr) },
+		func() (net.Conn, error) { return badKey.Dial("tcp", addr) },
+		func() (net.Conn, error) { return notVRF.Dial("tcp", addr) },
+		func() (net.Conn, error) { return wrongKey.DialContext(ctx, "tcp", addr) },
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := range 1000 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := dialers[i%len(dialers)]()
+			if !assert.Error(t, err) {
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for (openFDs(t) > fds || runtime.NumGoroutine() > goroutines) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.LessOrEqual(t, openFDs(t), fds, "file descriptors leaked")
+	require.LessOrEqual(t, runtime.NumGoroutine(), goroutines, "goroutines leaked:\n%s", stacks())
+}
+
+func openFDs(t testing.TB) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(entries)
+}
+
+func stacks() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
+}
