@@ -1,0 +1,198 @@
+package check
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+// maxKeys bounds the key-capacity measurement, far above what any default
+// net.core.optmem_max holds.
+const maxKeys = 1 << 16
+
+// host examines the kernel on throwaway sockets that never connect.
+func host() ([]Result, bool) {
+	var out []Result
+	platform := Result{Check: "platform", Status: StatusInfo, Value: runtime.GOOS + "/" + runtime.GOARCH}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		platform.Detail = "kernel " + unix.ByteSliceToString(uts.Release[:])
+	}
+	out = append(out, platform)
+
+	err := withSocket(unix.AF_INET, func(f *os.File) error {
+		return tcpmd5.SetKeys(f, mustKey("192.0.2.1/32"))
+	})
+	if err != nil {
+		detail := err.Error()
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			detail += " (a security policy forbids the option; as root or outside the sandbox it may work)"
+		}
+		out = append(out, Result{Check: "signing", Status: StatusFail, Value: "no", Detail: detail})
+		return out, false
+	}
+	out = append(out, Result{Check: "signing", Status: StatusOK, Value: "yes", Detail: "setsockopt TCP_MD5SIG accepted a key"})
+	out = append(out, prefixKeys(), ifindexKeys(), mptcp(), optmem(), keysPerSocket())
+	return out, true
+}
+
+func mustKey(prefix string) tcpmd5.Key {
+	return tcpmd5.Key{Peer: netip.MustParsePrefix(prefix), Secret: []byte("tcpmd5-check")}
+}
+
+// withSocket runs fn on a new TCP socket of the family that never binds or
+// connects.
+func withSocket(family int, fn func(*os.File) error) error {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return fmt.Errorf("making a throwaway socket: %w", os.NewSyscallError("socket", err))
+	}
+	f := os.NewFile(uintptr(fd), "throwaway TCP socket")
+	defer f.Close()
+	return fn(f)
+}
+
+func prefixKeys() Result {
+	r := Result{Check: "prefix keys"}
+	err := withSocket(unix.AF_INET, func(f *os.File) error {
+		return tcpmd5.SetKeys(f, mustKey("192.0.2.0/24"))
+	})
+	if err != nil {
+		r.Status, r.Value, r.Detail = StatusWarn, "no", err.Error()
+		return r
+	}
+	r.Status, r.Value, r.Detail = StatusOK, "yes", "TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX (Linux 4.13+)"
+	return r
+}
+
+// ifindexKeys finds out whether the kernel knows TCP_MD5SIG_FLAG_IFINDEX
+// and which interfaces it takes. Linux 5.6+ takes only VRF (L3 master)
+// devices and refuses others, loopback always, with EINVAL; older kernels
+// ignore the flag and accept any index, loopback's included.
+func ifindexKeys() Result {
+	r := Result{Check: "interface keys"}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		r.Status, r.Value, r.Detail = StatusWarn, "unknown", "listing interfaces: "+err.Error()
+		return r
+	}
+	var vrfs []string
+	loRefused, loSeen := false, false
+	var other error
+	for _, ifi := range ifs {
+		k := mustKey("192.0.2.1/32")
+		k.Ifindex = ifi.Index
+		err := withSocket(unix.AF_INET, func(f *os.File) error { return tcpmd5.SetKeys(f, k) })
+		switch {
+		case err == nil && ifi.Flags&net.FlagLoopback == 0:
+			vrfs = append(vrfs, ifi.Name)
+		case err == nil:
+			loSeen = true
+		case errors.Is(err, unix.EINVAL) && ifi.Flags&net.FlagLoopback != 0:
+			loSeen, loRefused = true, true
+		case !errors.Is(err, unix.EINVAL):
+			other = err
+		}
+	}
+	switch {
+	case other != nil:
+		r.Status, r.Value, r.Detail = StatusWarn, "no", other.Error()
+	case loSeen && !loRefused:
+		r.Status, r.Value, r.Detail = StatusWarn, "no", "the kernel ignores TCP_MD5SIG_FLAG_IFINDEX (before Linux 5.6): a key for one interface would cover all"
+	case len(vrfs) > 0:
+		r.Status, r.Value, r.Detail = StatusOK, "yes", "TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+) on VRF devices: "+strings.Join(vrfs, ", ")
+	case loSeen:
+		r.Status, r.Value, r.Detail = StatusInfo, "needs a VRF", "the kernel takes TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+) for VRF (L3 master) devices only, and this host has none"
+	default:
+		r.Status, r.Value, r.Detail = StatusInfo, "unknown", "no loopback interface to test TCP_MD5SIG_FLAG_IFINDEX on"
+	}
+	return r
+}
+
+// mptcp reports whether a listener of a zero net.ListenConfig is MPTCP here,
+// as Go 1.24+ makes it where the kernel allows.
+func mptcp() Result {
+	r := Result{Check: "MPTCP listeners"}
+	sysctl := "net.mptcp.enabled=" + readSysctl("/proc/sys/net/mptcp/enabled")
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		r.Status, r.Value, r.Detail = StatusWarn, "unknown", err.Error()
+		return r
+	}
+	defer ln.Close()
+	proto := -1
+	if rc, err := ln.(*net.TCPListener).SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			if p, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil {
+				proto = p
+			}
+		})
+	}
+	switch proto {
+	case unix.IPPROTO_MPTCP:
+		r.Status, r.Value = StatusInfo, "yes"
+		r.Detail = fmt.Sprintf("Go listeners are MPTCP here (SO_PROTOCOL %d, %s); MPTCP takes no MD5 keys, so tcpmd5 makes keyed sockets plain TCP", proto, sysctl)
+	case unix.IPPROTO_TCP:
+		r.Status, r.Value = StatusInfo, "no"
+		r.Detail = fmt.Sprintf("Go listeners are plain TCP here (%s)", sysctl)
+	default:
+		r.Status, r.Value, r.Detail = StatusWarn, "unknown", "could not read SO_PROTOCOL of a listener"
+	}
+	return r
+}
+
+func optmem() Result {
+	v := readSysctl("/proc/sys/net/core/optmem_max")
+	return Result{Check: "optmem_max", Status: StatusInfo, Value: v + " bytes", Detail: "net.core.optmem_max: the option memory each socket's keys are charged to"}
+}
+
+// keysPerSocket counts the keys one throwaway socket takes before the
+// kernel refuses another. The keys are for documentation addresses
+// (2001:db8::/32) and the socket never connects.
+func keysPerSocket() Result {
+	r := Result{Check: "keys per socket"}
+	n := 0
+	err := withSocket(unix.AF_INET6, func(f *os.File) error {
+		base := netip.MustParseAddr("2001:db8::").As16()
+		for n < maxKeys {
+			a := base
+			a[12], a[13], a[14], a[15] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+			k := tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom16(a), 128), Secret: []byte("tcpmd5-check")}
+			if err := tcpmd5.SetKeys(f, k); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, unix.ENOMEM):
+		r.Status, r.Value = StatusInfo, strconv.Itoa(n)
+		r.Detail = "measured on a throwaway socket; the next key failed with ENOMEM; raise net.core.optmem_max for more"
+	case err == nil:
+		r.Status, r.Value = StatusInfo, "over "+strconv.Itoa(n)
+		r.Detail = "measured on a throwaway socket; stopped counting"
+	default:
+		r.Status, r.Value, r.Detail = StatusWarn, strconv.Itoa(n), "measured on a throwaway socket: "+err.Error()
+	}
+	return r
+}
+
+func readSysctl(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}

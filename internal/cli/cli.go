@@ -1,0 +1,206 @@
+// Package cli is the tcpmd5 command: flags, key sources and printing over
+// the check, probe and tcpmd5 packages. The command's main only calls [Main].
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
+)
+
+// The command's exit codes.
+const (
+	ExitOK    = 0 // check: signing works; probe: the peer accepts our signature; listen, dial: done
+	ExitNo    = 1 // check: signing does not work; probe: the peer does not accept it; listen, dial: failed
+	ExitUsage = 2 // bad flags or arguments, unreadable key file, no key for the peer
+)
+
+// SecretEnv is the environment variable probe and dial take a secret from.
+const SecretEnv = "TCPMD5_SECRET"
+
+const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
+
+Usage:
+  tcpmd5 check [-json]
+  tcpmd5 probe [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] [-wait D] [-json] HOST:PORT
+  tcpmd5 listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] ADDR
+  tcpmd5 dial [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] HOST:PORT
+
+Commands:
+  check   can this host sign segments? kernel features, key limits and a
+          live loopback self-test
+  probe   does the peer at HOST:PORT accept our signature? and if not, why
+  listen  accept one signed connection and copy it to and from stdin/stdout
+  dial    make one signed connection and copy it to and from stdin/stdout
+
+Run "tcpmd5 COMMAND -h" for a command's flags and examples.
+
+Secrets come from a key file (-key-file), from $TCPMD5_SECRET, or from
+-key, which shows them in the process list. A key file holds one key a line,
+"PEER SECRET", PEER an address or prefix; lines starting with # are comments:
+
+  # peer          secret
+  192.0.2.1       fake-secret-router-1
+  2001:db8::/64   fake-secret-fabric
+
+Secrets are never printed.
+
+Exit codes:
+  0  check: signing works; probe: the peer accepts our signature;
+     listen, dial: the connection ended
+  1  check: signing does not work; probe: the peer does not accept our
+     signature (the verdict says why); listen, dial: no connection
+  2  bad flags or arguments, unreadable key file, no key for the peer
+`
+
+// Main runs the command with args (without the program name) and returns its
+// exit code.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return ExitUsage
+	}
+	env := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	switch args[0] {
+	case "check":
+		return env.check(args[1:])
+	case "probe":
+		return env.probe(args[1:])
+	case "listen":
+		return env.listen(args[1:])
+	case "dial":
+		return env.dial(args[1:])
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return ExitOK
+	}
+	fmt.Fprintf(stderr, "tcpmd5: unknown command %q\n\n%s", args[0], usage)
+	return ExitUsage
+}
+
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+func (e *env) warnf(format string, args ...any) {
+	fmt.Fprintf(e.stderr, "tcpmd5: warning: "+format+"\n", args...)
+}
+
+func (e *env) errorf(code int, format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "tcpmd5: "+format+"\n", args...)
+	return code
+}
+
+// flagSet returns a flag set for the command whose -h prints synopsis,
+// the flags and examples.
+func (e *env) flagSet(synopsis, examples string) *flag.FlagSet {
+	name, _, _ := strings.Cut(synopsis, " ")
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		out := fs.Output()
+		fmt.Fprintf(out, "Usage: tcpmd5 %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+		fmt.Fprintf(out, "\nExamples:\n%s", examples)
+		fmt.Fprintf(out, "\nExit codes: 0 success, 1 the answer is no, 2 usage error (see tcpmd5 help).\n")
+	}
+	return fs
+}
+
+// parse parses args with flags and positional arguments in any order and
+// returns the positional ones. -h prints help and returns flag.ErrHelp.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// parseExit is the exit code for an error of parse: 0 after -h.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	return ExitUsage
+}
+
+// secretSource is the -key SECRET and -key-file FILE pair of probe and dial.
+type secretSource struct {
+	secret string
+	file   string
+}
+
+func (s *secretSource) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.secret, "key", "", "the `SECRET` shared with the peer (visible in the process list; prefer -key-file or $"+SecretEnv+")")
+	fs.StringVar(&s.file, "key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line; the key whose PEER holds the host's address is used")
+}
+
+// keysFor returns the keys to dial host with: from the key file, from -key,
+// or from the environment, in that order of precedence.
+func (e *env) keysFor(s secretSource, host netip.Addr) ([]tcpmd5.Key, error) {
+	if s.file != "" && s.secret != "" {
+		return nil, errors.New("give -key or -key-file, not both")
+	}
+	if s.file != "" {
+		keys, err := e.loadKeys(s.file)
+		if err != nil {
+			return nil, err
+		}
+		k, ok := keyfile.Lookup(keys, host)
+		if !ok {
+			return nil, fmt.Errorf("no key in %s covers %s", s.file, host)
+		}
+		return []tcpmd5.Key{k}, nil
+	}
+	secret := s.secret
+	if secret != "" {
+		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file or $%s", SecretEnv)
+	} else {
+		secret = os.Getenv(SecretEnv)
+	}
+	if secret == "" {
+		return nil, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -key SECRET", SecretEnv)
+	}
+	host = host.Unmap().WithZone("")
+	k, err := tcpmd5.ParseKey(host.String(), secret)
+	if err != nil {
+		return nil, err
+	}
+	return []tcpmd5.Key{k}, nil
+}
+
+// loadKeys reads a key file and prints its permission warning.
+func (e *env) loadKeys(path string) ([]tcpmd5.Key, error) {
+	keys, warning, err := keyfile.Load(path)
+	if warning != "" {
+		e.warnf("%s", warning)
+	}
+	return keys, err
+}
+
+// sourceAddr parses the -source flag.
+func sourceAddr(s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("-source %q is not an IP address", s)
+	}
+	return a, nil
+}

@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
+  tcpmd5 listen -key 192.0.2.2=fake-secret-x 192.0.2.1:1790
+  tcpmd5 listen -key 192.0.2.0/24=fake-secret-x -key 2001:db8::/64=fake-secret-y [::]:1790
+`
+
+const dialExamples = `  tcpmd5 dial -key-file peers.keys 192.0.2.1:1790 < request.txt
+  TCPMD5_SECRET=fake-secret-x tcpmd5 dial -source 192.0.2.2 192.0.2.1:1790
+`
+
+// peerKeys is the repeatable -key PEER=SECRET flag of listen.
+type peerKeys []tcpmd5.Key
+
+func (p *peerKeys) String() string { return fmt.Sprint(len(*p), " keys") }
+
+func (p *peerKeys) Set(s string) error {
+	peer, secret, ok := strings.Cut(s, "=")
+	if !ok {
+		return errors.New("want PEER=SECRET, such as 192.0.2.1=SECRET or 2001:db8::/64=SECRET")
+	}
+	k, err := tcpmd5.ParseKey(peer, secret)
+	if err != nil {
+		return err
+	}
+	*p = append(*p, k)
+	return nil
+}
+
+func (e *env) listen(args []string) int {
+	fs := e.flagSet("listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] ADDR", listenExamples)
+	var keys peerKeys
+	fs.Var(&keys, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
+	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line")
+	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return e.errorf(ExitUsage, "listen takes one ADDR such as :1790 or 192.0.2.1:1790, got %d arguments", len(pos))
+	}
+	if len(keys) > 0 {
+		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file")
+	}
+	if *file != "" {
+		fk, err := e.loadKeys(*file)
+		if err != nil {
+			return e.errorf(ExitUsage, "%v", err)
+		}
+		keys = append(keys, fk...)
+	}
+	if len(keys) == 0 && !*allow {
+		return e.errorf(ExitUsage, "no keys: give -key PEER=SECRET or -key-file FILE")
+	}
+	lc := tcpmd5.ListenConfig{Keys: keys, AllowUnsigned: *allow}
+	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
+	if err != nil {
+		return e.errorf(ExitNo, "%v", err)
+	}
+	defer ln.Close()
+	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys\n", ln.Addr(), len(keys))
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		return e.errorf(ExitNo, "%v", err)
+	}
+	ln.Close()
+	fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s\n", c.RemoteAddr())
+	return e.pipe(c)
+}
+
+func (e *env) dial(args []string) int {
+	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] HOST:PORT", dialExamples)
+	var keys secretSource
+	keys.register(fs)
+	source := fs.String("source", "", "dial from this local `ADDR`ess")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the connection")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return e.errorf(ExitUsage, "dial takes one HOST:PORT, got %d arguments", len(pos))
+	}
+	src, err := sourceAddr(*source)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	target, err := net.ResolveTCPAddr("tcp", pos[0])
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	ks, err := e.keysFor(keys, target.AddrPort().Addr())
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	d := tcpmd5.Dialer{Keys: ks}
+	d.Timeout = *timeout
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	c, err := d.Dial("tcp", target.String())
+	if err != nil {
+		return e.errorf(ExitNo, "%v", err)
+	}
+	fmt.Fprintf(e.stderr, "tcpmd5 dial: connected to %s from %s\n", c.RemoteAddr(), c.LocalAddr())
+	return e.pipe(c.(*net.TCPConn))
+}
+
+// pipe copies stdin to c and c to stdout, half-closing c when stdin ends,
+// and returns when the peer has closed its side.
+func (e *env) pipe(c *net.TCPConn) int {
+	defer c.Close()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := io.Copy(c, e.stdin); err == nil {
+			_ = c.CloseWrite()
+		}
+	})
+	_, err := io.Copy(e.stdout, c)
+	// stdin may block forever (a terminal): do not wait for it once the
+	// peer is done.
+	if err != nil {
+		return e.errorf(ExitNo, "%v", err)
+	}
+	return ExitOK
+}

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tcplowlevel/tcpmd5/internal/probe"
+)
+
+const probeExamples = `  tcpmd5 probe -key-file /etc/tcpmd5.keys 192.0.2.1:179
+  TCPMD5_SECRET=fake-secret-x tcpmd5 probe -source 192.0.2.2 192.0.2.1:179
+  tcpmd5 probe -timeout 3s -json -key-file peers.keys [2001:db8::1]:179
+`
+
+func (e *env) probe(args []string) int {
+	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
+	var keys secretSource
+	keys.register(fs)
+	source := fs.String("source", "", "dial from this local `ADDR`ess (the address the peer holds our key for)")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long each attempt waits for an answer")
+	wait := fs.Duration("wait", 2*time.Second, "how long to listen for a connected peer to speak first")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return parseExit(err)
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return e.errorf(ExitUsage, "probe takes one HOST:PORT, got %d arguments", len(pos))
+	}
+	if *timeout <= 0 || *wait < 0 {
+		return e.errorf(ExitUsage, "-timeout must be positive and -wait not negative")
+	}
+	src, err := sourceAddr(*source)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	target, err := net.ResolveTCPAddr("tcp", pos[0])
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	host := target.AddrPort().Addr()
+	ks, err := e.keysFor(keys, host)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	r, err := probe.Run(context.Background(), probe.Config{
+		Address:  target.AddrPort().String(),
+		Keys:     ks,
+		Source:   src,
+		Timeout:  *timeout,
+		Wait:     *wait,
+		Progress: func(msg string) { fmt.Fprintf(e.stderr, "tcpmd5 probe: %s...\n", msg) },
+	})
+	if err != nil {
+		return e.errorf(ExitNo, "%v", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return e.errorf(ExitNo, "%v", err)
+		}
+	} else {
+		printProbe(e, r)
+	}
+	if r.Verdict != probe.Signed {
+		return ExitNo
+	}
+	return ExitOK
+}
+
+func printProbe(e *env, r probe.Result) {
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "target\t%s\n", r.Target)
+	if r.Source != "" {
+		fmt.Fprintf(tw, "source\t%s\n", r.Source)
+	}
+	fmt.Fprintf(tw, "verdict\t%s\n", r.Verdict)
+	fmt.Fprintf(tw, "\t%s\n", r.Summary)
+	if r.SignedError != "" {
+		fmt.Fprintf(tw, "signed SYN\t%s\n", r.SignedError)
+	}
+	if r.Unsigned != "" {
+		fmt.Fprintf(tw, "unsigned SYN\t%s\n", r.Unsigned)
+	}
+	if r.PeerOnThisHost {
+		names := make([]string, 0, len(r.Counters))
+		for n := range r.Counters {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if len(names) == 0 {
+			fmt.Fprintf(tw, "counters\tthe peer is on this host; no signature drop counter moved\n")
+		}
+		for _, n := range names {
+			fmt.Fprintf(tw, "counters\t%s +%d: %s\n", n, r.Counters[n], probe.CounterMeaning[n])
+		}
+	}
+	if g := r.Greeting; g != nil {
+		switch {
+		case g.BGP != nil:
+			fmt.Fprintf(tw, "peer said\t%s\n", g.BGP)
+		case g.Bytes > 0:
+			fmt.Fprintf(tw, "peer said\t%d bytes: %s\n", g.Bytes, g.Text)
+		default:
+			fmt.Fprintf(tw, "peer said\tnothing\n")
+		}
+		if g.End != "" {
+			fmt.Fprintf(tw, "connection\t%s by the peer\n", g.End)
+		}
+	}
+	tw.Flush()
+}

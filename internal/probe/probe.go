@@ -1,0 +1,288 @@
+// Package probe answers an operator's question about a TCP MD5 (RFC 2385)
+// peer: does it accept our signature? A peer that cannot verify a signed SYN
+// drops it in silence, so a wrong key looks like a dead host; probe tells
+// the cases apart with a second, unsigned attempt and, when the peer is on
+// this host, with the kernel's signature drop counters.
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/bgp"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+)
+
+// Verdict is what a probe concluded.
+type Verdict string
+
+// The verdicts of a probe. Only Signed means the peer accepts our signature.
+const (
+	// Signed: the signed handshake completed, so the peer holds our key.
+	Signed Verdict = "signed"
+	// NoKey: the signed SYN got no answer but an unsigned one connected,
+	// so the peer holds no key for our address.
+	NoKey Verdict = "peer-has-no-key"
+	// KeyMismatch: neither a signed nor an unsigned SYN got an answer, so
+	// the peer expects a signature, but not ours, or a filter drops us.
+	KeyMismatch Verdict = "key-mismatch"
+	// PortClosed: the peer answered with a reset.
+	PortClosed Verdict = "port-closed"
+	// Unreachable: the attempt failed otherwise (no route, no address).
+	Unreachable Verdict = "unreachable"
+)
+
+// Config is what to probe and how.
+type Config struct {
+	Address string       // HOST:PORT; HOST is resolved once
+	Keys    []tcpmd5.Key // the key for HOST signs the SYN
+	Source  netip.Addr   // the local address to dial from; zero lets the kernel choose
+	Timeout time.Duration
+	// Wait is how long to wait for a connected peer to speak first.
+	Wait time.Duration
+	// Progress, if set, is told before each wait what probe waits for.
+	Progress func(msg string)
+}
+
+// Result is the outcome of a probe. No field holds a secret.
+type Result struct {
+	Target  string  `json:"target"`
+	Source  string  `json:"source,omitempty"`
+	Verdict Verdict `json:"verdict"`
+	Summary string  `json:"summary"`
+	// SignedError is the error of the signed attempt, if it failed.
+	SignedError string `json:"signed_error,omitempty"`
+	// Unsigned is what the unsigned attempt found, if one was made.
+	Unsigned string `json:"unsigned,omitempty"`
+	// Greeting is what the peer said on the connection that worked.
+	Greeting *Greeting `json:"greeting,omitempty"`
+	// PeerOnThisHost reports that the target is a local address, whose
+	// drop counters this host's kernel keeps.
+	PeerOnThisHost bool `json:"peer_on_this_host"`
+	// Counters are the signature drop counters that moved during the
+	// signed attempt, when the peer is on this host.
+	Counters map[string]uint64 `json:"counters_moved,omitempty"`
+	// CounterNote says what the counters that moved mean.
+	CounterNote string `json:"counter_note,omitempty"`
+}
+
+// Greeting is what a peer sent before we said anything, BGP's OPEN above all.
+type Greeting struct {
+	Bytes int          `json:"bytes"`
+	BGP   *bgp.Message `json:"bgp,omitempty"`
+	// Text is the start of the data, quoted, when it is not BGP.
+	Text string `json:"text,omitempty"`
+	// End says how the connection ended while we listened: "", "closed"
+	// or "reset".
+	End string `json:"end,omitempty"`
+}
+
+// CounterMeaning says what it means for a probe that a counter moved.
+var CounterMeaning = map[string]string{
+	netstat.MD5Failure:    "a signature did not verify: the peer holds a key for our address, with another secret",
+	netstat.MD5Unexpected: "a signed segment arrived where no key was expected: the peer holds no key for our address",
+	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: our socket dropped the peer's unsigned answer (a reset from a closed port, or a SYN-ACK from a peer without a key)",
+}
+
+// Run probes c.Address. It returns an error only when the probe could not
+// start: no such host, no key for it, or no TCP MD5 on this system.
+func Run(ctx context.Context, c Config) (Result, error) {
+	tcpAddr, err := net.ResolveTCPAddr("tcp", c.Address)
+	if err != nil {
+		return Result{}, fmt.Errorf("probe: %w", err)
+	}
+	target := tcpAddr.AddrPort()
+	target = netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
+	if !tcpmd5.Supported() {
+		return Result{}, fmt.Errorf("probe: %w", tcpmd5.ErrMD5Unsupported)
+	}
+	r := Result{Target: target.String(), PeerOnThisHost: isLocal(target.Addr())}
+	src := c.Source
+	if !src.IsValid() {
+		src = sourceFor(target)
+	}
+	if src.IsValid() {
+		r.Source = src.String()
+	}
+	var local *net.TCPAddr
+	if c.Source.IsValid() {
+		local = net.TCPAddrFromAddrPort(netip.AddrPortFrom(c.Source, 0))
+	}
+
+	d := &tcpmd5.Dialer{Keys: c.Keys}
+	d.Timeout = c.Timeout
+	d.LocalAddr = local
+	var before netstat.Counters
+	if r.PeerOnThisHost {
+		before, _ = netstat.Read()
+	}
+	c.progress(fmt.Sprintf("signed SYN to %s%s; waiting up to %s for an answer", r.Target, from(r.Source), c.Timeout))
+	conn, err := d.DialContext(ctx, "tcp", r.Target)
+	if before != nil {
+		if after, aerr := netstat.Read(); aerr == nil {
+			r.noteCounters(before.Delta(after, netstat.MD5Counters...))
+		}
+	}
+	if err == nil {
+		defer conn.Close()
+		r.Verdict = Signed
+		r.Summary = "the peer accepted our signature: the signed handshake completed"
+		c.progress(fmt.Sprintf("connected; listening up to %s for the peer to speak first", c.Wait))
+		r.Greeting = listen(conn, c.Wait)
+		return r, nil
+	}
+	if errors.Is(err, tcpmd5.ErrNoKey) || errors.Is(err, tcpmd5.ErrMD5Unsupported) {
+		return Result{}, fmt.Errorf("probe: %w", err)
+	}
+	r.SignedError = err.Error()
+	if !timedOut(err) {
+		r.Verdict, r.Summary = closedOrUnreachable(err)
+		return r, nil
+	}
+
+	nd := net.Dialer{Timeout: c.Timeout, LocalAddr: local}
+	c.progress(fmt.Sprintf("no answer to the signed SYN; trying once more unsigned, up to %s", c.Timeout))
+	uconn, uerr := nd.DialContext(ctx, "tcp", r.Target)
+	switch {
+	case uerr == nil:
+		defer uconn.Close()
+		r.Verdict = NoKey
+		r.Summary = fmt.Sprintf("the peer takes unsigned connections: it holds no key for %s, so it dropped our signed SYN", r.sourceName())
+		r.Unsigned = "connected"
+		r.Greeting = listen(uconn, c.Wait)
+		if r.Greeting.End == "reset" {
+			r.Summary += "; it then reset the unsigned connection (its policy refuses peers without a key)"
+		}
+	case timedOut(uerr):
+		r.Verdict = KeyMismatch
+		r.Summary = fmt.Sprintf("the peer expects a signature, but not ours: its key for %s differs from ours, or a filter drops our segments", r.sourceName())
+		r.Unsigned = "no answer either"
+	default:
+		r.Unsigned = uerr.Error()
+		r.Verdict, r.Summary = closedOrUnreachable(uerr)
+	}
+	return r, nil
+}
+
+func (c Config) progress(msg string) {
+	if c.Progress != nil {
+		c.Progress(msg)
+	}
+}
+
+func from(src string) string {
+	if src == "" {
+		return ""
+	}
+	return " from " + src
+}
+
+func (r *Result) sourceName() string {
+	if r.Source == "" {
+		return "our address"
+	}
+	return "our address " + r.Source
+}
+
+func (r *Result) noteCounters(delta netstat.Counters) {
+	for _, name := range netstat.MD5Counters {
+		if delta[name] == 0 {
+			continue
+		}
+		if r.Counters == nil {
+			r.Counters = make(map[string]uint64)
+		}
+		r.Counters[name] = delta[name]
+		if r.CounterNote != "" {
+			r.CounterNote += "; "
+		}
+		r.CounterNote += name + ": " + CounterMeaning[name]
+	}
+}
+
+func closedOrUnreachable(err error) (Verdict, string) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return PortClosed, "the peer refused the connection with a reset: nothing listens on that port"
+	}
+	return Unreachable, "the peer cannot be reached: " + err.Error()
+}
+
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// sourceFor returns the address the kernel would dial target from: a
+// connected UDP socket learns it from the routing table and sends nothing.
+func sourceFor(target netip.AddrPort) netip.Addr {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
+	if err != nil {
+		return netip.Addr{}
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+}
+
+// isLocal reports whether a is an address of this host.
+func isLocal(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxGreeting bounds what probe reads from a peer that speaks first.
+const maxGreeting = 4096
+
+// listen reads what the peer sends within wait: a whole BGP message, or the
+// first bytes of anything else.
+func listen(c net.Conn, wait time.Duration) *Greeting {
+	g := &Greeting{}
+	buf := make([]byte, 0, maxGreeting)
+	deadline := time.Now().Add(wait)
+	for len(buf) < maxGreeting {
+		_ = c.SetReadDeadline(deadline)
+		n, err := c.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if m, perr := bgp.Parse(buf); perr == nil {
+			g.BGP = &m
+			break
+		}
+		if n > 0 && !bgp.IsBGP(buf) {
+			// Not BGP: take what follows at once, then stop.
+			deadline = time.Now().Add(200 * time.Millisecond)
+		}
+		if err != nil {
+			switch {
+			case errors.Is(err, syscall.ECONNRESET):
+				g.End = "reset"
+			case !timedOut(err):
+				g.End = "closed"
+			}
+			break
+		}
+	}
+	g.Bytes = len(buf)
+	if g.BGP == nil && len(buf) > 0 {
+		g.Text = strconv.Quote(string(buf[:min(len(buf), 200)]))
+	}
+	return g
+}
