@@ -1,0 +1,27 @@
+package bench
+
+import (
+	"crypto/md5"
+	"time"
+)
+
+// HashRate hashes 64 KiB blocks, about one loopback segment each, with
+// crypto/md5 on the calling goroutine for d and returns 10^6 bytes per
+// second: the speed of MD5 on one core.
+func HashRate(d time.Duration) float64 {
+	buf := make([]byte, 64<<10)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	h := md5.New()
+	var sum [md5.Size]byte
+	var n int64
+	start := time.Now()
+	for time.Since(start) < d {
+		h.Reset()
+		h.Write(buf)
+		h.Sum(sum[:0])
+		n += int64(len(buf))
+	}
+	return float64(n) / time.Since(start).Seconds() / 1e6
+}

@@ -1,0 +1,225 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+type variantKeys struct {
+	variant string
+	keys    int
+}
+
+type served struct {
+	ln   Listener
+	addr string
+	stop func()
+}
+
+// Run measures every variant in cfg, round after round; within a round each
+// measurement runs once per variant, the variants in turn and in a rotated
+// order, so that what else the machine does touches them alike. Progress
+// goes to progress, one line a round.
+func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
+	if !tcpmd5.Supported() {
+		return nil, fmt.Errorf("bench: this kernel does not sign TCP segments: %w", tcpmd5.ErrMD5Unsupported)
+	}
+	vs, err := Variants(cfg.Variants...)
+	if err != nil {
+		return nil, err
+	}
+	var stops []func()
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	open := func(v Variant, keys int, serve bool) (served, error) {
+		ln, err := v.Listen(ListenerKeys(keys))
+		if err != nil {
+			return served{}, fmt.Errorf("bench: %s listener with %d keys: %w", v.Name, keys, err)
+		}
+		s := served{ln: ln, addr: ln.Addr().String(), stop: func() { ln.Close() }}
+		if serve {
+			s.stop = Serve(ln)
+		}
+		stops = append(stops, s.stop)
+		return s, nil
+	}
+	keyed := func(v Variant) bool { return v.Name != Plain }
+
+	// Set-up and throughput go to a listener with the client's key alone,
+	// accept rates to listeners with more keys, SetKey to listeners no
+	// client dials.
+	setupLn := map[string]served{}
+	acceptLn := map[variantKeys]served{}
+	setKeyLn := map[variantKeys]served{}
+	for _, v := range vs {
+		n := 0
+		if keyed(v) {
+			n = 1
+		}
+		if setupLn[v.Name], err = open(v, n, true); err != nil {
+			return nil, err
+		}
+		if !keyed(v) {
+			continue
+		}
+		for _, n := range cfg.Accept {
+			if acceptLn[variantKeys{v.Name, n}], err = open(v, n, true); err != nil {
+				return nil, err
+			}
+		}
+		for _, n := range cfg.SetKey {
+			if setKeyLn[variantKeys{v.Name, n}], err = open(v, n, false); err != nil {
+				return nil, err
+			}
+		}
+	}
+
+	// A short warm-up, thrown away.
+	for _, v := range vs {
+		if _, _, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime/10); err != nil {
+			return nil, err
+		}
+		if _, err := BulkRate(ctx, v, setupLn[v.Name].addr, 1, cfg.BulkChunk, cfg.BulkTime/10); err != nil {
+			return nil, err
+		}
+	}
+
+	setupRuns := map[string][]float64{}
+	setupLats := map[string][]time.Duration{}
+	bulkRuns := map[variantKeys][]float64{} // keys holds the connection count
+	setKeyRuns := map[variantKeys][]float64{}
+	acceptRuns := map[variantKeys][]float64{}
+	var hashRuns []float64
+	for round := range cfg.Rounds {
+		if progress != nil {
+			fmt.Fprintf(progress, "round %d/%d\n", round+1, cfg.Rounds)
+		}
+		order := slices.Concat(vs[round%len(vs):], vs[:round%len(vs)])
+		for _, v := range order {
+			rate, lats, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime)
+			if err != nil {
+				return nil, err
+			}
+			setupRuns[v.Name] = append(setupRuns[v.Name], rate)
+			setupLats[v.Name] = append(setupLats[v.Name], lats...)
+		}
+		for _, conns := range cfg.BulkConns {
+			for _, v := range order {
+				rate, err := BulkRate(ctx, v, setupLn[v.Name].addr, conns, cfg.BulkChunk, cfg.BulkTime)
+				if err != nil {
+					return nil, err
+				}
+				id := variantKeys{v.Name, conns}
+				bulkRuns[id] = append(bulkRuns[id], rate)
+			}
+		}
+		for _, n := range cfg.SetKey {
+			for _, v := range order {
+				if !keyed(v) {
+					continue
+				}
+				id := variantKeys{v.Name, n}
+				ns, err := SetKeyCost(setKeyLn[id].ln, cfg.SetKeyCalls)
+				if err != nil {
+					return nil, fmt.Errorf("bench: %s SetKey at %d keys: %w", v.Name, n, err)
+				}
+				setKeyRuns[id] = append(setKeyRuns[id], ns)
+			}
+		}
+		for _, v := range order {
+			if keyed(v) {
+				for _, n := range cfg.Accept {
+					id := variantKeys{v.Name, n}
+					rate, _, err := SetupRate(ctx, v, acceptLn[id].addr, cfg.Concurrency, cfg.SetupTime)
+					if err != nil {
+						return nil, fmt.Errorf("%w (listener with %d keys)", err, n)
+					}
+					acceptRuns[id] = append(acceptRuns[id], rate)
+				}
+				continue
+			}
+			rate, _, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime)
+			if err != nil {
+				return nil, err
+			}
+			id := variantKeys{v.Name, 0}
+			acceptRuns[id] = append(acceptRuns[id], rate)
+		}
+		hashRuns = append(hashRuns, HashRate(cfg.HashTime))
+	}
+
+	r := &Report{Machine: machine(), Config: cfg, Date: time.Now().UTC().Truncate(time.Second)}
+	for _, v := range vs {
+		lats := sortedMicros(setupLats[v.Name])
+		r.Setup = append(r.Setup, Setup{
+			Variant: v.Name,
+			Rate:    NewStat(setupRuns[v.Name]),
+			P50:     Percentile(lats, 50),
+			P90:     Percentile(lats, 90),
+			P99:     Percentile(lats, 99),
+		})
+	}
+	for _, conns := range cfg.BulkConns {
+		for _, v := range vs {
+			r.Throughput = append(r.Throughput, Throughput{Variant: v.Name, Conns: conns, MBps: NewStat(bulkRuns[variantKeys{v.Name, conns}])})
+		}
+	}
+	r.MD5 = Hash{MBps: NewStat(hashRuns), CPUs: runtime.NumCPU()}
+	for _, conns := range cfg.BulkConns {
+		r.MD5.Bounds = append(r.MD5.Bounds, Bound{Conns: conns, MBps: HashBound(r.MD5.MBps.Median, conns, runtime.NumCPU())})
+	}
+	for _, v := range vs {
+		if !keyed(v) {
+			if runs, ok := acceptRuns[variantKeys{v.Name, 0}]; ok {
+				r.Accept = append(r.Accept, Accept{Variant: v.Name, Keys: 0, Rate: NewStat(runs)})
+			}
+			continue
+		}
+		for _, n := range cfg.SetKey {
+			r.SetKey = append(r.SetKey, SetKey{Variant: v.Name, Keys: n, Nanos: NewStat(setKeyRuns[variantKeys{v.Name, n}])})
+		}
+		for _, n := range cfg.Accept {
+			r.Accept = append(r.Accept, Accept{Variant: v.Name, Keys: n, Rate: NewStat(acceptRuns[variantKeys{v.Name, n}])})
+		}
+	}
+	r.CheckTargets()
+	return r, nil
+}
+
+// machine describes this host.
+func machine() Machine {
+	m := Machine{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(), Go: runtime.Version(), CPU: "unknown CPU"}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/sys/net/core/optmem_max"); err == nil {
+		m.OptmemMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if name, value, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(name) == "model name" {
+				m.CPU = strings.TrimSpace(value)
+				break
+			}
+		}
+	}
+	return m
+}
