@@ -88,7 +88,7 @@ type Greeting struct {
 var CounterMeaning = map[string]string{
 	netstat.MD5Failure:    "a signature did not verify: the peer holds a key for our address, with another secret",
 	netstat.MD5Unexpected: "a signed segment arrived where no key was expected: the peer holds no key for our address",
-	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: our socket dropped the peer's unsigned answer (a reset from a closed port, or a SYN-ACK from a peer without a key)",
+	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: the peer answered without a signature, so it holds no key for our address",
 }
 
 // Run probes c.Address. It returns an error only when the probe could not
@@ -151,12 +151,18 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	c.progress(fmt.Sprintf("no answer to the signed SYN; trying once more unsigned, up to %s", c.Timeout))
 	uconn, uerr := nd.DialContext(ctx, "tcp", r.Target)
 	switch {
-	case uerr == nil:
-		defer uconn.Close()
+	case uerr == nil, errors.Is(uerr, syscall.ECONNRESET):
+		// A reset in SYN-SENT is ECONNREFUSED: ECONNRESET means the
+		// handshake completed and the peer reset the connection at once.
 		r.Verdict = NoKey
 		r.Summary = fmt.Sprintf("the peer takes unsigned connections: it holds no key for %s, so it dropped our signed SYN", r.sourceName())
 		r.Unsigned = "connected"
-		r.Greeting = listen(uconn, c.Wait)
+		if uerr == nil {
+			defer uconn.Close()
+			r.Greeting = listen(uconn, c.Wait)
+		} else {
+			r.Greeting = &Greeting{End: "reset"}
+		}
 		if r.Greeting.End == "reset" {
 			r.Summary += "; it then reset the unsigned connection (its policy refuses peers without a key)"
 		}
@@ -167,6 +173,9 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	default:
 		r.Unsigned = uerr.Error()
 		r.Verdict, r.Summary = closedOrUnreachable(uerr)
+		if r.Verdict == PortClosed {
+			r.Summary += " (a closed port does not answer a signed SYN at all, which is why only the unsigned attempt shows it)"
+		}
 	}
 	return r, nil
 }
