@@ -1,0 +1,124 @@
+package tcpmd5_test
+
+import (
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+// Keys print without their secrets, whatever the verb.
+func ExampleParseKey() {
+	k, err := tcpmd5.ParseKey("192.0.2.0/24", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(k)
+	fmt.Printf("%#v\n", k)
+
+	_, err = tcpmd5.ParseKey("192.0.2.1/24", "not-a-real-secret")
+	fmt.Println(err)
+	// Output:
+	// 192.0.2.0/24 secret:<redacted>
+	// tcpmd5.Key{Peer:netip.MustParsePrefix("192.0.2.0/24"), Secret:<redacted>, Ifindex:0}
+	// tcpmd5: key for 192.0.2.1/24: the prefix has host bits set; did you mean 192.0.2.0/24?
+}
+
+// A BGP speaker listens on port 179 for two peers, each with its own key.
+// Connections from any other address are closed at Accept.
+func ExampleListen() {
+	peer1, err := tcpmd5.ParseKey("192.0.2.1", "not-a-real-secret-1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	peer2, err := tcpmd5.ParseKey("2001:db8::2", "not-a-real-secret-2")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := tcpmd5.Listen("tcp", ":179", peer1, peer2)
+	if err != nil {
+		log.Fatal(err) // errors.Is(err, tcpmd5.ErrMD5Unsupported) off Linux
+	}
+	defer ln.Close()
+	for {
+		conn, err := ln.Accept() // a *net.TCPConn, every segment signed
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer conn.Close()
+			// Speak BGP on conn.
+		}()
+	}
+}
+
+// A Dialer signs the SYN with the key for the address it dials.
+func ExampleDialer() {
+	k, err := tcpmd5.ParseKey("192.0.2.1", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{k}}
+	d.Timeout = 5 * time.Second
+	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP("192.0.2.2")}
+	conn, err := d.Dial("tcp", "192.0.2.1:179")
+	if err != nil {
+		// A peer with another key stays silent: the error is a timeout
+		// that says to check the key on both sides.
+		log.Fatal(err)
+	}
+	defer conn.Close()
+}
+
+// Peers come and go while the listener runs.
+func ExampleListener_SetKey() {
+	ln, err := tcpmd5.Listen("tcp", ":179")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+
+	k, err := tcpmd5.ParseKey("198.51.100.0/24", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := ln.SetKey(k); err != nil { // one setsockopt(2), however many keys
+		log.Fatal(err)
+	}
+	// Later: the peers leave. Established sessions keep their key.
+	if err := ln.RemoveKey(tcpmd5.Key{Peer: k.Peer}); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// An http.Server serves only clients that sign with the shared key; the
+// client side is an http.Transport dialing through a Dialer.
+func Example_httpServer() {
+	clients, err := tcpmd5.ParseKey("203.0.113.0/24", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := tcpmd5.Listen("tcp", ":8443", clients)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "hello over signed TCP")
+	})}
+	go srv.Serve(ln)
+
+	server, err := tcpmd5.ParseKey("203.0.113.1", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{server}}
+	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	resp, err := client.Get("http://203.0.113.1:8443/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp.Body.Close()
+}
