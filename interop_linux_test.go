@@ -1,0 +1,134 @@
+package tcpmd5_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testnet"
+)
+
+// Our end of the BGP sessions, and BIRD's.
+const (
+	ourAS    = 65001
+	birdAS   = 65002
+	birdID   = "198.51.100.2"
+	bgpPort  = 179
+	bgpPortS = "179"
+)
+
+// birdConfig returns a BIRD 2 configuration with one BGP session from local
+// to neighbor, signed with password. A passive session only listens.
+func birdConfig(local, neighbor netip.Addr, password string, passive bool) string {
+	channel := "ipv4"
+	if local.Is6() {
+		channel = "ipv6"
+	}
+	p := "off"
+	if passive {
+		p = "on"
+	}
+	return fmt.Sprintf(`log stderr all;
+router id %s;
+protocol device {}
+protocol bgp peer {
+	local %s as %d;
+	neighbor %s as %d;
+	password "%s";
+	passive %s;
+	connect delay time 1;
+	connect retry time 1;
+	%s { import none; export none; };
+}
+`, birdID, local, birdAS, neighbor, ourAS, password, p, channel)
+}
+
+// TestBIRDInterop runs BIRD 2 as the BGP peer in a network namespace of its
+// own: with the shared password its OPEN reaches us over a signed
+// connection, whichever side connects; with another password no connection
+// forms, and the receiver's TCPMD5Failure counter shows why.
+func TestBIRDInterop(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	for _, family := range []string{"IPv4", "IPv6"} {
+		addrs := func(i *testnet.Iface) netip.Addr {
+			if family == "IPv6" {
+				return i.Addr6
+			}
+			return i.Addr4
+		}
+		t.Run(family+"/BIRD dials our Listener", func(t *testing.T) {
+			t.Parallel()
+			us, peer := testnet.Pair(t)
+			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
+			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, false))
+
+			require.NoError(t, ln.SetDeadline(time.Now().Add(15*time.Second)))
+			c, err := ln.Accept()
+			require.NoError(t, err, "BIRD did not connect")
+			defer c.Close()
+			assert.Equal(t, addrs(peer).String(), c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String())
+			open := readOpen(t, c)
+			assert.Equal(t, uint16(birdAS), open.AS)
+			assert.Equal(t, birdID, open.RouterID.String())
+		})
+		t.Run(family+"/our Dialer reaches BIRD", func(t *testing.T) {
+			t.Parallel()
+			us, peer := testnet.Pair(t)
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, true))
+			waitListening(t, peer.Host, bgpPort)
+
+			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)})
+			c, err := dialIn(us.Host, d, "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
+			require.NoError(t, err)
+			defer c.Close()
+			open := readOpen(t, c)
+			assert.Equal(t, uint16(birdAS), open.AS)
+		})
+		t.Run(family+"/BIRD with another password is dropped", func(t *testing.T) {
+			t.Parallel()
+			us, peer := testnet.Pair(t)
+			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
+			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
+			before := countersIn(t, us.Host)
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretB, false))
+
+			// BIRD's SYN arrives and fails verification...
+			waitCounter(t, us.Host, before, netstat.MD5Failure, 15*time.Second)
+			// ...and no connection forms, not even after BIRD retries.
+			require.NoError(t, ln.SetDeadline(time.Now().Add(1500*time.Millisecond)))
+			c, err := ln.Accept()
+			if c != nil {
+				c.Close()
+			}
+			require.Error(t, err, "a connection from BIRD with another password was accepted")
+			var ne net.Error
+			require.ErrorAs(t, err, &ne)
+			assert.True(t, ne.Timeout())
+			assert.Zero(t, ln.RefusedUnsigned(), "BIRD's SYN was signed, so nothing should reach Accept")
+		})
+		t.Run(family+"/our Dialer with another password is dropped by BIRD", func(t *testing.T) {
+			t.Parallel()
+			us, peer := testnet.Pair(t)
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretB, true))
+			waitListening(t, peer.Host, bgpPort)
+			before := countersIn(t, peer.Host)
+
+			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)})
+			c, err := dialIn(us.Host, d, "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
+			requireRefused(t, c, err)
+			assert.Contains(t, err.Error(), "holds the same key for")
+			assert.NotContains(t, err.Error(), secretA)
+			moved := before.Delta(countersIn(t, peer.Host), netstat.MD5Counters...)
+			assert.Positive(t, moved[netstat.MD5Failure], "BIRD's kernel did not count our SYN as a failed signature: %v", moved)
+		})
+	}
+}
