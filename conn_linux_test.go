@@ -219,14 +219,20 @@ func TestListenersArePlainTCP(t *testing.T) {
 	assert.Equal(t, unix.IPPROTO_TCP, protocol(t, ln))
 }
 
+// TestOptionMemoryFull shows the limit a Listener works around: one socket
+// takes keys until its option memory is full, then setsockopt says ENOMEM.
 func TestOptionMemoryFull(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
-	ln := listen(t, &tcpmd5.ListenConfig{}, "tcp4", "127.0.0.1:0")
-	var err error
+	var nlc net.ListenConfig
+	nlc.SetMultipathTCP(false)
+	nl, err := nlc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer nl.Close()
+	tl := nl.(*net.TCPListener)
 	n := 0
 	for ; n < 1<<16; n++ {
-		err = ln.SetKey(tcpmd5.Key{Peer: hostPrefix(n), Secret: []byte(secretA)})
+		err = tcpmd5.SetKeys(tl, tcpmd5.Key{Peer: hostPrefix(n), Secret: []byte(secretA)})
 		if err != nil {
 			break
 		}
@@ -236,7 +242,6 @@ func TestOptionMemoryFull(t *testing.T) {
 	optmem := strings.TrimSpace(readFile(t, "/proc/sys/net/core/optmem_max"))
 	assert.Contains(t, err.Error(), "net.core.optmem_max is "+optmem+" bytes")
 	assert.NotContains(t, err.Error(), secretA)
-	assert.Len(t, ln.Keys(), n, "the refused key must not be recorded")
 	t.Logf("one socket held %d keys with net.core.optmem_max=%s", n, optmem)
 }
 

@@ -3,8 +3,11 @@ package tcpmd5
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -43,6 +46,11 @@ type ListenConfig struct {
 // [net.ListenConfig.Listen], for "tcp", "tcp4" and "tcp6", with lc.Keys
 // installed before the socket listens. If any key cannot be installed, Listen
 // fails and the socket is closed: nothing is left half-applied.
+//
+// When the keys are more than one socket's option memory holds
+// (net.core.optmem_max, about 960 keys on Linux 6.x), Listen spreads them
+// over a group of SO_REUSEPORT sockets bound to the same address, each with
+// its share of the keys before it listens; see [Listener].
 func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -53,30 +61,38 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	cfg := lc.ListenConfig
-	cfg.SetMultipathTCP(false)
-	user := cfg.Control
-	cfg.Control = func(network, address string, c syscall.RawConn) error {
-		if user != nil {
-			if err := user(network, address, c); err != nil {
-				return err
-			}
-		}
-		return applyKeys(c, keys)
-	}
-	ln, err := cfg.Listen(ctx, network, address)
-	if err != nil {
-		return nil, err
-	}
-	tl := ln.(*net.TCPListener)
-	rc, err := tl.SyscallConn()
-	if err != nil {
-		tl.Close()
-		return nil, err
-	}
-	l := &Listener{tcp: tl, rc: rc, allowUnsigned: lc.AllowUnsigned}
-	for _, k := range keys {
+	l := &Listener{allowUnsigned: lc.AllowUnsigned, network: network, cfg: lc.ListenConfig}
+	l.cfg.SetMultipathTCP(false)
+	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())
+	}
+	hosts := 0
+	for id := range l.keys.keys {
+		if id.peer.IsSingleIP() {
+			hosts++
+		}
+	}
+	for n := shardsFor(&l.keys); ; {
+		err := l.listenGroup(ctx, address, n)
+		if err == nil {
+			break
+		}
+		// The estimate of a socket's room was high: try more sockets, as
+		// long as that leaves fewer host keys on each.
+		if !keysFull(err) || n >= min(hosts, maxShards) {
+			return nil, err
+		}
+		n = min(n+(n+1)/2, maxShards)
+	}
+	l.first = l.shards[0]
+	l.conns = make(chan accepted)
+	l.done = make(chan struct{})
+	l.deadlineSet = make(chan struct{})
+	if len(l.shards) > 1 {
+		l.merged.Store(true)
+		for _, s := range l.shards {
+			l.acceptFrom(s)
+		}
 	}
 	return l, nil
 }
@@ -96,14 +112,49 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // Each accepted connection keeps its own copy of the key that matched its
 // peer during the handshake: later calls to SetKey and RemoveKey affect new
 // handshakes only.
+//
+// A Listener holds any number of keys. One Linux socket holds only as many
+// as its option memory allows (net.core.optmem_max: about 960 on 6.x
+// kernels, 150 on older ones), so when a socket is full the Listener adds
+// another bound to the same address, in a SO_REUSEPORT group, and attaches
+// a classic BPF program (SO_ATTACH_REUSEPORT_CBPF) that sends each SYN to
+// the socket holding the key for its source address. Keys for a single host
+// live on one socket; prefix keys live on every socket and count against
+// each one's room. Accept takes connections from all sockets, Addr stays the
+// same, and Close closes them all. Every socket of the group, the first
+// included, has SO_REUSEPORT set: another process of the same user could
+// bind the same address, but the program never steers a SYN to it.
 type Listener struct {
-	tcp           *net.TCPListener
-	rc            syscall.RawConn
+	first         *shard // the first socket, whose address is the listener's
 	allowUnsigned bool
 	refused       atomic.Uint64
 
-	mu   sync.RWMutex // guards keys and serializes changes to the socket's keys
-	keys keyTable
+	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
+	keys    keyTable     // every key, with its secret
+	shards  []*shard     // the group, in the order the sockets joined it
+	steered bool         // the steering program is attached to the group
+	closed  bool
+	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
+	network string
+	address string // the first socket's, which the others bind too
+
+	// Accept takes connections from the first socket directly until the
+	// group has a second one; from then on, one goroutine per socket
+	// accepts and sends them to conns.
+	merged      atomic.Bool
+	direct      sync.RWMutex // held, for reading, by Accept calls on the first socket
+	conns       chan accepted
+	done        chan struct{} // closed by Close
+	deadlineMu  sync.Mutex
+	deadline    time.Time     // Accept's, once merged
+	deadlineSet chan struct{} // closed and replaced when the deadline changes
+}
+
+// accepted is a connection, or an error, from one socket of the group.
+type accepted struct {
+	c   *net.TCPConn
+	s   *shard
+	err error
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -123,31 +174,140 @@ func (l *Listener) Accept() (net.Conn, error) {
 // AcceptTCP is [Listener.Accept] with the concrete type.
 func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 	for {
-		c, err := l.tcp.AcceptTCP()
-		if err != nil {
-			return nil, err
+		a := l.next()
+		if a.err != nil {
+			return nil, a.err
 		}
-		if l.allowUnsigned || l.covers(c.RemoteAddr()) {
-			return c, nil
+		if l.admit(a.s, a.c.RemoteAddr()) {
+			return a.c, nil
 		}
 		l.refused.Add(1)
-		_ = c.SetLinger(0)
-		c.Close()
+		_ = a.c.SetLinger(0)
+		a.c.Close()
 	}
 }
 
-func (l *Listener) covers(a net.Addr) bool {
+// next returns the next connection from any socket of the group.
+func (l *Listener) next() accepted {
+	for !l.merged.Load() {
+		l.direct.RLock()
+		if l.merged.Load() {
+			l.direct.RUnlock()
+			break
+		}
+		c, err := l.first.ln.AcceptTCP()
+		l.direct.RUnlock()
+		var ne net.Error
+		if err != nil && l.merged.Load() && errors.As(err, &ne) && ne.Timeout() {
+			continue // the group grew and interrupted this Accept
+		}
+		return accepted{c: c, s: l.first, err: err}
+	}
+	for {
+		l.deadlineMu.Lock()
+		deadline, changed := l.deadline, l.deadlineSet
+		l.deadlineMu.Unlock()
+		var timer *time.Timer
+		var expired <-chan time.Time
+		if !deadline.IsZero() {
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				return accepted{err: l.opError(os.ErrDeadlineExceeded)}
+			}
+			timer = time.NewTimer(wait)
+			expired = timer.C
+		}
+		a, ok := l.wait(changed, expired)
+		if timer != nil {
+			timer.Stop()
+		}
+		if ok {
+			return a
+		}
+	}
+}
+
+// wait returns the next connection from the group, or an error once the
+// listener is closed or the deadline expired; ok is false if the deadline
+// changed first.
+func (l *Listener) wait(changed <-chan struct{}, expired <-chan time.Time) (a accepted, ok bool) {
+	select {
+	case <-l.done:
+		return accepted{err: l.opError(net.ErrClosed)}, true
+	default:
+	}
+	select {
+	case a := <-l.conns:
+		return a, true
+	case <-l.done:
+		return accepted{err: l.opError(net.ErrClosed)}, true
+	case <-expired:
+		return accepted{err: l.opError(os.ErrDeadlineExceeded)}, true
+	case <-changed:
+		return accepted{}, false
+	}
+}
+
+func (l *Listener) opError(err error) error {
+	addr := l.Addr()
+	return &net.OpError{Op: "accept", Net: addr.Network(), Addr: addr, Err: err}
+}
+
+// acceptFrom starts the goroutine that accepts on s for Accept, after
+// moving Accept from the first socket alone to the whole group if it has
+// not moved yet. The caller holds mu.
+func (l *Listener) acceptFrom(s *shard) {
+	if !l.merged.Load() {
+		l.deadlineMu.Lock()
+		l.merged.Store(true)
+		_ = l.first.ln.SetDeadline(time.Unix(1, 0)) // wakes Accept calls on it
+		l.deadlineMu.Unlock()
+		l.direct.Lock() // they have all returned
+		_ = l.first.ln.SetDeadline(time.Time{})
+		l.direct.Unlock()
+		l.acceptFrom(l.first)
+	}
+	go func() {
+		for {
+			c, err := s.ln.AcceptTCP()
+			var ne net.Error
+			switch {
+			case errors.Is(err, net.ErrClosed):
+				return
+			case errors.As(err, &ne) && ne.Timeout():
+				continue
+			}
+			select {
+			case l.conns <- accepted{c: c, s: s, err: err}:
+			case <-l.done:
+				if c != nil {
+					c.Close()
+				}
+				return
+			}
+		}
+	}()
+}
+
+// admit reports whether Accept hands over a connection from peer a that
+// socket s accepted: if s verified its signature with a key, or if no key
+// covers the peer and unsigned peers are allowed.
+func (l *Listener) admit(s *shard, a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	if !ok {
-		return false
+		return l.allowUnsigned
 	}
 	addr, ok := netip.AddrFromSlice(ta.IP)
 	if !ok {
-		return false
+		return l.allowUnsigned
 	}
+	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return l.keys.covers(addr.Unmap())
+	if s.keys.covers(addr) || s.left.covers(addr) {
+		return true
+	}
+	return l.allowUnsigned && !l.keys.covers(addr)
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -157,6 +317,11 @@ func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 // SetKey installs k on the live listener, or replaces the secret of the key
 // with the same Peer and Ifindex. It costs one setsockopt(2) call however
 // many keys are installed, and applies to handshakes that start afterwards.
+//
+// A prefix key goes on every socket of the listener's group. When a socket
+// is full, SetKey adds one to the group first (see [Listener]); it returns
+// the kernel's ENOMEM only when that cannot help, such as for a prefix key
+// on a socket holding nothing but prefix keys.
 func (l *Listener) SetKey(k Key) error {
 	k, err := k.normalize()
 	if err != nil {
@@ -164,11 +329,23 @@ func (l *Listener) SetKey(k Key) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := applyKeys(l.rc, []Key{k}); err != nil {
-		return err
+	if l.closed {
+		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
 	}
-	l.keys.set(k.clone())
-	return nil
+	// At most double the group: by then every socket has been split once.
+	for grown := 0; ; grown++ {
+		full, err := l.install(k)
+		if err == nil {
+			l.keys.set(k.clone())
+			return nil
+		}
+		if !keysFull(err) || full.hosts() == 0 || grown >= len(l.shards) {
+			return err
+		}
+		if gerr := l.grow(); gerr != nil {
+			return fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
+		}
+	}
 }
 
 // RemoveKey deletes the key for k.Peer and k.Ifindex from the listener; the
@@ -179,15 +356,22 @@ func (l *Listener) RemoveKey(k Key) error {
 	if err != nil {
 		return err
 	}
+	id := k.id()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.keys.keys[k.id()]; !ok {
+	if _, ok := l.keys.keys[id]; !ok {
 		return nil
 	}
-	if err := removeKey(l.rc, k); err != nil {
-		return err
+	for _, s := range l.shards {
+		if _, ok := s.keys.keys[id]; ok {
+			if err := removeKey(s.rc, k); err != nil {
+				return err
+			}
+			s.keys.remove(id)
+		}
+		s.left.remove(id)
 	}
-	l.keys.remove(k.id())
+	l.keys.remove(id)
 	return nil
 }
 
@@ -213,18 +397,39 @@ func (l *Listener) Keys() []Key {
 }
 
 // Addr returns the listener's network address, a *[net.TCPAddr].
-func (l *Listener) Addr() net.Addr { return l.tcp.Addr() }
+func (l *Listener) Addr() net.Addr { return l.first.ln.Addr() }
 
-// Close stops listening. Connections already accepted stay open.
-func (l *Listener) Close() error { return l.tcp.Close() }
+// Close stops listening on every socket of the group. Connections already
+// accepted stay open.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return l.first.ln.Close() // the net package's error for a second Close
+	}
+	l.closed = true
+	err := l.closeShards()
+	close(l.done)
+	return err
+}
 
 // SetDeadline sets the deadline for Accept, as [net.TCPListener.SetDeadline].
-func (l *Listener) SetDeadline(t time.Time) error { return l.tcp.SetDeadline(t) }
+func (l *Listener) SetDeadline(t time.Time) error {
+	l.deadlineMu.Lock()
+	defer l.deadlineMu.Unlock()
+	l.deadline = t
+	close(l.deadlineSet)
+	l.deadlineSet = make(chan struct{})
+	if l.merged.Load() {
+		return nil
+	}
+	return l.first.ln.SetDeadline(t)
+}
 
 // SyscallConn returns the raw listening socket, as
-// [net.TCPListener.SyscallConn]. Keys set on it directly bypass
-// [Listener.Keys] and the Accept policy.
-func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.tcp.SyscallConn() }
+// [net.TCPListener.SyscallConn]: the first socket of the group. Keys set on
+// it directly bypass [Listener.Keys] and the Accept policy.
+func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.first.ln.SyscallConn() }
 
 // keyTable holds a listener's keys and answers, in time independent of
 // their number, whether one covers a peer address.

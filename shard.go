@@ -1,0 +1,308 @@
+package tcpmd5
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"net"
+	"net/netip"
+	"syscall"
+)
+
+// A socket's option memory (net.core.optmem_max) holds about 960 keys on a
+// 6.x kernel, then setsockopt(2) fails with ENOMEM. A Listener therefore
+// spreads its keys over a group of SO_REUSEPORT sockets bound to the same
+// address, its shards, and a classic BPF program steers each SYN to the
+// shard that holds its peer's key, by a hash of the source address.
+//
+// Host keys (/32, /128) live on the one shard shardOf picks for their peer;
+// prefix keys may cover peers of any shard and live on all of them. The
+// group grows by linear hashing: going from n to n+1 shards splits one shard,
+// n - 2^level, so only its keys move, to the new one. The new socket gets
+// them before the program that steers to it is attached, and the old copies
+// are deleted after, so no handshake finds a socket without its key.
+
+// The multipliers of peerHash and mix, shared with the steering program.
+const (
+	wordMul = 0x9e3779b1
+	mix1    = 0x7feb352d
+	mix2    = 0x846ca68b
+)
+
+// maxShards bounds a listener's group: with about 960 keys a socket, it
+// holds millions of host keys.
+const maxShards = 1 << 12
+
+// peerHash hashes a source address for shardOf; the steering program
+// computes the same from the packet's IP header (big-endian words).
+func peerHash(a netip.Addr) uint32 {
+	if a.Is4() {
+		b := a.As4()
+		return mix(binary.BigEndian.Uint32(b[:]))
+	}
+	b := a.As16()
+	h := binary.BigEndian.Uint32(b[:4])
+	for i := 4; i < 16; i += 4 {
+		h = h*wordMul ^ binary.BigEndian.Uint32(b[i:])
+	}
+	return mix(h)
+}
+
+// mix spreads the bits of h over all 32 (a multiply-xorshift finalizer).
+func mix(h uint32) uint32 {
+	h ^= h >> 16
+	h *= mix1
+	h ^= h >> 15
+	h *= mix2
+	h ^= h >> 16
+	return h
+}
+
+// shardOf picks one of n shards for hash h by linear hashing: the low
+// level+1 bits of h, or the low level bits where those name a shard not
+// made yet, with 2^level <= n < 2^(level+1).
+func shardOf(h uint32, n int) int {
+	level := bits.Len(uint(n)) - 1
+	s := h & (2<<level - 1)
+	if s >= uint32(n) {
+		s = h & (1<<level - 1)
+	}
+	return int(s)
+}
+
+// shard is one listening socket of a Listener's group.
+type shard struct {
+	ln *net.TCPListener
+	rc syscall.RawConn
+
+	// Guarded by the Listener's mu.
+	keys keyTable // the keys installed on the socket, without secrets
+	left keyTable // host keys moved to a newer shard, without secrets
+}
+
+// bare returns k without its secret, as shards record it.
+func bare(k Key) Key { return Key{Peer: k.Peer, Ifindex: k.Ifindex} }
+
+// hosts counts the host keys installed on s, which growing the group can
+// move away.
+func (s *shard) hosts() int {
+	n := 0
+	for id := range s.keys.keys {
+		if id.peer.IsSingleIP() {
+			n++
+		}
+	}
+	return n
+}
+
+// listenShard makes one socket of a group: the caller's Control runs, then
+// SO_REUSEPORT is set, with steer > 0 the steering program for that many
+// shards is attached, and the keys are installed, all before bind(2) and
+// listen(2). cfg has MPTCP off.
+func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, steerN int) (*shard, error) {
+	user := cfg.Control
+	cfg.Control = func(network, address string, c syscall.RawConn) error {
+		if user != nil {
+			if err := user(network, address, c); err != nil {
+				return err
+			}
+		}
+		if err := joinGroup(c); err != nil {
+			return err
+		}
+		if steerN > 0 {
+			if err := steer(c, steerN); err != nil {
+				return err
+			}
+		}
+		return applyKeys(c, keys)
+	}
+	ln, err := cfg.Listen(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	tl := ln.(*net.TCPListener)
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		tl.Close()
+		return nil, err
+	}
+	s := &shard{ln: tl, rc: rc}
+	for _, k := range keys {
+		s.keys.set(bare(k))
+	}
+	return s, nil
+}
+
+// shardsFor returns the fewest shards whose fullest one holds its host keys
+// and every prefix key within keysPerSocket, by the placement shardOf makes.
+func shardsFor(t *keyTable) int {
+	var hosts []uint32
+	prefixes := 0
+	for id := range t.keys {
+		if id.peer.IsSingleIP() {
+			hosts = append(hosts, peerHash(id.peer.Addr()))
+		} else {
+			prefixes++
+		}
+	}
+	room := keysPerSocket() - prefixes
+	if room <= 0 || len(hosts) <= room {
+		return 1
+	}
+	loads := make([]int, maxShards)
+	for n := max(2, len(hosts)/room); n < maxShards; n++ {
+		clear(loads[:n])
+		fits := true
+		for _, h := range hosts {
+			s := shardOf(h, n)
+			if loads[s]++; loads[s] > room {
+				fits = false
+				break
+			}
+		}
+		if fits {
+			return n
+		}
+	}
+	return maxShards
+}
+
+// placeKeys returns the keys of each of n shards: every prefix key, then
+// the host keys shardOf places there.
+func placeKeys(t *keyTable, n int) [][]Key {
+	var prefixes []Key
+	hosts := make([][]Key, n)
+	for id, k := range t.keys {
+		if id.peer.IsSingleIP() {
+			s := shardOf(peerHash(id.peer.Addr()), n)
+			hosts[s] = append(hosts[s], k)
+		} else {
+			prefixes = append(prefixes, k)
+		}
+	}
+	out := make([][]Key, n)
+	for i := range out {
+		out[i] = append(append(out[i], prefixes...), hosts[i]...)
+	}
+	return out
+}
+
+// listenGroup makes a group of n shards holding the keys of t, each socket
+// with its keys before it listens. With more than one shard, the first
+// socket carries the steering program before it listens; until the others
+// have joined, SYNs meant for them reach a socket without their key, which
+// drops them if signed and hands them to Accept's policy if not.
+func (l *Listener) listenGroup(ctx context.Context, address string, n int) error {
+	perShard := placeKeys(&l.keys, n)
+	steerN := 0
+	if n > 1 {
+		steerN = n
+	}
+	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], steerN)
+	if err != nil {
+		return err
+	}
+	l.shards = []*shard{first}
+	l.address = first.ln.Addr().String()
+	for i := 1; i < n; i++ {
+		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i], 0)
+		if err != nil {
+			l.closeShards()
+			return err
+		}
+		l.shards = append(l.shards, s)
+	}
+	l.steered = n > 1
+	return nil
+}
+
+// closeShards closes the group's sockets, the newest first: the kernel
+// fills a closed socket's place in the group with the last one, so this
+// order never moves a socket under the steering program.
+func (l *Listener) closeShards() error {
+	var err error
+	for i := len(l.shards) - 1; i >= 0; i-- {
+		err = l.shards[i].ln.Close()
+	}
+	return err
+}
+
+// install puts k on the sockets that need it, a host key on the one shardOf
+// picks and a prefix key on all, or on none: after a failure it restores
+// the earlier key with k's Peer and Ifindex, or deletes k. It returns the
+// socket that refused k.
+func (l *Listener) install(k Key) (*shard, error) {
+	targets := l.shards
+	if k.Peer.IsSingleIP() {
+		i := shardOf(peerHash(k.Peer.Addr()), len(l.shards))
+		targets = l.shards[i : i+1]
+	}
+	for i, s := range targets {
+		if err := applyKeys(s.rc, []Key{k}); err != nil {
+			old, had := l.keys.keys[k.id()]
+			for _, done := range targets[:i] {
+				if had {
+					_ = applyKeys(done.rc, []Key{old})
+				} else if removeKey(done.rc, k) == nil {
+					done.keys.remove(k.id())
+				}
+			}
+			return s, err
+		}
+		s.keys.set(bare(k))
+	}
+	return nil, nil
+}
+
+// grow adds a socket to the group. Going from n to n+1 shards, linear
+// hashing splits shard n - 2^level: the new socket gets every prefix key
+// and the split shard's host keys that shardOf now places on it, then joins
+// the group while the program still steers among n, then the program for
+// n+1 replaces it, and only then are the moved keys deleted from the split
+// shard. A SYN therefore always reaches a socket holding its peer's key.
+func (l *Listener) grow() error {
+	n := len(l.shards)
+	if n >= maxShards {
+		return fmt.Errorf("tcpmd5: the listener already spreads its keys over %d sockets, its limit", n)
+	}
+	if !l.steered {
+		if err := steer(l.shards[0].rc, n); err != nil {
+			return err
+		}
+		l.steered = true
+	}
+	split := l.shards[n-1<<(bits.Len(uint(n))-1)]
+	var keys, moved []Key
+	for id, k := range l.keys.keys {
+		if !id.peer.IsSingleIP() {
+			keys = append(keys, k)
+		}
+	}
+	for id := range split.keys.keys {
+		k, ok := l.keys.keys[id]
+		if ok && id.peer.IsSingleIP() && shardOf(peerHash(id.peer.Addr()), n+1) == n {
+			moved = append(moved, k)
+		}
+	}
+	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...), 0)
+	if err != nil {
+		return err
+	}
+	if err := steer(l.shards[0].rc, n+1); err != nil {
+		s.ln.Close() // the last socket of the group: closing it moves no other
+		return err
+	}
+	l.shards = append(l.shards, s)
+	l.acceptFrom(s)
+	for _, k := range moved {
+		if removeKey(split.rc, k) == nil {
+			split.keys.remove(k.id())
+		}
+		// A connection the split shard verified before the switch may still
+		// wait in its queue; Accept must not take it for unsigned.
+		split.left.set(bare(k))
+	}
+	return nil
+}
