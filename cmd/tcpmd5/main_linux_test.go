@@ -46,6 +46,9 @@ var binary string
 
 // TestMain builds the command once; the tests run the binary.
 func TestMain(m *testing.M) {
+	if program := os.Getenv("TCPMD5_SECCOMP_EXEC"); program != "" {
+		seccompHelper(program)
+	}
 	dir, err := os.MkdirTemp("", "tcpmd5-cmd-test")
 	if err != nil {
 		panic(err)

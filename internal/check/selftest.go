@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
@@ -134,13 +135,18 @@ func unsignedPeer(ctx context.Context, ln *tcpmd5.Listener, addr string, wait ti
 	r := Result{Check: "self-test: unsigned peer"}
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: localAddr(unkeyedPeer)}
 	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		// The reset came before connect(2) returned: a reset in SYN-SENT
+		// would be ECONNREFUSED, so the handshake had completed.
+	case err != nil:
 		r.Status, r.Value, r.Detail = StatusFail, "error", err.Error()
 		return r
+	default:
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(max(wait, time.Second)))
+		_, err = c.Read(make([]byte, 1))
 	}
-	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(max(wait, time.Second)))
-	_, err = c.Read(make([]byte, 1))
 	var ne net.Error
 	if err == nil || (errors.As(err, &ne) && ne.Timeout()) || ln.RefusedUnsigned() == 0 {
 		r.Status, r.Value, r.Detail = StatusFail, "served", fmt.Sprintf("the listener kept a connection from %s, which no key covers (read: %v)", unkeyedPeer, err)

@@ -153,6 +153,7 @@ func (s *secretSource) register(fs *flag.FlagSet) {
 // keysFor returns the keys to dial host with: from the key file, from -key,
 // or from the environment, in that order of precedence.
 func (e *env) keysFor(s secretSource, host netip.Addr) ([]tcpmd5.Key, error) {
+	host = host.Unmap().WithZone("")
 	if s.file != "" && s.secret != "" {
 		return nil, errors.New("give -key or -key-file, not both")
 	}
@@ -176,7 +177,6 @@ func (e *env) keysFor(s secretSource, host netip.Addr) ([]tcpmd5.Key, error) {
 	if secret == "" {
 		return nil, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -key SECRET", SecretEnv)
 	}
-	host = host.Unmap().WithZone("")
 	k, err := tcpmd5.ParseKey(host.String(), secret)
 	if err != nil {
 		return nil, err

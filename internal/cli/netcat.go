@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,34 +23,45 @@ const dialExamples = `  tcpmd5 dial -key-file peers.keys 192.0.2.1:1790 < reques
   TCPMD5_SECRET=fake-secret-x tcpmd5 dial -source 192.0.2.2 192.0.2.1:1790
 `
 
-// peerKeys is the repeatable -key PEER=SECRET flag of listen.
-type peerKeys []tcpmd5.Key
+// peerKeys is the repeatable -key PEER=SECRET flag of listen. Set keeps
+// its error for later and returns nil, because the flag package would
+// print the value, secret included, with the error.
+type peerKeys struct {
+	keys []tcpmd5.Key
+	err  error
+}
 
-func (p *peerKeys) String() string { return fmt.Sprint(len(*p), " keys") }
+func (p *peerKeys) String() string { return "" }
 
 func (p *peerKeys) Set(s string) error {
 	peer, secret, ok := strings.Cut(s, "=")
 	if !ok {
-		return errors.New("want PEER=SECRET, such as 192.0.2.1=SECRET or 2001:db8::/64=SECRET")
+		p.err = cmp.Or(p.err, errors.New("-key: want PEER=SECRET, such as 192.0.2.1=SECRET or 2001:db8::/64=SECRET"))
+		return nil
 	}
 	k, err := tcpmd5.ParseKey(peer, secret)
 	if err != nil {
-		return err
+		p.err = cmp.Or(p.err, fmt.Errorf("-key: %w", err))
+		return nil
 	}
-	*p = append(*p, k)
+	p.keys = append(p.keys, k)
 	return nil
 }
 
 func (e *env) listen(args []string) int {
 	fs := e.flagSet("listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] ADDR", listenExamples)
-	var keys peerKeys
-	fs.Var(&keys, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
+	var flags peerKeys
+	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
 	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line")
 	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
 	}
+	if flags.err != nil {
+		return e.errorf(ExitUsage, "%v", flags.err)
+	}
+	keys := flags.keys
 	if len(pos) != 1 {
 		fs.Usage()
 		return e.errorf(ExitUsage, "listen takes one ADDR such as :1790 or 192.0.2.1:1790, got %d arguments", len(pos))

@@ -1,0 +1,261 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+)
+
+func TestCheck(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+
+	r := run(t, "", nil, "check")
+	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	for _, row := range []string{
+		`signing +ok +yes`,
+		`prefix keys +ok +yes`,
+		`interface keys +\w+ +`,
+		`MPTCP listeners +info +(yes|no)`,
+		`optmem_max +info +\d+ bytes`,
+		`keys per socket +info +\d+ +measured on a throwaway socket`,
+		`self-test: right key +ok +connects`,
+		`self-test: wrong key +ok +refused`,
+		`self-test: no key +ok +refused`,
+		`self-test: unsigned peer +ok +refused`,
+	} {
+		assert.Regexp(t, regexp.MustCompile(`(?m)^`+row), r.stdout)
+	}
+	assert.NotContains(t, r.stdout, "FAIL")
+	assert.Contains(t, r.stdout, "Signing works")
+
+	r = run(t, "", nil, "check", "-json")
+	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	var rep struct {
+		Signing bool `json:"signing"`
+		Results []struct {
+			Check, Status, Value, Detail string
+		} `json:"results"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
+	assert.True(t, rep.Signing)
+	byName := map[string]string{}
+	for _, res := range rep.Results {
+		byName[res.Check] = res.Value
+	}
+	optmem := strings.TrimSpace(readFile(t, "/proc/sys/net/core/optmem_max"))
+	assert.Equal(t, optmem+" bytes", byName["optmem_max"])
+	// The measured capacity agrees with the kernel's limit: each key is
+	// charged about 136 bytes (sizeof(struct tcp_md5sig_key) on 64-bit).
+	var n int
+	_, err := fmt.Sscan(byName["keys per socket"], &n)
+	require.NoError(t, err)
+	var limit int
+	_, err = fmt.Sscan(optmem, &limit)
+	require.NoError(t, err)
+	assert.InDelta(t, limit/136, n, float64(limit/136)/10, "keys per socket %d at optmem_max %d", n, limit)
+	mptcp := strings.TrimSpace(readFile(t, "/proc/sys/net/mptcp/enabled"))
+	if mptcp == "1" {
+		assert.Equal(t, "yes", byName["MPTCP listeners"])
+	}
+}
+
+// TestCheckFailsWhereTheKernelRefuses runs check under a seccomp filter
+// that answers TCP_MD5SIG and TCP_MD5SIG_EXT with ENOPROTOOPT, what a
+// kernel without CONFIG_TCP_MD5SIG or a sandbox such as gVisor answers.
+func TestCheckFailsWhereTheKernelRefuses(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(os.Args[0]) // TestMain becomes the helper
+	cmd.Env = append(os.Environ(), "TCPMD5_SECCOMP_EXEC="+binary)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "check succeeded without TCP MD5: %s", stdout.String())
+	if ee.ExitCode() == seccompUnavailable {
+		testenv.Missing(t, "cannot install a seccomp filter: "+stderr.String(), "run on a kernel with CONFIG_SECCOMP_FILTER, outside a sandbox that forbids it")
+	}
+	require.Equal(t, 1, ee.ExitCode(), "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	out := stdout.String()
+	assert.Regexp(t, regexp.MustCompile(`(?m)^signing +FAIL +no +.*CONFIG_TCP_MD5SIG`), out)
+	assert.Regexp(t, regexp.MustCompile(`(?m)^self-test +skip`), out)
+	assert.Contains(t, out, "Signing does NOT work")
+}
+
+func TestListenDialRoundTrip(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	// Each side holds the other's address with the same secret.
+	file := keyFile(t, 0o600, ourAddr+" "+secretA+"\n"+peerAddr+" "+secretA+"\n")
+
+	ln := exec.Command(binary, "listen", "-key-file", file, peerAddr+":0")
+	ln.Stdin = strings.NewReader("from the listener\n")
+	var lnOut bytes.Buffer
+	ln.Stdout = &lnOut
+	lnErr, err := ln.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, ln.Start())
+	t.Cleanup(func() { _ = ln.Process.Kill(); _ = ln.Wait() })
+	addr := listeningOn(t, lnErr)
+
+	// Not in subtests: the commands must start from this goroutine, the
+	// one in the namespace.
+	wrong := run(t, "", []string{"TCPMD5_SECRET=" + secretB}, "dial", "-source", ourAddr, "-timeout", "700ms", addr)
+	assert.Equal(t, 1, wrong.code, "a dial with the wrong key: %s", wrong.stderr)
+	assert.Contains(t, wrong.stderr, "holds the same key for")
+	assert.Empty(t, wrong.stdout)
+
+	// The listener holds no key for otherAddr: it resets the connection
+	// and waits for the next one.
+	unkeyed := run(t, "", nil, "dial", "-source", otherAddr, "-key", secretA, "-timeout", "700ms", addr)
+	assert.Equal(t, 1, unkeyed.code, "a signed dial from a peer the listener has no key for: %s", unkeyed.stderr)
+	assert.Contains(t, unkeyed.stderr, "holds the same key for")
+
+	r := run(t, "from the dialer\n", []string{"TCPMD5_SECRET=" + secretA}, "dial", "-source", ourAddr, addr)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "from the listener\n", r.stdout)
+	assert.Contains(t, r.stderr, "connected to "+addr)
+
+	done := make(chan error, 1)
+	go func() { _, _ = io.Copy(io.Discard, lnErr); done <- ln.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("listen did not exit after the connection ended")
+	}
+	assert.Equal(t, "from the dialer\n", lnOut.String())
+}
+
+// listeningOn reads listen's stderr up to its "listening on ADDR" line.
+func listeningOn(t *testing.T, stderr io.Reader) string {
+	t.Helper()
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stderr).ReadString('\n')
+		lines <- line
+	}()
+	select {
+	case line := <-lines:
+		requireNoSecret(t, line)
+		m := regexp.MustCompile(`listening on (\S+) with 2 keys`).FindStringSubmatch(line)
+		require.NotNil(t, m, "listen said %q", line)
+		return m[1]
+	case <-time.After(10 * time.Second):
+		t.Fatal("listen did not start")
+		return ""
+	}
+}
+
+func TestKeySources(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	probe := []string{"probe", "-source", ourAddr, "-timeout", "1s", "-wait", "100ms"}
+	// peer starts a keyed peer in a namespace for the calling subtest.
+	peer := func(t *testing.T) string {
+		testenv.Netns(t)
+		return listen(t, echo, key(t, ourAddr, secretA)).Addr().String()
+	}
+	t.Run("environment", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		r := run(t, "", []string{"TCPMD5_SECRET=" + secretA}, append(probe, addr)...)
+		assert.Equal(t, 0, r.code, r.stderr)
+		assert.NotContains(t, r.stderr, "warning")
+	})
+	t.Run("-key warns", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		r := run(t, "", nil, append(probe, "-key", secretA, addr)...)
+		assert.Equal(t, 0, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "warning: -key shows the secret in the process list")
+	})
+	t.Run("key file open to others warns", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		file := keyFile(t, 0o644, peerAddr+" "+secretA+"\n")
+		r := run(t, "", nil, append(probe, "-key-file", file, addr)...)
+		assert.Equal(t, 0, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "warning: key file "+file+" is accessible by group or others (mode 0644)")
+		assert.Contains(t, r.stderr, "chmod 600")
+	})
+	t.Run("key file takes the longest prefix", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		file := keyFile(t, 0o600, "127.0.0.0/8 "+secretB+"\n# the peer itself\n"+peerAddr+" "+secretA+"\n127.3.0.0/16 "+secretB+"\n")
+		r := run(t, "", nil, append(probe, "-key-file", file, addr)...)
+		assert.Equal(t, 0, r.code, r.stderr)
+	})
+	t.Run("no key for the host", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		file := keyFile(t, 0o600, "192.0.2.1 "+secretA+"\n")
+		r := run(t, "", nil, append(probe, "-key-file", file, addr)...)
+		assert.Equal(t, 2, r.code)
+		assert.Contains(t, r.stderr, "no key in "+file+" covers "+peerAddr)
+	})
+	t.Run("no secret at all", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		r := run(t, "", []string{"TCPMD5_SECRET="}, append(probe, addr)...)
+		assert.Equal(t, 2, r.code)
+		assert.Contains(t, r.stderr, "no secret")
+	})
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	badFile := keyFile(t, 0o600, "192.0.2.1 "+secretA+"\n"+secretB+" 192.0.2.2\n")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"no command", nil, 2, "Usage:"},
+		{"unknown command", []string{"telnet"}, 2, `unknown command "telnet"`},
+		{"help", []string{"help"}, 0, ""},
+		{"probe -h has examples", []string{"probe", "-h"}, 0, "Examples:\n  tcpmd5 probe"},
+		{"probe without target", []string{"probe", "-key", secretA}, 2, "probe takes one HOST:PORT"},
+		{"probe bad duration", []string{"probe", "-timeout", "soon", "192.0.2.1:179"}, 2, "invalid value"},
+		{"probe unknown flag", []string{"probe", "-port", "179", "192.0.2.1:179"}, 2, "flag provided but not defined: -port"},
+		{"probe bad source", []string{"probe", "-source", "here", "-key", secretA, "192.0.2.1:179"}, 2, `-source "here" is not an IP address`},
+		{"probe key and key file", []string{"probe", "-key", secretA, "-key-file", badFile, "192.0.2.1:179"}, 2, "not both"},
+		{"check takes no arguments", []string{"check", "now"}, 2, "check takes no arguments"},
+		{"listen without keys", []string{"listen", "127.3.0.1:0"}, 2, "no keys"},
+		{"listen bad key flag", []string{"listen", "-key", secretA, "127.3.0.1:0"}, 2, "want PEER=SECRET"},
+		{"listen bad peer", []string{"listen", "-key", "192.0.2.0/33=" + secretA, "127.3.0.1:0"}, 2, "is not an IP address or prefix"},
+		{"key file with a bad line", []string{"dial", "-key-file", badFile, "192.0.2.1:179"}, 2, badFile + ":2: the first field is not an IP address"},
+		{"dial without target", []string{"dial"}, 2, "dial takes one HOST:PORT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := run(t, "", nil, tt.args...)
+			assert.Equal(t, tt.code, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+			assert.Contains(t, r.stderr, tt.want)
+		})
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	require.NoError(t, err)
+	return string(b)
+}
