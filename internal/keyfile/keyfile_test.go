@@ -1,0 +1,157 @@
+package keyfile_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
+)
+
+const (
+	secretA = "fake-secret-alpha"
+	secretB = "fake-secret-bravo two words"
+)
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	keys, err := keyfile.Parse(strings.NewReader(
+		"# peer secret\n\n   # indented comment\n192.0.2.1 "+secretA+"\n"+
+			"2001:db8::/64\t  "+secretB+"  \r\n"+
+			"::ffff:198.51.100.0/120 "+secretA+"\n"), "peers.keys")
+	require.NoError(t, err)
+	require.Len(t, keys, 3)
+	assert.Equal(t, netip.MustParsePrefix("192.0.2.1/32"), keys[0].Peer)
+	assert.Equal(t, secretA, string(keys[0].Secret))
+	assert.Equal(t, netip.MustParsePrefix("2001:db8::/64"), keys[1].Peer)
+	assert.Equal(t, secretB, string(keys[1].Secret), "inner blanks stay, outer blanks go")
+	assert.Equal(t, netip.MustParsePrefix("198.51.100.0/24"), keys[2].Peer, "v4-mapped prefixes become IPv4")
+}
+
+func TestParseErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, input, want string
+	}{
+		{"secret only", secretA + "\n", "peers.keys:1: want a peer and a secret"},
+		{"secret first", "# swapped\n" + secretA + " 192.0.2.1\n", "peers.keys:2: the first field is not an IP address"},
+		{"host bits", "192.0.2.1/24 " + secretA + "\n", "did you mean 192.0.2.0/24"},
+		{"duplicate", "192.0.2.1 " + secretA + "\n192.0.2.1/32 " + secretA + "\n", "peers.keys:2: peer 192.0.2.1/32 already has a key on line 1"},
+		{"too long", "192.0.2.1 " + strings.Repeat("x", tcpmd5.MaxSecretLen+1) + "\n", "longer than the kernel's limit"},
+		{"unknown zone", "fe80::1%no-such-if0 " + secretA + "\n", `no interface "no-such-if0"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := keyfile.Parse(strings.NewReader(tt.input), "peers.keys")
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+			assert.NotContains(t, err.Error(), secretA)
+			assert.NotContains(t, err.Error(), "xxxxxxxx")
+		})
+	}
+}
+
+func TestLookup(t *testing.T) {
+	t.Parallel()
+	keys, err := keyfile.Parse(strings.NewReader(
+		"0.0.0.0/0 a-wide\n192.0.2.0/24 b-net\n192.0.2.9 c-host\n2001:db8::/32 d-v6\n"), "k")
+	require.NoError(t, err)
+	for addr, want := range map[string]string{
+		"192.0.2.9":          "c-host",
+		"192.0.2.10":         "b-net",
+		"::ffff:192.0.2.10":  "b-net",
+		"203.0.113.1":        "a-wide",
+		"2001:db8::1":        "d-v6",
+		"2001:db8::1%lo":     "d-v6",
+		"2001:db9::1":        "",
+		"::ffff:203.0.113.1": "a-wide",
+	} {
+		k, ok := keyfile.Lookup(keys, netip.MustParseAddr(addr))
+		if want == "" {
+			assert.False(t, ok, addr)
+			continue
+		}
+		require.True(t, ok, addr)
+		assert.Equal(t, want, string(k.Secret), addr)
+	}
+}
+
+func TestLoadWarnsAboutOpenFiles(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("Windows files have no group and other permission bits; nothing to warn about")
+	}
+	t.Parallel()
+	for _, mode := range []os.FileMode{0o600, 0o400, 0o640, 0o604, 0o644, 0o660} {
+		t.Run(fmt.Sprintf("%04o", mode), func(t *testing.T) {
+			t.Parallel()
+			p := filepath.Join(t.TempDir(), "peers.keys")
+			require.NoError(t, os.WriteFile(p, []byte("192.0.2.1 "+secretA+"\n"), 0o600))
+			require.NoError(t, os.Chmod(p, mode))
+			keys, warning, err := keyfile.Load(p)
+			require.NoError(t, err)
+			require.Len(t, keys, 1)
+			if mode&0o077 == 0 {
+				assert.Empty(t, warning)
+				return
+			}
+			assert.Contains(t, warning, fmt.Sprintf("accessible by group or others (mode %04o)", mode))
+			assert.Contains(t, warning, "chmod 600 "+p)
+			assert.NotContains(t, warning, secretA)
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	t.Parallel()
+	_, _, err := keyfile.Load(filepath.Join(t.TempDir(), "absent.keys"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// FuzzParse checks that Parse never panics, never quotes a secret in an
+// error, and that what it accepts, written back out, parses to the same
+// keys.
+func FuzzParse(f *testing.F) {
+	f.Add("192.0.2.1 " + secretA + "\n")
+	f.Add("# c\n2001:db8::/64  " + secretB + "\n\n198.51.100.0/24 x\n")
+	f.Add(secretA + " 192.0.2.1\n")
+	f.Add("192.0.2.1/24 s\n192.0.2.1 s\n")
+	f.Fuzz(func(t *testing.T, input string) {
+		keys, err := keyfile.Parse(strings.NewReader(input), "fuzz")
+		if err != nil {
+			// The secret is what follows the first blank of a line: none
+			// may show in the error, unless the error has that text anyway
+			// (the peer field, the examples of the message).
+			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET)"
+			for line := range strings.Lines(input) {
+				line = strings.TrimSpace(line)
+				if i := strings.IndexAny(line, " \t"); i >= 0 {
+					peer, s := line[:i], strings.TrimSpace(line[i+1:])
+					if len(s) >= 8 && !strings.Contains(peer, s) && !strings.Contains(examples, s) {
+						assert.NotContains(t, err.Error(), s)
+					}
+				}
+			}
+			return
+		}
+		var b strings.Builder
+		for _, k := range keys {
+			fmt.Fprintf(&b, "%s %s\n", k.Peer, k.Secret)
+		}
+		again, err := keyfile.Parse(strings.NewReader(b.String()), "round trip")
+		require.NoError(t, err)
+		require.Len(t, again, len(keys))
+		for i := range keys {
+			assert.Equal(t, keys[i].Peer, again[i].Peer)
+			assert.Equal(t, keys[i].Secret, again[i].Secret)
+		}
+	})
+}
