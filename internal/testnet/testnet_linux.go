@@ -51,7 +51,26 @@ func New(t testing.TB) *Net {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "ip", "iproute2")
+	sweepOnce.Do(sweep)
 	return &Net{t: t, prefix: fmt.Sprintf("md5t-%d-%d", os.Getpid(), seq.Add(1))}
+}
+
+var sweepOnce sync.Once
+
+// sweep deletes the namespaces that test processes which no longer run
+// left behind when they crashed.
+func sweep() {
+	names, _ := os.ReadDir("/run/netns")
+	for _, e := range names {
+		rest, ok := strings.CutPrefix(e.Name(), "md5t-")
+		if !ok {
+			continue
+		}
+		pid, _, _ := strings.Cut(rest, "-")
+		if n, err := strconv.Atoi(pid); err == nil && n > 0 && syscall.Kill(n, 0) == syscall.ESRCH {
+			(&Host{Name: e.Name()}).Delete()
+		}
+	}
 }
 
 // Host makes a host named name (at most 5 characters, to keep namespace
@@ -62,6 +81,11 @@ func (n *Net) Host(name string) *Host {
 	n.ip("netns", "add", h.Name)
 	n.t.Cleanup(func() { h.Delete() })
 	n.ip("-n", h.Name, "link", "set", "lo", "up")
+	// Addresses are ours alone: no duplicate address detection, which
+	// would hold IPv6 link-local addresses, and with them neighbor
+	// discovery, back for a second or more.
+	h.Sysctl(n.t, "ipv6/conf/all/accept_dad", "0")
+	h.Sysctl(n.t, "ipv6/conf/default/accept_dad", "0")
 	return h
 }
 
@@ -129,7 +153,7 @@ func Routed(t testing.TB) (n *Net, a, b *Iface, r *Host) {
 	n = New(t)
 	ha, hb := n.Host("a"), n.Host("b")
 	r = n.Host("r")
-	for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter"} {
+	for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding", "ipv6/conf/default/forwarding", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter"} {
 		v := "1"
 		if strings.HasSuffix(f, "rp_filter") {
 			v = "0"
