@@ -129,10 +129,11 @@ func TestSetKeyCostKeepsKeys(t *testing.T) {
 			require.NoError(t, err)
 			stop := Serve(ln)
 			t.Cleanup(stop)
-			for _, calls := range []int{3, 4} {
-				ns, err := SetKeyCost(ln, calls)
+			for _, batch := range []int{3, 4} {
+				ns, err := SetKeyCosts([]Listener{ln}, 10, batch)
 				require.NoError(t, err)
-				assert.Positive(t, ns)
+				require.Len(t, ns, 1)
+				assert.Positive(t, ns[0])
 				if tl, ok := ln.(*tcpmd5.Listener); ok {
 					assert.Len(t, tl.Keys(), 10)
 				}
@@ -142,6 +143,34 @@ func TestSetKeyCostKeepsKeys(t *testing.T) {
 				require.NoError(t, err, "the client's secret changed")
 			}
 		})
+	}
+}
+
+// TestSetupRates checks that the endpoints take turns: each gets as many
+// connections as the others, give or take the last turn.
+func TestSetupRates(t *testing.T) {
+	requireMD5(t)
+	var eps []Endpoint
+	for _, name := range VariantNames {
+		v := variant(t, name)
+		keys := 1
+		if name == Plain {
+			keys = 0
+		}
+		eps = append(eps, Endpoint{v, serve(t, v, keys)})
+	}
+	rates, lats, err := SetupRates(context.Background(), eps, 50*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, rates, 3)
+	require.Len(t, lats, 3)
+	for i := range eps {
+		assert.Positive(t, rates[i])
+		assert.Equal(t, len(lats[0]), len(lats[i]), "%s had its own number of turns", eps[i].Variant.Name)
+		var spent time.Duration
+		for _, l := range lats[i] {
+			spent += l
+		}
+		assert.InDelta(t, float64(len(lats[i]))/spent.Seconds(), rates[i], 1e-6*rates[i])
 	}
 }
 
@@ -170,10 +199,12 @@ func TestRun(t *testing.T) {
 	requireMD5(t)
 	cfg := QuickConfig()
 	cfg.Rounds = 2
-	cfg.SetupTime = 20 * time.Millisecond
+	cfg.SetupTime = 40 * time.Millisecond
 	cfg.BulkTime = 20 * time.Millisecond
+	cfg.BulkSlices = 2
 	cfg.HashTime = 5 * time.Millisecond
 	cfg.SetKeyCalls = 50
+	cfg.SetKeyBatch = 10
 	r, err := Run(context.Background(), cfg, nil)
 	require.NoError(t, err)
 

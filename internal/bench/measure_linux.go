@@ -91,41 +91,34 @@ func RoundTrip(ctx context.Context, dial func(context.Context, string) (net.Conn
 	return time.Since(start), nil
 }
 
-// SetupRate runs RoundTrip back to back from clients goroutines for d and
-// returns the connections per second and every latency.
-func SetupRate(ctx context.Context, v Variant, addr string, clients int, d time.Duration) (float64, []time.Duration, error) {
-	var (
-		mu   sync.Mutex
-		lats []time.Duration
-		errs []error
-		wg   sync.WaitGroup
-	)
-	start := time.Now()
-	end := start.Add(d)
-	for range clients {
-		wg.Go(func() {
-			var mine []time.Duration
-			for time.Now().Before(end) {
-				lat, err := RoundTrip(ctx, v.Dial, addr)
-				if err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-					return
-				}
-				mine = append(mine, lat)
+// Endpoint is a listening address and the variant that dials it.
+type Endpoint struct {
+	Variant Variant
+	Addr    string
+}
+
+// SetupRates runs RoundTrip for d, one connection to each target in turn,
+// so that whatever else the machine does falls on every target alike. It
+// returns, per target, the connections per second of time spent setting
+// them up, and every latency.
+func SetupRates(ctx context.Context, targets []Endpoint, d time.Duration) ([]float64, [][]time.Duration, error) {
+	lats := make([][]time.Duration, len(targets))
+	spent := make([]time.Duration, len(targets))
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		for i, t := range targets {
+			lat, err := RoundTrip(ctx, t.Variant.Dial, t.Addr)
+			if err != nil {
+				return nil, nil, fmt.Errorf("bench: %s set-up: %w", t.Variant.Name, err)
 			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			mu.Unlock()
-		})
+			lats[i] = append(lats[i], lat)
+			spent[i] += lat
+		}
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err := errors.Join(errs...); err != nil {
-		return 0, nil, fmt.Errorf("bench: %s set-up: %w", v.Name, err)
+	rates := make([]float64, len(targets))
+	for i := range targets {
+		rates[i] = float64(len(lats[i])) / spent[i].Seconds()
 	}
-	return float64(len(lats)) / elapsed.Seconds(), lats, nil
+	return rates, lats, nil
 }
 
 // StartBulk dials addr for a bulk transfer: write to the connection, then
@@ -215,29 +208,39 @@ func BulkRate(ctx context.Context, v Variant, addr string, conns, chunk int, d t
 	return float64(total) / elapsed.Seconds() / 1e6, nil
 }
 
-// SetKeyCost calls l.SetKey calls times, replacing the secret of the
-// client's key, the one installed first and so the last the kernel finds in
-// its list, with one of two secrets in turn: the number of keys stays the
-// same. It returns nanoseconds per call.
-func SetKeyCost(l Listener, calls int) (float64, error) {
+// SetKeyCosts measures SetKey on each listener in turn, batch calls at a
+// time, until each has had calls calls, and returns per listener the
+// median over its batches of the nanoseconds per call: a batch that the
+// scheduler interrupted does not move it.
+//
+// Each call replaces the secret of the client's key, the one installed
+// first and so the last the kernel finds in its list (adding a key walks the
+// whole list too), with one of two secrets in turn: the number of keys
+// stays the same, and the clients' secret is back in place at the end.
+func SetKeyCosts(ls []Listener, calls, batch int) ([]float64, error) {
 	a, b := ClientKey, ClientKey
 	a.Secret = []byte(secret + "-a")
 	b.Secret = []byte(secret)
-	start := time.Now()
-	for i := range calls {
-		k := a
-		if i%2 == 1 {
-			k = b
-		}
-		if err := l.SetKey(k); err != nil {
-			return 0, err
+	batch += batch % 2 // an even batch ends on the clients' secret
+	perCall := make([][]float64, len(ls))
+	for done := 0; done < calls; done += batch {
+		for i, l := range ls {
+			start := time.Now()
+			for j := range batch {
+				k := a
+				if j%2 == 1 {
+					k = b
+				}
+				if err := l.SetKey(k); err != nil {
+					return nil, err
+				}
+			}
+			perCall[i] = append(perCall[i], float64(time.Since(start).Nanoseconds())/float64(batch))
 		}
 	}
-	elapsed := time.Since(start)
-	if calls%2 == 1 { // leave the secret the clients hold
-		if err := l.SetKey(b); err != nil {
-			return 0, err
-		}
+	out := make([]float64, len(ls))
+	for i := range ls {
+		out[i] = Median(perCall[i])
 	}
-	return float64(elapsed.Nanoseconds()) / float64(calls), nil
+	return out, nil
 }

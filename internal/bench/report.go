@@ -35,33 +35,35 @@ var (
 
 // Config sets how long each measurement runs.
 type Config struct {
-	Rounds      int           `json:"rounds"`        // interleaved rounds; each measurement runs once per round
-	SetupTime   time.Duration `json:"setup_ns"`      // per connection set-up or accept-rate measurement
-	BulkTime    time.Duration `json:"bulk_ns"`       // per throughput measurement
-	SetKeyCalls int           `json:"setkey_calls"`  // SetKey calls per measurement
-	HashTime    time.Duration `json:"hash_ns"`       // per crypto/md5 measurement
-	BulkConns   []int         `json:"bulk_conns"`    // connections per throughput measurement
-	BulkChunk   int           `json:"bulk_chunk"`    // bytes per write
-	Variants    []string      `json:"variants"`      // the variants measured
-	Accept      []int         `json:"accept_keys"`   // key counts of the accept-rate measurement
-	SetKey      []int         `json:"setkey_keys"`   // key counts of the SetKey measurement
-	Concurrency int           `json:"setup_clients"` // clients dialling at once in set-up and accept
+	Rounds      int           `json:"rounds"`       // rounds; each measurement runs once per round and variant
+	SetupTime   time.Duration `json:"setup_ns"`     // per round, for the set-up and for the accept-rate measurement, all variants together
+	BulkTime    time.Duration `json:"bulk_ns"`      // per round, variant and connection count
+	BulkSlices  int           `json:"bulk_slices"`  // BulkTime is cut in this many slices, the variants taking turns
+	SetKeyCalls int           `json:"setkey_calls"` // SetKey calls per round and listener
+	SetKeyBatch int           `json:"setkey_batch"` // calls timed together; the median batch counts
+	HashTime    time.Duration `json:"hash_ns"`      // per round, for crypto/md5
+	BulkConns   []int         `json:"bulk_conns"`   // connections per throughput measurement
+	BulkChunk   int           `json:"bulk_chunk"`   // bytes per write
+	Variants    []string      `json:"variants"`     // the variants measured
+	Accept      []int         `json:"accept_keys"`  // key counts of the accept-rate measurement
+	SetKey      []int         `json:"setkey_keys"`  // key counts of the SetKey measurement
 }
 
 // DefaultConfig is the full run, about a minute and a half.
 func DefaultConfig() Config {
 	return Config{
 		Rounds:      5,
-		SetupTime:   500 * time.Millisecond,
+		SetupTime:   2 * time.Second,
 		BulkTime:    time.Second,
-		SetKeyCalls: 20000,
+		BulkSlices:  5,
+		SetKeyCalls: 10000,
+		SetKeyBatch: 200,
 		HashTime:    300 * time.Millisecond,
 		BulkConns:   []int{1, 8},
 		BulkChunk:   256 << 10,
 		Variants:    VariantNames,
 		Accept:      AcceptCounts,
 		SetKey:      SetKeyCounts,
-		Concurrency: 1,
 	}
 }
 
@@ -70,8 +72,9 @@ func DefaultConfig() Config {
 func QuickConfig() Config {
 	c := DefaultConfig()
 	c.Rounds = 2
-	c.SetupTime = 100 * time.Millisecond
+	c.SetupTime = 300 * time.Millisecond
 	c.BulkTime = 150 * time.Millisecond
+	c.BulkSlices = 3
 	c.SetKeyCalls = 2000
 	c.HashTime = 50 * time.Millisecond
 	return c
@@ -213,6 +216,13 @@ type Report struct {
 	SetKey     []SetKey     `json:"setkey"`
 	Accept     []Accept     `json:"accept"`
 	Targets    []Target     `json:"targets"`
+	Context    []Ratio      `json:"context"` // ratios that explain the targets; no limit applies
+}
+
+// Ratio is a ratio between two measurements of a run, taken round by round.
+type Ratio struct {
+	Name  string `json:"name"`
+	Ratio Stat   `json:"ratio"`
 }
 
 // OK reports whether the run kept every target.
@@ -237,15 +247,20 @@ const (
 // of those ratios is held against the limit. A target whose measurements
 // are missing is not met.
 func (r *Report) CheckTargets() {
-	r.Targets = nil
+	r.Targets, r.Context = nil, nil
+	ratio := func(num, den []float64) Stat {
+		if len(num) == 0 || len(num) != len(den) {
+			return Stat{}
+		}
+		ratios := make([]float64, len(num))
+		for i := range num {
+			ratios[i] = num[i] / den[i]
+		}
+		return NewStat(ratios)
+	}
 	add := func(name, op string, limit float64, num, den []float64) {
 		t := Target{Name: name, Op: op, Limit: limit}
-		if len(num) > 0 && len(num) == len(den) {
-			ratios := make([]float64, len(num))
-			for i := range num {
-				ratios[i] = num[i] / den[i]
-			}
-			t.Ratio = NewStat(ratios)
+		if t.Ratio = ratio(num, den); t.Ratio.Runs != nil {
 			m := t.Ratio.Median
 			t.OK = (op == ">=" && m >= limit) || (op == "<=" && m <= limit)
 		}
@@ -269,15 +284,40 @@ func (r *Report) CheckTargets() {
 		}
 		add(fmt.Sprintf("throughput %s, tcpmd5 / x/sys baseline", conns(n)), ">=", ThroughputTarget, bulk(TCPMD5), bulk(XSys))
 	}
-	setKey := func(n int) []float64 {
-		i := slices.IndexFunc(r.SetKey, func(s SetKey) bool { return s.Variant == TCPMD5 && s.Keys == n })
+	setKey := func(v string, n int) []float64 {
+		i := slices.IndexFunc(r.SetKey, func(s SetKey) bool { return s.Variant == v && s.Keys == n })
 		if i < 0 {
 			return nil
 		}
 		return r.SetKey[i].Nanos.Runs
 	}
 	lo, hi := slices.Min(r.Config.SetKey), slices.Max(r.Config.SetKey)
-	add(fmt.Sprintf("tcpmd5 SetKey time, %d keys / %d keys", hi, lo), "<=", SetKeyTarget, setKey(hi), setKey(lo))
+	add(fmt.Sprintf("tcpmd5 SetKey time, %d keys / %d keys", hi, lo), "<=", SetKeyTarget, setKey(TCPMD5, hi), setKey(TCPMD5, lo))
+
+	context := func(name string, num, den []float64) {
+		if s := ratio(num, den); s.Runs != nil {
+			r.Context = append(r.Context, Ratio{Name: name, Ratio: s})
+		}
+	}
+	context(fmt.Sprintf("x/sys baseline SetKey time, %d keys / %d keys (the kernel's key list)", hi, lo), setKey(XSys, hi), setKey(XSys, lo))
+	for _, n := range r.Config.SetKey {
+		context(fmt.Sprintf("SetKey time at %d keys, tcpmd5 / x/sys baseline", n), setKey(TCPMD5, n), setKey(XSys, n))
+	}
+	accept := func(v string, n int) []float64 {
+		i := slices.IndexFunc(r.Accept, func(a Accept) bool { return a.Variant == v && a.Keys == n })
+		if i < 0 {
+			return nil
+		}
+		return r.Accept[i].Rate.Runs
+	}
+	for _, n := range r.Config.Accept {
+		context(fmt.Sprintf("accept rate at %d keys, tcpmd5 / x/sys baseline", n), accept(TCPMD5, n), accept(XSys, n))
+	}
+	if len(r.Config.Accept) > 0 {
+		n := slices.Max(r.Config.Accept)
+		context(fmt.Sprintf("accept rate, %d keys / 1 key, tcpmd5", n), accept(TCPMD5, n), accept(TCPMD5, 1))
+		context(fmt.Sprintf("accept rate, %d keys / 1 key, x/sys baseline", n), accept(XSys, n), accept(XSys, 1))
+	}
 }
 
 func conns(n int) string {
@@ -335,6 +375,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 			verdict = "NOT MET"
 		}
 		fmt.Fprintf(tw, "%s\t%.3f\t[%.3f, %.3f]\twant %s %.2f\t%s\n", t.Name, t.Ratio.Median, t.Ratio.Min, t.Ratio.Max, t.Op, t.Limit, verdict)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(r.Context) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nfor context (median of per-round ratios)\n")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range r.Context {
+		fmt.Fprintf(tw, "%s\t%.3f\t[%.3f, %.3f]\n", c.Name, c.Ratio.Median, c.Ratio.Min, c.Ratio.Max)
 	}
 	return tw.Flush()
 }

@@ -81,6 +81,8 @@ func report(setup, bulk, growth float64) *Report {
 		{Variant: TCPMD5, Keys: 10, Nanos: NewStat(base)},
 		{Variant: TCPMD5, Keys: 100, Nanos: NewStat(base)},
 		{Variant: TCPMD5, Keys: 900, Nanos: NewStat(scale(growth))},
+		{Variant: XSys, Keys: 10, Nanos: NewStat(base)},
+		{Variant: XSys, Keys: 900, Nanos: NewStat(scale(10))},
 	}
 	r.CheckTargets()
 	return r
@@ -113,6 +115,19 @@ func TestCheckTargets(t *testing.T) {
 			assert.Equal(t, len(tt.failed) == 0, r.OK())
 		})
 	}
+}
+
+func TestCheckTargetsContext(t *testing.T) {
+	t.Parallel()
+	r := report(1, 1, 3)
+	names := map[string]float64{}
+	for _, c := range r.Context {
+		names[c.Name] = c.Ratio.Median
+	}
+	assert.InDelta(t, 10, names["x/sys baseline SetKey time, 900 keys / 10 keys (the kernel's key list)"], 1e-9)
+	assert.InDelta(t, 0.3, names["SetKey time at 900 keys, tcpmd5 / x/sys baseline"], 1e-9)
+	assert.InDelta(t, 1, names["SetKey time at 10 keys, tcpmd5 / x/sys baseline"], 1e-9)
+	assert.NotContains(t, names, "SetKey time at 100 keys, tcpmd5 / x/sys baseline", "a ratio without a baseline measurement")
 }
 
 func TestCheckTargetsMissingMeasurements(t *testing.T) {

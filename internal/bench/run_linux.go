@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,10 +27,11 @@ type served struct {
 	stop func()
 }
 
-// Run measures every variant in cfg, round after round; within a round each
-// measurement runs once per variant, the variants in turn and in a rotated
-// order, so that what else the machine does touches them alike. Progress
-// goes to progress, one line a round.
+// Run measures every variant in cfg, round after round. Within a round the
+// variants take turns at a fine grain, in an order rotated each round, so
+// that what else the machine does touches them alike: one connection each
+// for set-up and accept rates, slices of the transfer time for throughput,
+// batches of calls for SetKey. Progress goes to progress, one line a round.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if !tcpmd5.Supported() {
 		return nil, fmt.Errorf("bench: this kernel does not sign TCP segments: %w", tcpmd5.ErrMD5Unsupported)
@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 
 	// A short warm-up, thrown away.
 	for _, v := range vs {
-		if _, _, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime/10); err != nil {
+		if _, _, err := SetupRates(ctx, []Endpoint{{v, setupLn[v.Name].addr}}, cfg.SetupTime/20); err != nil {
 			return nil, err
 		}
 		if _, err := BulkRate(ctx, v, setupLn[v.Name].addr, 1, cfg.BulkChunk, cfg.BulkTime/10); err != nil {
@@ -105,61 +105,85 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	setKeyRuns := map[variantKeys][]float64{}
 	acceptRuns := map[variantKeys][]float64{}
 	var hashRuns []float64
+	slices := max(cfg.BulkSlices, 1)
 	for round := range cfg.Rounds {
 		if progress != nil {
 			fmt.Fprintf(progress, "round %d/%d\n", round+1, cfg.Rounds)
 		}
-		order := slices.Concat(vs[round%len(vs):], vs[:round%len(vs)])
+		order := rotate(vs, round)
+
+		// Set-up: one connection per variant in turn.
+		var targets []Endpoint
 		for _, v := range order {
-			rate, lats, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime)
-			if err != nil {
-				return nil, err
-			}
-			setupRuns[v.Name] = append(setupRuns[v.Name], rate)
-			setupLats[v.Name] = append(setupLats[v.Name], lats...)
+			targets = append(targets, Endpoint{v, setupLn[v.Name].addr})
 		}
+		rates, lats, err := SetupRates(ctx, targets, cfg.SetupTime)
+		if err != nil {
+			return nil, err
+		}
+		for i, t := range targets {
+			setupRuns[t.Variant.Name] = append(setupRuns[t.Variant.Name], rates[i])
+			setupLats[t.Variant.Name] = append(setupLats[t.Variant.Name], lats[i]...)
+		}
+
+		// Throughput: slices of BulkTime, variants in turn.
 		for _, conns := range cfg.BulkConns {
-			for _, v := range order {
-				rate, err := BulkRate(ctx, v, setupLn[v.Name].addr, conns, cfg.BulkChunk, cfg.BulkTime)
-				if err != nil {
-					return nil, err
+			mb := map[string]float64{}
+			for range slices {
+				for _, v := range order {
+					rate, err := BulkRate(ctx, v, setupLn[v.Name].addr, conns, cfg.BulkChunk, cfg.BulkTime/time.Duration(slices))
+					if err != nil {
+						return nil, err
+					}
+					mb[v.Name] += rate / float64(slices)
 				}
+			}
+			for _, v := range vs {
 				id := variantKeys{v.Name, conns}
-				bulkRuns[id] = append(bulkRuns[id], rate)
+				bulkRuns[id] = append(bulkRuns[id], mb[v.Name])
 			}
 		}
-		for _, n := range cfg.SetKey {
+
+		// SetKey: batches on every listener in turn.
+		var ids []variantKeys
+		var ls []Listener
+		for _, n := range rotate(cfg.SetKey, round) {
 			for _, v := range order {
-				if !keyed(v) {
-					continue
+				if id := (variantKeys{v.Name, n}); keyed(v) {
+					ids, ls = append(ids, id), append(ls, setKeyLn[id].ln)
 				}
-				id := variantKeys{v.Name, n}
-				ns, err := SetKeyCost(setKeyLn[id].ln, cfg.SetKeyCalls)
-				if err != nil {
-					return nil, fmt.Errorf("bench: %s SetKey at %d keys: %w", v.Name, n, err)
+			}
+		}
+		ns, err := SetKeyCosts(ls, cfg.SetKeyCalls, cfg.SetKeyBatch)
+		if err != nil {
+			return nil, fmt.Errorf("bench: SetKey: %w", err)
+		}
+		for i, id := range ids {
+			setKeyRuns[id] = append(setKeyRuns[id], ns[i])
+		}
+
+		// Accept rate: one connection per listener in turn.
+		ids, targets = nil, nil
+		for _, n := range rotate(cfg.Accept, round) {
+			for _, v := range order {
+				if id := (variantKeys{v.Name, n}); keyed(v) {
+					ids, targets = append(ids, id), append(targets, Endpoint{v, acceptLn[id].addr})
 				}
-				setKeyRuns[id] = append(setKeyRuns[id], ns)
 			}
 		}
 		for _, v := range order {
-			if keyed(v) {
-				for _, n := range cfg.Accept {
-					id := variantKeys{v.Name, n}
-					rate, _, err := SetupRate(ctx, v, acceptLn[id].addr, cfg.Concurrency, cfg.SetupTime)
-					if err != nil {
-						return nil, fmt.Errorf("%w (listener with %d keys)", err, n)
-					}
-					acceptRuns[id] = append(acceptRuns[id], rate)
-				}
-				continue
+			if !keyed(v) {
+				ids, targets = append(ids, variantKeys{v.Name, 0}), append(targets, Endpoint{v, setupLn[v.Name].addr})
 			}
-			rate, _, err := SetupRate(ctx, v, setupLn[v.Name].addr, cfg.Concurrency, cfg.SetupTime)
-			if err != nil {
-				return nil, err
-			}
-			id := variantKeys{v.Name, 0}
-			acceptRuns[id] = append(acceptRuns[id], rate)
 		}
+		rates, _, err = SetupRates(ctx, targets, cfg.SetupTime)
+		if err != nil {
+			return nil, err
+		}
+		for i, id := range ids {
+			acceptRuns[id] = append(acceptRuns[id], rates[i])
+		}
+
 		hashRuns = append(hashRuns, HashRate(cfg.HashTime))
 	}
 
@@ -199,6 +223,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	}
 	r.CheckTargets()
 	return r, nil
+}
+
+// rotate returns xs starting at its n-th element, wrapping around.
+func rotate[T any](xs []T, n int) []T {
+	n %= len(xs)
+	return append(xs[n:len(xs):len(xs)], xs[:n]...)
 }
 
 // machine describes this host.
