@@ -37,8 +37,9 @@ Commands:
   check   can this host sign segments? kernel features, key limits and a
           live loopback self-test
   probe   does the peer at HOST:PORT accept our signature? and if not, why
-  listen  accept one signed connection and copy it to and from stdin/stdout
-  dial    make one signed connection and copy it to and from stdin/stdout
+  listen  accept one signed connection, copy stdin to it and it to stdout
+  dial    make one signed connection, copy stdin to it and it to stdout
+          (both end when stdin has ended and the peer has closed its side)
 
 Run "tcpmd5 COMMAND -h" for a command's flags and examples.
 

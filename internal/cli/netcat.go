@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
@@ -135,19 +134,21 @@ func (e *env) dial(args []string) int {
 }
 
 // pipe copies stdin to c and c to stdout, half-closing c when stdin ends,
-// and returns when the peer has closed its side.
+// and returns when both directions have ended: stdin at its end and the
+// peer's side closed.
 func (e *env) pipe(c *net.TCPConn) int {
 	defer c.Close()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if _, err := io.Copy(c, e.stdin); err == nil {
-			_ = c.CloseWrite()
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, e.stdin)
+		if err == nil {
+			err = c.CloseWrite()
 		}
-	})
-	_, err := io.Copy(e.stdout, c)
-	// stdin may block forever (a terminal): do not wait for it once the
-	// peer is done.
-	if err != nil {
+		sent <- err
+	}()
+	_, rerr := io.Copy(e.stdout, c)
+	serr := <-sent
+	if err := cmp.Or(rerr, serr); err != nil {
 		return e.errorf(ExitNo, "%v", err)
 	}
 	return ExitOK
