@@ -59,13 +59,8 @@ func TestSpoofedSegments(t *testing.T) {
 					// in each direction, once the client has acknowledged the server's data.
 					var rcvNxt, sndNxt uint32
 					onPath.WaitFor(t, clientAP, serverAP, 5*time.Second, "the client's ACK of the server's data", func(segs []testnet.Segment) bool {
-						if len(segs) == 0 {
-							return false
-						}
 						rcvNxt, sndNxt = nextSeq(segs, clientAP), nextSeq(segs, serverAP)
-						last := segs[len(segs)-1]
-						return sentData(segs, clientAP) && sentData(segs, serverAP) &&
-							last.Src == clientAP && last.Ack == sndNxt && len(last.Payload) == 0
+						return settled(segs, clientAP, serverAP)
 					})
 					spoof := testnet.Segment{Src: clientAP, Dst: serverAP, Seq: rcvNxt, Ack: sndNxt, Window: 502, Flags: testnet.RST | testnet.ACK}
 					if attack == "data" {
@@ -159,6 +154,18 @@ func nextSeq(segs []testnet.Segment, src netip.AddrPort) uint32 {
 		}
 	}
 	return next
+}
+
+// settled reports whether segs show both sides sending data and end with
+// the client acknowledging all the server sent: an idle connection whose
+// every segment the capture has seen.
+func settled(segs []testnet.Segment, client, server netip.AddrPort) bool {
+	if len(segs) == 0 {
+		return false
+	}
+	last := segs[len(segs)-1]
+	return sentData(segs, client) && sentData(segs, server) &&
+		last.Src == client && len(last.Payload) == 0 && last.Ack == nextSeq(segs, server)
 }
 
 // sentData reports whether segs hold a segment with data from src.
