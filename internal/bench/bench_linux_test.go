@@ -117,8 +117,7 @@ func TestListenerKeys(t *testing.T) {
 }
 
 // TestSetKeyCostKeepsKeys checks that the SetKey measurement leaves the
-// number of keys and the client's secret as they were: clients still
-// connect afterwards.
+// listener's keys as they were: as many, and clients still connect.
 func TestSetKeyCostKeepsKeys(t *testing.T) {
 	requireMD5(t)
 	for _, name := range []string{TCPMD5, XSys} {
@@ -136,6 +135,14 @@ func TestSetKeyCostKeepsKeys(t *testing.T) {
 				assert.Positive(t, ns[0])
 				if tl, ok := ln.(*tcpmd5.Listener); ok {
 					assert.Len(t, tl.Keys(), 10)
+				}
+				// The extra key is gone from the kernel too: adding it
+				// once more and deleting it works, and deleting it twice
+				// is an error for the raw socket.
+				if xl, ok := ln.(xsysListener); ok {
+					require.NoError(t, xl.RemoveKey(ClientKey))
+					require.NoError(t, xl.SetKey(ClientKey))
+					assert.ErrorIs(t, xl.RemoveKey(ExtraKey), unix.ENOENT, "the extra key stayed installed")
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err = RoundTrip(ctx, v.Dial, ln.Addr().String())

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/tcplowlevel/tcpmd5"
 )
 
 // What a client sends first, telling the server what the connection is for.
@@ -208,34 +211,36 @@ func BulkRate(ctx context.Context, v Variant, addr string, conns, chunk int, d t
 	return float64(total) / elapsed.Seconds() / 1e6, nil
 }
 
+// ExtraKey is a key for a host in 127.6.250.0/24 that no listener holds
+// and no client uses: SetKey measurements add it and remove it again.
+var ExtraKey = tcpmd5.Key{Peer: netip.MustParsePrefix("127.6.250.1/32"), Secret: []byte(secret)}
+
 // SetKeyCosts measures SetKey on each listener in turn, batch calls at a
 // time, until each has had calls calls, and returns per listener the
 // median over its batches of the nanoseconds per call: a batch that the
 // scheduler interrupted does not move it.
 //
-// Each call replaces the secret of the client's key, the one installed
-// first and so the last the kernel finds in its list (adding a key walks the
-// whole list too), with one of two secrets in turn: the number of keys
-// stays the same, and the clients' secret is back in place at the end.
+// Each timed call adds ExtraKey, one key more than the listener holds, for
+// which the kernel walks its whole list of keys and allocates one; an
+// untimed RemoveKey then takes it away, so the number of keys stays the
+// same.
 func SetKeyCosts(ls []Listener, calls, batch int) ([]float64, error) {
-	a, b := ClientKey, ClientKey
-	a.Secret = []byte(secret + "-a")
-	b.Secret = []byte(secret)
-	batch += batch % 2 // an even batch ends on the clients' secret
 	perCall := make([][]float64, len(ls))
 	for done := 0; done < calls; done += batch {
 		for i, l := range ls {
-			start := time.Now()
-			for j := range batch {
-				k := a
-				if j%2 == 1 {
-					k = b
+			var spent time.Duration
+			for range batch {
+				start := time.Now()
+				err := l.SetKey(ExtraKey)
+				spent += time.Since(start)
+				if err != nil {
+					return nil, err
 				}
-				if err := l.SetKey(k); err != nil {
+				if err := l.RemoveKey(ExtraKey); err != nil {
 					return nil, err
 				}
 			}
-			perCall[i] = append(perCall[i], float64(time.Since(start).Nanoseconds())/float64(batch))
+			perCall[i] = append(perCall[i], float64(spent.Nanoseconds())/float64(batch))
 		}
 	}
 	out := make([]float64, len(ls))

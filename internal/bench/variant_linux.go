@@ -51,6 +51,7 @@ func ListenerKeys(n int) []tcpmd5.Key {
 type Listener interface {
 	net.Listener
 	SetKey(tcpmd5.Key) error
+	RemoveKey(tcpmd5.Key) error
 }
 
 // Variant is one way of making TCP sockets.
@@ -116,6 +117,10 @@ func (plainListener) SetKey(tcpmd5.Key) error {
 	return errors.New("bench: the plain variant takes no keys")
 }
 
+func (plainListener) RemoveKey(tcpmd5.Key) error {
+	return errors.New("bench: the plain variant takes no keys")
+}
+
 func tcpmd5Variant() Variant {
 	d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{serverKey}}
 	d.LocalAddr = clientAddr
@@ -172,6 +177,7 @@ func xsysControl(keys []tcpmd5.Key) func(network, address string, c syscall.RawC
 	}
 }
 
+// xsysSetKey installs k on fd; a key with no secret deletes the peer's key.
 func xsysSetKey(fd int, k tcpmd5.Key) error {
 	var sig unix.TCPMD5Sig
 	sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
@@ -196,4 +202,9 @@ func (l xsysListener) SetKey(k tcpmd5.Key) error {
 		return err
 	}
 	return serr
+}
+
+func (l xsysListener) RemoveKey(k tcpmd5.Key) error {
+	k.Secret = nil
+	return l.SetKey(k)
 }
