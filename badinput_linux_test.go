@@ -1,0 +1,103 @@
+package tcpmd5_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5"
+)
+
+// TestBadInputKernel covers the invalid input only the kernel can judge:
+// keys a socket cannot take and sockets that cannot take keys. Each gets
+// its error, without a panic or the secret, and leaves nothing installed.
+func TestBadInputKernel(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	lo, err := net.InterfaceByName("lo")
+	require.NoError(t, err)
+	secret := []byte(badSecret)
+	host := netip.MustParsePrefix("127.4.2.1/32")
+
+	tcp4 := listen(t, &tcpmd5.ListenConfig{}, "tcp4", "127.0.0.1:0")
+	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { udp.Close() })
+	sock := filepath.Join(t.TempDir(), "s")
+	ux, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { ux.Close(); os.Remove(sock) })
+	closed, err := tcpmd5.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	require.NoError(t, closed.Close())
+
+	tests := []struct {
+		name string
+		call func() error
+		is   error // errors.Is target, or nil
+		want string
+	}{
+		{"Ifindex of a device that is not a VRF", func() error {
+			return tcp4.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: lo.Index})
+		}, syscall.EINVAL, "is not a VRF (L3 master) device"},
+		{"Ifindex of no device", func() error {
+			return tcp4.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: 1 << 30})
+		}, syscall.EINVAL, "interface 1073741824 is not a VRF"},
+		{"zone of lo through ParseKey", func() error {
+			k, err := tcpmd5.ParseKey("127.4.2.1%lo", badSecret)
+			require.NoError(t, err)
+			return tcp4.SetKey(k)
+		}, syscall.EINVAL, "key for 127.4.2.1%"},
+		{"IPv6 peer on an IPv4 listener", func() error {
+			return tcp4.SetKey(tcpmd5.Key{Peer: netip.MustParsePrefix("2001:db8::/32"), Secret: secret})
+		}, nil, "an IPv6 peer cannot be keyed on an IPv4 socket"},
+		{"tcp6 dial to an IPv4 address", func() error {
+			d := tcpmd5.Dialer{Keys: []tcpmd5.Key{{Peer: netip.MustParsePrefix("::/0"), Secret: secret}}}
+			_, err := d.Dial("tcp6", "127.0.0.1:9")
+			return err
+		}, nil, "no suitable address"},
+		{"SetKeys on a UDP socket", func() error {
+			return tcpmd5.SetKeys(udp.(*net.UDPConn), tcpmd5.Key{Peer: host, Secret: secret})
+		}, nil, "not TCP"},
+		{"SetKeys on a unix socket", func() error {
+			return tcpmd5.SetKeys(ux.(*net.UnixListener), tcpmd5.Key{Peer: host, Secret: secret})
+		}, nil, "not IPv4 or IPv6"},
+		{"SetKey on a closed Listener", func() error {
+			return closed.SetKey(tcpmd5.Key{Peer: host, Secret: secret})
+		}, net.ErrClosed, "tcpmd5: "},
+		{"RemoveKey on a closed Listener", func() error {
+			lc := tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: host, Secret: secret}}}
+			ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+			require.NoError(t, err)
+			require.NoError(t, ln.Close())
+			return ln.RemoveKey(tcpmd5.Key{Peer: host})
+		}, net.ErrClosed, "tcpmd5: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			require.NotPanics(t, func() { err = tt.call() })
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+			if tt.is != nil {
+				assert.ErrorIs(t, err, tt.is)
+			}
+			assert.NotErrorIs(t, err, tcpmd5.ErrMD5Unsupported, "the kernel supports MD5; this is the caller's mistake")
+			requireNoSecret(t, err)
+		})
+	}
+	assert.Empty(t, tcp4.Keys(), "a refused key was recorded")
+	// Nothing was installed: an unsigned peer the bad keys named still connects.
+	lc := &tcpmd5.ListenConfig{AllowUnsigned: true}
+	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	require.Error(t, ln.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: lo.Index}))
+	requireEcho(t, dialer("127.4.2.1"), ln.Addr().String())
+}
