@@ -1,0 +1,88 @@
+package tcpmd5_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+)
+
+// BenchmarkAcceptRate measures signed handshakes, dial to Accept, against a
+// listener holding keys for many peers, each handshake from the next peer.
+// The kernel scans a socket's keys on every lookup, so the cost grows with
+// the keys on one socket: "single" keeps them all on one socket (its network
+// namespace's net.core.optmem_max raised where they do not fit), "group" is
+// a Listener, which spreads them over a reuseport group at the default
+// optmem_max. Compare the two at each size: the ratio is what the group
+// saves. Each run has its own network namespace.
+func BenchmarkAcceptRate(b *testing.B) {
+	requireMD5(b)
+	for _, keys := range []int{10, 900, 10000, 100000} {
+		for _, kind := range []string{"single", "group"} {
+			b.Run("keys="+strconv.Itoa(keys)+"/"+kind, func(b *testing.B) {
+				testenv.Netns(b)
+				addr := func(n int) netip.Addr { return peer4(0, n) }
+				var ln net.Listener
+				if kind == "single" {
+					ln = singleSocket(b, peerKeys(addr, 0, keys))
+				} else {
+					ln = listen(b, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, keys)}, "tcp4", "127.0.0.1:0")
+					b.ReportMetric(float64(listeningSockets(b, port(ln))), "sockets")
+				}
+				acceptedc := make(chan struct{})
+				go func() {
+					for {
+						c, err := ln.Accept()
+						if err != nil {
+							return
+						}
+						c.Close()
+						acceptedc <- struct{}{}
+					}
+				}()
+				target := ln.Addr().String()
+				n := 0
+				start := time.Now()
+				for b.Loop() {
+					c, err := dialAs(context.Background(), addr(n%keys), peerSecret(n%keys), target, 5*time.Second, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					<-acceptedc
+					closeReset(c)
+					n++
+				}
+				b.ReportMetric(float64(n)/time.Since(start).Seconds(), "accepts/s")
+			})
+		}
+	}
+}
+
+// singleSocket returns a plain listener with every key on its one socket,
+// raising net.core.optmem_max of the calling goroutine's network namespace
+// if they need more than it allows.
+func singleSocket(b *testing.B, keys []tcpmd5.Key) *net.TCPListener {
+	b.Helper()
+	const optmem = "/proc/sys/net/core/optmem_max"
+	if need := len(keys) * 200; need > 131072 {
+		if err := os.WriteFile(optmem, []byte(strconv.Itoa(need)), 0); err != nil {
+			testenv.Missing(b, "cannot raise net.core.optmem_max in a network namespace (per namespace since Linux 6.9): "+err.Error(), "run the benchmark as root on Linux 6.9 or later")
+		}
+	}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(b, err)
+	b.Cleanup(func() { ln.Close() })
+	tl := ln.(*net.TCPListener)
+	require.NoError(b, tcpmd5.SetKeys(tl, keys...))
+	return tl
+}

@@ -1,0 +1,382 @@
+package tcpmd5_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+)
+
+// peer4 returns the n-th peer address of a /16 block of 127.32.0.0/11 (the
+// range these tests use), skipping .0 and .255.
+func peer4(block, n int) netip.Addr {
+	return netip.AddrFrom4([4]byte{127, byte(32 + block + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
+}
+
+// peerSecret is peer n's own secret.
+func peerSecret(n int) []byte { return []byte("fake-secret-peer-" + strconv.Itoa(n)) }
+
+// peerKeys returns, for peers [from, to) of addr, each one's host key.
+func peerKeys(addr func(int) netip.Addr, from, to int) []tcpmd5.Key {
+	keys := make([]tcpmd5.Key, 0, to-from)
+	for n := from; n < to; n++ {
+		a := addr(n)
+		keys = append(keys, tcpmd5.Key{Peer: netip.PrefixFrom(a, a.BitLen()), Secret: peerSecret(n)})
+	}
+	return keys
+}
+
+// acceptAndReset accepts on ln until it is closed, closes each connection
+// and counts them. Dialers close first with a reset (closeReset), so that
+// no connection leaves a TIME_WAIT behind on either side.
+func acceptAndReset(t testing.TB, ln net.Listener) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			n.Add(1)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return &n
+}
+
+// dialAs dials addr from src signing with secret (none: unsigned), with
+// the listener's address as the key's peer.
+func dialAs(ctx context.Context, src netip.Addr, secret []byte, addr string, timeout time.Duration, control func(string, string, syscall.RawConn) error) (net.Conn, error) {
+	d := &tcpmd5.Dialer{}
+	d.Timeout = timeout
+	d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	d.Control = control
+	if secret != nil {
+		ap := netip.MustParseAddrPort(addr)
+		d.Keys = []tcpmd5.Key{{Peer: netip.PrefixFrom(ap.Addr(), ap.Addr().BitLen()), Secret: secret}}
+	}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// dialAll dials every peer in [0, n) of addr with its own key, workers at
+// a time, and returns the errors by peer. Each worker first calls enter,
+// if not nil.
+func dialAll(addr func(int) netip.Addr, n int, target string, control func(string, string, syscall.RawConn) error, enter func()) map[int]error {
+	const workers = 32
+	var mu sync.Mutex
+	failed := make(map[int]error)
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			if enter != nil {
+				enter()
+			}
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				c, err := dialAs(context.Background(), addr(i), peerSecret(i), target, 5*time.Second, control)
+				if err != nil {
+					mu.Lock()
+					failed[i] = err
+					mu.Unlock()
+					continue
+				}
+				closeReset(c)
+			}
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
+// requireRefusedPeers dials a spread of peers of addr unsigned and with a
+// wrong secret, and requires the kernel to drop every SYN. Each dialing
+// goroutine first calls enter, if not nil.
+func requireRefusedPeers(t *testing.T, addr func(int) netip.Addr, n int, target string, control func(string, string, syscall.RawConn) error, enter func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i += n/8 + 1 {
+		for _, secret := range [][]byte{nil, []byte("fake-secret-wrong")} {
+			wg.Go(func() {
+				if enter != nil {
+					enter()
+				}
+				c, err := dialAs(context.Background(), addr(i), secret, target, refuseAfter, control)
+				if c != nil {
+					c.Close()
+				}
+				assert.Error(t, err, "peer %d (%s) connected with secret %q", i, addr(i), secret)
+				var ne net.Error
+				if assert.ErrorAs(t, err, &ne) {
+					assert.True(t, ne.Timeout(), "want the silence of a dropped SYN, got %v", err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+}
+
+// listeningSockets counts the sockets in LISTEN state on port in this
+// network namespace: how many sockets a Listener's group has.
+func listeningSockets(t testing.TB, port int) int {
+	t.Helper()
+	n := 0
+	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+		f, err := os.Open(name)
+		require.NoError(t, err)
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 4 || fields[3] != "0A" { // TCP_LISTEN
+				continue
+			}
+			if strings.HasSuffix(fields[1], fmt.Sprintf(":%04X", port)) {
+				n++
+			}
+		}
+		f.Close()
+		require.NoError(t, sc.Err())
+	}
+	return n
+}
+
+// closeReset closes c with a reset instead of a FIN.
+func closeReset(c net.Conn) {
+	_ = c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// TestTenThousandPeers gives one listener 10,000 peers with their own keys,
+// half at Listen and half live, far more than a socket's option memory
+// holds, and dials every one of them.
+func TestTenThousandPeers(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	const peers = 10000
+	tests := []struct {
+		name, network, address, dial string
+		block                        int
+	}{
+		{"tcp4", "tcp4", "127.0.0.1:0", "127.0.0.1", 2},
+		{"dual-stack", "tcp", ":0", "127.0.0.1", 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			addr := func(n int) netip.Addr { return peer4(tt.block, n) }
+			ln := listen(t, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, peers/2)}, tt.network, tt.address)
+			atListen := listeningSockets(t, port(ln))
+			for _, k := range peerKeys(addr, peers/2, peers) {
+				require.NoError(t, ln.SetKey(k))
+			}
+			accepted := acceptAndReset(t, ln)
+			target := net.JoinHostPort(tt.dial, itoa(port(ln)))
+			sockets := listeningSockets(t, port(ln))
+			t.Logf("%d keys: %d sockets after Listen with %d, %d after SetKey of the rest", peers, atListen, peers/2, sockets)
+			assert.Greater(t, atListen, 1, "Listen did not spread %d keys", peers/2)
+			assert.Greater(t, sockets, atListen, "SetKey did not grow the group")
+			require.Len(t, ln.Keys(), peers)
+			require.Equal(t, ln.Addr().String(), net.JoinHostPort(ln.Addr().(*net.TCPAddr).IP.String(), itoa(port(ln))))
+
+			start := time.Now()
+			failed := dialAll(addr, peers, target, nil, nil)
+			elapsed := time.Since(start)
+			for i, err := range failed {
+				t.Errorf("peer %d (%s): %v", i, addr(i), err)
+				if len(failed) > 5 {
+					t.Fatalf("%d of %d peers failed to connect", len(failed), peers)
+				}
+			}
+			t.Logf("%d signed handshakes in %v", peers, elapsed)
+			require.Eventually(t, func() bool { return accepted.Load() == peers }, 10*time.Second, 10*time.Millisecond,
+				"Accept handed over %d of %d connections", accepted.Load(), peers)
+			assert.Zero(t, ln.RefusedUnsigned())
+
+			requireRefusedPeers(t, addr, peers, target, nil, nil)
+
+			// A peer without a key connects at the TCP level; Accept resets it.
+			// The reset may even beat the dial's own check of the handshake.
+			c, err := dialAs(context.Background(), peer4(tt.block+1, 60000), nil, target, 5*time.Second, nil)
+			if err == nil {
+				c.Close()
+			} else {
+				require.ErrorIs(t, err, syscall.ECONNRESET)
+			}
+			require.Eventually(t, func() bool { return ln.RefusedUnsigned() == 1 }, 5*time.Second, 10*time.Millisecond)
+			assert.EqualValues(t, peers, accepted.Load())
+		})
+	}
+}
+
+// joinNetns returns a function that moves the calling goroutine, locked to
+// its thread for good, into the network namespace the calling test
+// goroutine is in (see testenv.Netns).
+func joinNetns(t testing.TB) func() {
+	t.Helper()
+	f, err := os.Open("/proc/thread-self/ns/net")
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// TestGroupGrowsUnderLoad adds keys to a live listener, growing its group
+// several times, while peers already keyed dial it without pause: no
+// handshake may fail or wait for a retransmitted SYN, and the kernel must
+// drop no segment for its signature.
+func TestGroupGrowsUnderLoad(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	enter := joinNetns(t)
+	const initial, total = 300, 5000
+	addr := func(n int) netip.Addr { return peer4(6, n) }
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, initial)}, "tcp4", "127.0.0.1:0")
+	accepted := acceptAndReset(t, ln)
+	target := ln.Addr().String()
+	require.Equal(t, 1, listeningSockets(t, port(ln)))
+	before := counters(t)
+
+	var keyed atomic.Int64
+	keyed.Store(initial)
+	stop := make(chan struct{})
+	var dials, slow atomic.Int64
+	var mu sync.Mutex
+	var failures []string
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			enter()
+			for i := w; ; i += 7919 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := i % int(keyed.Load())
+				start := time.Now()
+				// The first SYN retransmission is at 1s: a dial that takes
+				// longer lost its first SYN.
+				c, err := dialAs(context.Background(), addr(n), peerSecret(n), target, 900*time.Millisecond, nil)
+				if time.Since(start) > 500*time.Millisecond {
+					slow.Add(1)
+				}
+				if err != nil {
+					mu.Lock()
+					failures = append(failures, fmt.Sprintf("peer %d: %v", n, err))
+					mu.Unlock()
+					continue
+				}
+				closeReset(c)
+				dials.Add(1)
+			}
+		})
+	}
+	for n := initial; n < total; n++ {
+		require.NoError(t, ln.SetKey(peerKeys(addr, n, n+1)[0]))
+		keyed.Store(int64(n + 1))
+		if n%50 == 0 {
+			time.Sleep(10 * time.Millisecond) // let the dialers keep up
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // dial the newest keys too
+	close(stop)
+	wg.Wait()
+
+	sockets := listeningSockets(t, port(ln))
+	moved := before.Delta(counters(t), netstat.MD5Counters...)
+	t.Logf("%d handshakes while %d keys went in and the group grew from 1 to %d sockets; %d took over 500ms", dials.Load(), total-initial, sockets, slow.Load())
+	assert.Empty(t, failures)
+	assert.Greater(t, sockets, 4)
+	assert.Greater(t, dials.Load(), int64(1000))
+	for _, name := range netstat.MD5Counters {
+		assert.Zero(t, moved[name], "%s moved while the group grew", name)
+	}
+	require.Eventually(t, func() bool { return accepted.Load() == dials.Load() }, 5*time.Second, 10*time.Millisecond)
+	assert.Zero(t, ln.RefusedUnsigned())
+	require.Len(t, ln.Keys(), total)
+
+	// The group shrinks to nothing on Close, and Accept says it is closed.
+	require.NoError(t, ln.Close())
+	assert.Zero(t, listeningSockets(t, port(ln)))
+	_, err := ln.Accept()
+	assert.ErrorIs(t, err, net.ErrClosed)
+	assert.ErrorIs(t, ln.SetKey(peerKeys(addr, total, total+1)[0]), net.ErrClosed)
+}
+
+// TestIPv6Group spreads 2,500 IPv6 peers of 2001:db8::/64 over a tcp6
+// listener's group in a network namespace where that prefix is local.
+func TestIPv6Group(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	ip := testenv.RequireTool(t, "ip", "iproute2")
+	// Forked from this goroutine's thread, ip runs in its namespace.
+	out, err := exec.Command(ip, "-6", "route", "add", "local", "2001:db8::/64", "dev", "lo").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	freebind := func(_, _ string, c syscall.RawConn) error { // the sources are local by route, not assigned
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	const peers = 2500
+	addr := func(n int) netip.Addr {
+		return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 8: 0xfe, 12: byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	}
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, peers)}, "tcp6", "[::1]:0")
+	requireDomain(t, ln, unix.AF_INET6)
+	accepted := acceptAndReset(t, ln)
+	sockets := listeningSockets(t, port(ln))
+	t.Logf("%d IPv6 keys on %d sockets", peers, sockets)
+	require.Greater(t, sockets, 1)
+
+	before := counters(t)
+	enter := joinNetns(t)
+	failed := dialAll(addr, peers, ln.Addr().String(), freebind, enter)
+	assert.Empty(t, failed)
+	require.Eventually(t, func() bool { return accepted.Load() == peers }, 10*time.Second, 10*time.Millisecond)
+	moved := before.Delta(counters(t), netstat.MD5Counters...)
+	for _, name := range netstat.MD5Counters {
+		assert.Zero(t, moved[name], "%s moved on good connections", name)
+	}
+	requireRefusedPeers(t, addr, peers, ln.Addr().String(), freebind, enter)
+	assert.Positive(t, before.Delta(counters(t), netstat.MD5Counters...)[netstat.MD5Failure], "wrong secrets were not dropped for their signature")
+}
