@@ -189,3 +189,50 @@ func probe() error {
 	}
 	return setsockopt(fd, unix.AF_INET, k, true)
 }
+
+// applyTTLSecurity makes the socket behind c send with TTL and hop limit
+// 255 and drop every segment that arrives with less than 256-hops (RFC 5082
+// GTSM): IP_TTL and IP_MINTTL, plus IPV6_UNICAST_HOPS and IPV6_MINHOPCOUNT
+// on an AF_INET6 socket, whose IPv4 peers (dual-stack) obey the IPv4 pair.
+func applyTTLSecurity(c syscall.RawConn, hops int) error {
+	if hops == 0 {
+		return nil
+	}
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		var family int
+		if family, err = socketFamily(int(fd)); err != nil {
+			return
+		}
+		type opt struct {
+			level, name, value int
+			label              string
+		}
+		opts := []opt{
+			{unix.IPPROTO_IP, unix.IP_TTL, 255, "IP_TTL"},
+			{unix.IPPROTO_IP, unix.IP_MINTTL, 256 - hops, "IP_MINTTL"},
+		}
+		if family == unix.AF_INET6 {
+			opts = append(opts,
+				opt{unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255, "IPV6_UNICAST_HOPS"},
+				opt{unix.IPPROTO_IPV6, unix.IPV6_MINHOPCOUNT, 256 - hops, "IPV6_MINHOPCOUNT"})
+		}
+		for _, o := range opts {
+			serr := unix.SetsockoptInt(int(fd), o.level, o.name, o.value)
+			if serr == nil {
+				continue
+			}
+			sysErr := os.NewSyscallError("setsockopt "+o.label, serr)
+			if errors.Is(serr, unix.ENOPROTOOPT) || errors.Is(serr, unix.EOPNOTSUPP) {
+				err = fmt.Errorf("%w (%w)", ErrTTLSecurityUnsupported, sysErr)
+			} else {
+				err = fmt.Errorf("tcpmd5: TTL security of %d hops: %w", hops, sysErr)
+			}
+			return
+		}
+	})
+	if cerr != nil {
+		return fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return err
+}

@@ -28,3 +28,12 @@ func probe() error {
 func unsupported(k Key) error {
 	return fmt.Errorf("%w (key for %s: %s has no TCP_MD5SIG; only Linux signs segments)", ErrMD5Unsupported, k.peerString(), runtime.GOOS)
 }
+
+// applyTTLSecurity fails for any hop count but 0: only Linux drops segments
+// by TTL here.
+func applyTTLSecurity(_ syscall.RawConn, hops int) error {
+	if hops == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%s: only Linux has IP_MINTTL here)", ErrTTLSecurityUnsupported, runtime.GOOS)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"syscall"
 )
@@ -17,7 +18,7 @@ import (
 // attempt, each address of a Happy Eyeballs race included, gets the key whose
 // Peer holds that address with the longest prefix.
 //
-// With no Keys, a Dialer dials exactly like [net.Dialer]. With keys but none
+// With no Keys and no TTLSecurity, a Dialer dials exactly like [net.Dialer]. With keys but none
 // for the destination, Dial fails with [ErrNoKey] unless AllowUnsigned is set.
 // Keyed sockets are plain TCP, never MPTCP.
 type Dialer struct {
@@ -29,6 +30,14 @@ type Dialer struct {
 	// AllowUnsigned dials destinations that no key covers without a
 	// signature instead of failing with ErrNoKey.
 	AllowUnsigned bool
+
+	// TTLSecurity, when not 0, is the most hops the peer may be away (RFC
+	// 5082 GTSM, "ttl-security hops" on routers): the socket sends with TTL
+	// and hop limit 255 and drops segments that arrive with less than
+	// 256-TTLSecurity, set before connect(2). It works with and without
+	// Keys; where the system cannot do it, Dial fails with
+	// [ErrTTLSecurityUnsupported].
+	TTLSecurity int
 }
 
 // Dial connects to the address on the named network, as [net.Dialer.Dial].
@@ -44,7 +53,7 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // segments in silence, so such a dial ends in a timeout: the error is then
 // a [net.Error] whose Timeout reports true and whose text says what to check.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if len(d.Keys) == 0 {
+	if len(d.Keys) == 0 && d.TTLSecurity == 0 {
 		return d.Dialer.DialContext(ctx, network, address)
 	}
 	switch network {
@@ -53,6 +62,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
 	keys, err := normalizeKeys(d.Keys)
+	if err == nil {
+		err = checkTTLSecurity(d.TTLSecurity)
+	}
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -71,6 +83,12 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 			if err := user(network, address, c); err != nil {
 				return err
 			}
+		}
+		if err := applyTTLSecurity(c, d.TTLSecurity); err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
@@ -92,9 +110,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {
 		var oe *net.OpError
-		if signed.Load() && errors.As(err, &oe) && oe.Timeout() {
+		if (signed.Load() || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
 			annotated := *oe
-			annotated.Err = &noAnswerError{err: oe.Err, local: d.LocalAddr}
+			annotated.Err = &noAnswerError{err: oe.Err, local: d.LocalAddr, signed: signed.Load(), hops: d.TTLSecurity}
 			return nil, &annotated
 		}
 		return nil, err
@@ -102,20 +120,32 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	return c, nil
 }
 
-// noAnswerError is a dial timeout on a signed connection attempt. It keeps
-// the original error for errors.Is and Timeout, and tells the operator what
-// such a silence usually means.
+// noAnswerError is a dial timeout on a signed or TTL-secured connection
+// attempt. It keeps the original error for errors.Is and Timeout, and tells
+// the operator what such a silence usually means.
 type noAnswerError struct {
-	err   error
-	local net.Addr
+	err    error
+	local  net.Addr
+	signed bool
+	hops   int
 }
 
 func (e *noAnswerError) Error() string {
-	src := "this host's source address"
-	if e.local != nil {
-		src = e.local.String()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v: no answer", e.err)
+	if e.signed {
+		src := "this host's source address"
+		if ta, ok := e.local.(*net.TCPAddr); ok && ta.IP != nil {
+			src = ta.IP.String()
+		} else if e.local != nil {
+			src = e.local.String()
+		}
+		fmt.Fprintf(&b, " to a signed SYN; a peer drops segments whose TCP MD5 signature it cannot verify, so check that it holds the same key for %s, or that a firewall is not dropping them", src)
 	}
-	return fmt.Sprintf("%v: no answer to a signed SYN; a peer drops segments whose TCP MD5 signature it cannot verify, so check that it holds the same key for %s, or that a firewall is not dropping them", e.err, src)
+	if e.hops != 0 {
+		fmt.Fprintf(&b, "; with TTL security of %d hops, also check that the peer sends with TTL 255 and is at most %d hops away", e.hops, e.hops)
+	}
+	return b.String()
 }
 
 func (e *noAnswerError) Unwrap() error   { return e.err }

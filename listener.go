@@ -40,6 +40,15 @@ type ListenConfig struct {
 	// an unprotected session. Set it for listeners that serve signed and
 	// unsigned peers side by side.
 	AllowUnsigned bool
+
+	// TTLSecurity, when not 0, is the most hops a peer may be away (RFC
+	// 5082 GTSM, "ttl-security hops" on routers): the listening socket
+	// sends with TTL and hop limit 255 and, from before listen(2), drops
+	// every segment, SYNs included, that arrives with less than
+	// 256-TTLSecurity; accepted connections inherit both. IPv4 peers of a
+	// dual-stack socket are covered. It works with and without Keys; where
+	// the system cannot do it, Listen fails with [ErrTTLSecurityUnsupported].
+	TTLSecurity int
 }
 
 // Listen announces on the local network address like
@@ -58,11 +67,24 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
 	}
 	keys, err := normalizeKeys(lc.Keys)
+	if err == nil {
+		err = checkTTLSecurity(lc.TTLSecurity)
+	}
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	l := &Listener{allowUnsigned: lc.AllowUnsigned, network: network, cfg: lc.ListenConfig}
 	l.cfg.SetMultipathTCP(false)
+	if hops, user := lc.TTLSecurity, l.cfg.Control; hops != 0 {
+		l.cfg.Control = func(network, address string, c syscall.RawConn) error {
+			if user != nil {
+				if err := user(network, address, c); err != nil {
+					return err
+				}
+			}
+			return applyTTLSecurity(c, hops)
+		}
+	}
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())
 	}
