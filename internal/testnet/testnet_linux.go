@@ -273,3 +273,18 @@ func (n *Net) ip(args ...string) {
 		n.t.Fatalf("testnet: ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 }
+
+// SetUp brings i up or down, as a cable pulled and plugged back in; up
+// returns once the kernel has i, and its peer, up again.
+func (i *Iface) SetUp(t testing.TB, up bool) {
+	t.Helper()
+	state := "down"
+	if up {
+		state = "up"
+	}
+	i.Host.IP(t, "link", "set", i.Name, state)
+	if up {
+		i.waitUp(t)
+		i.Peer.waitUp(t)
+	}
+}

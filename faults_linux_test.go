@@ -1,0 +1,217 @@
+package tcpmd5_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testnet"
+)
+
+// TestFaults breaks signed sessions the ways networks break them. Each case
+// checks that the library reports ordinary net errors, leaves no file
+// descriptor or goroutine behind, and that signed listening and dialling
+// work again afterwards. The cases run one at a time, and not in parallel
+// with other tests, so that the leak counts are theirs alone.
+func TestFaults(t *testing.T) {
+	requireMD5(t)
+	testenv.RequireRoot(t)
+
+	t.Run("peer link goes down", func(t *testing.T) {
+		requireNoLeaks(t)
+		us, peer := testnet.Pair(t)
+		ln := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{hostKeyOf(us.Addr4, secretA)}}, "tcp4", net.JoinHostPort(peer.Addr4.String(), "0"))
+		d := userTimeoutDialer(hostKeyOf(peer.Addr4, secretA))
+		client, server := connPair(t, us.Host, d, ln)
+		exchange(t, client, server, "fake-before")
+
+		peer.SetUp(t, false)
+		err := roundTrip(client)
+		require.ErrorIs(t, err, syscall.ETIMEDOUT, "a session over a dead link must time out")
+		requireOpError(t, err)
+
+		peer.SetUp(t, true)
+		client, server = connPair(t, us.Host, d, ln)
+		exchange(t, client, server, "fake-after")
+		c, err := dialIn(us.Host, netDialer(hostKeyOf(peer.Addr4, secretB)), "tcp4", ln.Addr().String())
+		requireRefused(t, c, err)
+	})
+
+	t.Run("peer namespace deleted", func(t *testing.T) {
+		requireNoLeaks(t)
+		us, peer := testnet.Pair(t)
+		testnet.StartBIRD(t, peer.Host, birdConfig(peer.Addr4, us.Addr4, secretA, true))
+		waitListening(t, peer.Host, bgpPort)
+		d := userTimeoutDialer(hostKeyOf(peer.Addr4, secretA))
+		address := net.JoinHostPort(peer.Addr4.String(), bgpPortS)
+		c, err := dialIn(us.Host, d, "tcp4", address)
+		require.NoError(t, err)
+		defer c.Close()
+		readOpen(t, c)
+
+		peer.Host.Delete() // BIRD killed, its namespace and our link's far end gone
+		err = roundTrip(c)
+		require.Error(t, err)
+		t.Logf("the session ended with: %v", err)
+		if !errors.Is(err, io.EOF) {
+			requireOpError(t, err)
+			assert.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.EPIPE), "unexpected error %v", err)
+		}
+		us.Host.WaitFor(t, 5*time.Second, "our end of the link going away", func() bool {
+			_, err := net.InterfaceByName(us.Name)
+			return err != nil
+		})
+		c2, err := dialIn(us.Host, d, "tcp4", address)
+		if c2 != nil {
+			c2.Close()
+		}
+		require.ErrorIs(t, err, syscall.ENETUNREACH)
+		requireOpError(t, err)
+		assert.NotContains(t, err.Error(), "same key", "an unreachable network is not a key problem")
+	})
+
+	t.Run("listener reopened over TIME_WAIT", func(t *testing.T) {
+		requireNoLeaks(t)
+		us, peer := testnet.Pair(t)
+		keys := []tcpmd5.Key{hostKeyOf(us.Addr4, secretA)}
+		ln := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", net.JoinHostPort(peer.Addr4.String(), "0"))
+		address := ln.Addr().String()
+		port := ln.Addr().(*net.TCPAddr).Port
+		d := netDialer(hostKeyOf(peer.Addr4, secretA))
+		for range 3 {
+			client, server := connPair(t, us.Host, d, ln)
+			exchange(t, client, server, "fake-before-close")
+			require.NoError(t, server.Close()) // the server closes first: its end waits in TIME_WAIT
+			_, err := client.Read(make([]byte, 1))
+			require.ErrorIs(t, err, io.EOF)
+			require.NoError(t, client.Close())
+		}
+		require.NoError(t, ln.Close())
+		peer.Host.WaitFor(t, 5*time.Second, "connections in TIME_WAIT on the listener's port", func() bool {
+			return socketsInState("/proc/thread-self/net/tcp", port, "06") >= 3
+		})
+
+		ln2 := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", address)
+		serveEcho(t, ln2)
+		c, err := dialIn(us.Host, d, "tcp4", address)
+		require.NoError(t, err, "a signed dial to the reopened listener")
+		defer c.Close()
+		ping(t, c)
+		c2, err := dialIn(us.Host, netDialer(hostKeyOf(peer.Addr4, secretB)), "tcp4", address)
+		requireRefused(t, c2, err)
+		c3, err := dialIn(us.Host, netDialer(), "tcp4", address)
+		requireRefused(t, c3, err)
+	})
+}
+
+// userTimeoutDialer returns a dialer with keys whose connections give up
+// after 500ms without acknowledgement (TCP_USER_TIMEOUT), set by the
+// caller's own Control hook, which the Dialer runs before installing keys.
+func userTimeoutDialer(keys ...tcpmd5.Key) *tcpmd5.Dialer {
+	d := netDialer(keys...)
+	d.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 500)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	return d
+}
+
+// roundTrip writes to c and reads the echo, returning the first error.
+func roundTrip(c net.Conn) error {
+	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("fake-probe")); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, len("fake-probe")))
+	return err
+}
+
+func requireOpError(t testing.TB, err error) {
+	t.Helper()
+	var oe *net.OpError
+	require.ErrorAs(t, err, &oe, "%v (%T) is not a *net.OpError", err, err)
+}
+
+func hostKeyOf(a netip.Addr, secret string) tcpmd5.Key {
+	return tcpmd5.Key{Peer: netip.PrefixFrom(a, a.BitLen()), Secret: []byte(secret)}
+}
+
+// socketsInState counts the sockets in the /proc/net/tcp-format file name
+// whose local port is port and whose state is state (hex, as the file
+// writes it).
+func socketsInState(name string, port int, state string) int {
+	f, err := os.Open(name)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	suffix := fmt.Sprintf(":%04X", port)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) > 3 && strings.HasSuffix(fs[1], suffix) && fs[3] == state {
+			n++
+		}
+	}
+	return n
+}
+
+// requireNoLeaks fails t if, once everything t set up is cleaned up, the
+// process holds more sockets or goroutines than it does now. Call it first,
+// so that its check runs after every other cleanup. It counts sockets, not
+// every file descriptor, because os/exec, which builds the test networks,
+// keeps pipes of its own for a while.
+func requireNoLeaks(t *testing.T) {
+	t.Helper()
+	sockets, goroutines := socketCount(t), runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			nf, ng := socketCount(t), runtime.NumGoroutine()
+			if nf <= sockets && ng <= goroutines {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("leaked %d sockets and %d goroutines", nf-sockets, ng-goroutines)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+func socketCount(t testing.TB) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	n := 0
+	for _, e := range es {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
