@@ -69,6 +69,7 @@ func TestBIRDInterop(t *testing.T) {
 			us, peer := testnet.Pair(t)
 			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
+			capture := us.Capture(t)
 			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, false))
 
 			require.NoError(t, ln.SetDeadline(time.Now().Add(15*time.Second)))
@@ -79,6 +80,16 @@ func TestBIRDInterop(t *testing.T) {
 			open := readOpen(t, c)
 			assert.Equal(t, uint16(birdAS), open.AS)
 			assert.Equal(t, birdID, open.RouterID.String())
+
+			// On the wire, BIRD's SYN, our SYN-ACK and BIRD's OPEN are all signed.
+			local, remote := unmapped(c.LocalAddr()), unmapped(c.RemoteAddr())
+			segs := capture.WaitFor(t, local, remote, 5*time.Second, "BIRD's OPEN", func(segs []testnet.Segment) bool {
+				return sentData(segs, remote)
+			})
+			for _, seg := range segs {
+				assert.True(t, seg.MD5(), "an unsigned segment between BIRD and us: %v", seg)
+			}
+			assert.Equal(t, testnet.SYN, int(segs[0].Flags), "the capture starts with BIRD's SYN: %v", segs[0])
 		})
 		t.Run(family+"/our Dialer reaches BIRD", func(t *testing.T) {
 			t.Parallel()
@@ -131,4 +142,11 @@ func TestBIRDInterop(t *testing.T) {
 			assert.Positive(t, moved[netstat.MD5Failure], "BIRD's kernel did not count our SYN as a failed signature: %v", moved)
 		})
 	}
+}
+
+// unmapped returns a's address and port, with a v4-mapped address as IPv4,
+// the form a capture reports.
+func unmapped(a net.Addr) netip.AddrPort {
+	ap := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
