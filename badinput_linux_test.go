@@ -63,6 +63,9 @@ func TestBadInputKernel(t *testing.T) {
 			_, err := d.Dial("tcp6", "127.0.0.1:9")
 			return err
 		}, nil, "no suitable address"},
+		{"SetKeys on nil", func() error {
+			return tcpmd5.SetKeys(nil, tcpmd5.Key{Peer: host, Secret: secret})
+		}, nil, "SetKeys needs a socket, got nil"},
 		{"SetKeys on a UDP socket", func() error {
 			return tcpmd5.SetKeys(udp.(*net.UDPConn), tcpmd5.Key{Peer: host, Secret: secret})
 		}, nil, "not TCP"},

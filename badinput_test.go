@@ -58,6 +58,7 @@ func TestBadParseKey(t *testing.T) {
 		{"192.0.2.0/24%eth0", badSecret, "a zone goes with a single address, not a prefix"},
 		{"fe80::1%md5t-no-such-if", badSecret, `no interface "md5t-no-such-if" on this host`},
 		{"fe80::1%0", badSecret, "interface index 0 is not a valid interface"},
+		{"fe80::1%", badSecret, "the zone after % is empty"},
 		{"fe80::1%-3", badSecret, "interface index -3 is not a valid interface"},
 		{"192.0.2.1", "", "the secret is empty; give 1 to 80 bytes"},
 		{"192.0.2.1", long, "the secret is 81 bytes, longer than the kernel's limit of 80"},

@@ -49,7 +49,10 @@ type Key struct {
 // interface becomes the key's Ifindex.
 func ParseKey(peer, secret string) (Key, error) {
 	var k Key
-	addr, zone, _ := strings.Cut(peer, "%")
+	addr, zone, hasZone := strings.Cut(peer, "%")
+	if hasZone && zone == "" {
+		return Key{}, fmt.Errorf("tcpmd5: peer %q: the zone after %% is empty; name an interface, as in fe80::1%%eth0", peer)
+	}
 	if strings.Contains(addr, "/") {
 		if zone != "" {
 			return Key{}, fmt.Errorf("tcpmd5: peer %q: a zone goes with a single address, not a prefix", peer)
@@ -244,9 +247,17 @@ func Control(keys ...Key) func(network, address string, c syscall.RawConn) error
 
 // SetKeys installs keys on a TCP socket made elsewhere, such as an inherited
 // file descriptor or a socket from systemd activation. Keys set on a
-// listening socket sign the handshakes that follow; keys set on a connected
-// socket sign the segments that follow, and the peer must start signing at
-// the same moment or the connection stalls.
+// listening socket sign the handshakes that follow.
+//
+// On a connected socket, SetKeys changes the keys of that connection only:
+// segments sent after it returns are signed with the new key, and segments
+// received must carry a signature made with it. Both ends must call it while
+// no data is in flight: then an unsigned connection becomes signed, and a
+// signed one takes the new secret, with no segment lost. If only one end
+// does, each end drops the other's segments in silence (counted as
+// TCPMD5NotFound, TCPMD5Unexpected or TCPMD5Failure) and the connection
+// stalls; once the other end holds the same key, the retransmissions get
+// through and the connection resumes, unless it has timed out by then.
 //
 // SetKeys installs all keys or none: every key is checked before the first
 // setsockopt(2) call, and if the kernel refuses one, the keys already
@@ -257,6 +268,9 @@ func SetKeys(c syscall.Conn, keys ...Key) error {
 	keys, err := normalizeKeys(keys)
 	if err != nil {
 		return err
+	}
+	if c == nil {
+		return errors.New("tcpmd5: SetKeys needs a socket, got nil")
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
