@@ -97,10 +97,11 @@ func (s *shard) hosts() int {
 }
 
 // listenShard makes one socket of a group: the caller's Control runs, then
-// SO_REUSEPORT is set, with steer > 0 the steering program for that many
+// SO_REUSEPORT is set, with steerN > 0 the steering program for that many
 // shards is attached, and the keys are installed, all before bind(2) and
-// listen(2). cfg has MPTCP off.
-func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, steerN int) (*shard, error) {
+// listen(2). cfg has MPTCP off. With steerN 1 the program is optional: if
+// the kernel refuses it, *steered says so and growing attaches it later.
+func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, steerN int, steered *bool) (*shard, error) {
 	user := cfg.Control
 	cfg.Control = func(network, address string, c syscall.RawConn) error {
 		if user != nil {
@@ -112,9 +113,11 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 			return err
 		}
 		if steerN > 0 {
-			if err := steer(c, steerN); err != nil {
+			err := steer(c, steerN)
+			if err != nil && steerN > 1 {
 				return err
 			}
+			*steered = err == nil
 		}
 		return applyKeys(c, keys)
 	}
@@ -190,31 +193,28 @@ func placeKeys(t *keyTable, n int) [][]Key {
 }
 
 // listenGroup makes a group of n shards holding the keys of t, each socket
-// with its keys before it listens. With more than one shard, the first
-// socket carries the steering program before it listens; until the others
-// have joined, SYNs meant for them reach a socket without their key, which
-// drops them if signed and hands them to Accept's policy if not.
+// with its keys before it listens. The first socket carries the steering
+// program before it binds, which also keeps it out of any reuseport group
+// another process of the same user may have on the address. Until the
+// other sockets have joined, SYNs meant for them reach a socket without
+// their key, which drops them if signed and hands them to Accept's policy
+// if not.
 func (l *Listener) listenGroup(ctx context.Context, address string, n int) error {
 	perShard := placeKeys(&l.keys, n)
-	steerN := 0
-	if n > 1 {
-		steerN = n
-	}
-	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], steerN)
+	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], n, &l.steered)
 	if err != nil {
 		return err
 	}
 	l.shards = []*shard{first}
 	l.address = first.ln.Addr().String()
 	for i := 1; i < n; i++ {
-		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i], 0)
+		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i], 0, nil)
 		if err != nil {
 			l.closeShards()
 			return err
 		}
 		l.shards = append(l.shards, s)
 	}
-	l.steered = n > 1
 	return nil
 }
 
@@ -286,7 +286,7 @@ func (l *Listener) grow() error {
 			moved = append(moved, k)
 		}
 	}
-	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...), 0)
+	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...), 0, nil)
 	if err != nil {
 		return err
 	}

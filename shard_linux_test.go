@@ -380,3 +380,36 @@ func TestIPv6Group(t *testing.T) {
 	requireRefusedPeers(t, addr, peers, ln.Addr().String(), freebind, enter)
 	assert.Positive(t, before.Delta(counters(t), netstat.MD5Counters...)[netstat.MD5Failure], "wrong secrets were not dropped for their signature")
 }
+
+// TestSameUserSocketGetsNoSYN binds a second SO_REUSEPORT socket, as another
+// process of the same user could, to a listener's address: the steering
+// program sends every SYN to the listener's own sockets.
+func TestSameUserSocketGetsNoSYN(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{AllowUnsigned: true}, "tcp4", "127.0.0.1:0")
+	accepted := acceptAndReset(t, ln)
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	intruder, err := lc.Listen(context.Background(), "tcp4", ln.Addr().String())
+	require.NoError(t, err, "the kernel let no same-user socket join; nothing to check")
+	defer intruder.Close()
+	const dials = 64
+	for i := range dials {
+		c, err := dialAs(context.Background(), peer4(7, i), nil, ln.Addr().String(), 5*time.Second, nil)
+		require.NoError(t, err)
+		closeReset(c)
+	}
+	require.Eventually(t, func() bool { return accepted.Load() == dials }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, intruder.(*net.TCPListener).SetDeadline(time.Now()))
+	_, err = intruder.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a SYN reached the other socket")
+}
