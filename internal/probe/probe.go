@@ -2,7 +2,9 @@
 // peer: does it accept our signature? A peer that cannot verify a signed SYN
 // drops it in silence, so a wrong key looks like a dead host; probe tells
 // the cases apart with a second, unsigned attempt and, when the peer is on
-// this host, with the kernel's signature drop counters.
+// this host, with the kernel's drop counters: the signature ones and the
+// one of TTL security (RFC 5082 GTSM), which drops segments just as
+// silently.
 package probe
 
 import (
@@ -37,7 +39,19 @@ const (
 	PortClosed Verdict = "port-closed"
 	// Unreachable: the attempt failed otherwise (no route, no address).
 	Unreachable Verdict = "unreachable"
+	// TTLDropped: the signed SYN got no answer and the kernel counted
+	// segments dropped for their TTL (TCPMinTTLDrop): one side has TTL
+	// security on and the other does not send with TTL 255. Only a peer on
+	// this host shows it.
+	TTLDropped Verdict = "ttl-dropped"
 )
+
+// MinTTLDrop is the kernel counter of segments dropped because they arrived
+// with a TTL or hop limit below the socket's IP_MINTTL or IPV6_MINHOPCOUNT.
+const MinTTLDrop = "TCPMinTTLDrop"
+
+// watched are the counters a probe reads when the peer is on this host.
+var watched = append(append([]string(nil), netstat.MD5Counters...), MinTTLDrop)
 
 // Config is what to probe and how.
 type Config struct {
@@ -47,16 +61,24 @@ type Config struct {
 	Timeout time.Duration
 	// Wait is how long to wait for a connected peer to speak first.
 	Wait time.Duration
+	// TTLSecurity, when not 0, dials with TTL security of that many hops
+	// (RFC 5082 GTSM), as [tcpmd5.Dialer.TTLSecurity]: both attempts send
+	// with TTL 255 and drop answers that arrive with less than
+	// 256-TTLSecurity.
+	TTLSecurity int
 	// Progress, if set, is told before each wait what probe waits for.
 	Progress func(msg string)
 }
 
 // Result is the outcome of a probe. No field holds a secret.
 type Result struct {
-	Target  string  `json:"target"`
-	Source  string  `json:"source,omitempty"`
-	Verdict Verdict `json:"verdict"`
-	Summary string  `json:"summary"`
+	Target string `json:"target"`
+	Source string `json:"source,omitempty"`
+	// TTLSecurity is the hop count of TTL security both attempts used, 0
+	// for none.
+	TTLSecurity int     `json:"ttl_security,omitempty"`
+	Verdict     Verdict `json:"verdict"`
+	Summary     string  `json:"summary"`
 	// SignedError is the error of the signed attempt, if it failed.
 	SignedError string `json:"signed_error,omitempty"`
 	// Unsigned is what the unsigned attempt found, if one was made.
@@ -66,8 +88,8 @@ type Result struct {
 	// PeerOnThisHost reports that the target is a local address, whose
 	// drop counters this host's kernel keeps.
 	PeerOnThisHost bool `json:"peer_on_this_host"`
-	// Counters are the signature drop counters that moved during the
-	// signed attempt, when the peer is on this host.
+	// Counters are the drop counters (signature and TTL) that moved
+	// during the signed attempt, when the peer is on this host.
 	Counters map[string]uint64 `json:"counters_moved,omitempty"`
 	// CounterNote says what the counters that moved mean.
 	CounterNote string `json:"counter_note,omitempty"`
@@ -89,6 +111,7 @@ var CounterMeaning = map[string]string{
 	netstat.MD5Failure:    "a signature did not verify: the peer holds a key for our address, with another secret",
 	netstat.MD5Unexpected: "a signed segment arrived where no key was expected: the peer holds no key for our address",
 	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: the peer answered without a signature, so it holds no key for our address",
+	MinTTLDrop:            "a segment arrived with a TTL below its socket's minimum: one side has TTL security (RFC 5082 GTSM) on and the other does not send with TTL 255",
 }
 
 // Run probes c.Address. It returns an error only when the probe could not
@@ -103,7 +126,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	if !tcpmd5.Supported() {
 		return Result{}, fmt.Errorf("probe: %w", tcpmd5.ErrMD5Unsupported)
 	}
-	r := Result{Target: target.String(), PeerOnThisHost: isLocal(target.Addr())}
+	r := Result{Target: target.String(), PeerOnThisHost: isLocal(target.Addr()), TTLSecurity: c.TTLSecurity}
 	src := c.Source
 	if !src.IsValid() {
 		src = sourceFor(target)
@@ -116,18 +139,20 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		local = net.TCPAddrFromAddrPort(netip.AddrPortFrom(c.Source, 0))
 	}
 
-	d := &tcpmd5.Dialer{Keys: c.Keys}
+	d := &tcpmd5.Dialer{Keys: c.Keys, TTLSecurity: c.TTLSecurity}
 	d.Timeout = c.Timeout
 	d.LocalAddr = local
 	var before netstat.Counters
 	if r.PeerOnThisHost {
 		before, _ = netstat.Read()
 	}
+	countersRead := false
 	c.progress(fmt.Sprintf("signed SYN to %s%s; waiting up to %s for an answer", r.Target, from(r.Source), c.Timeout))
 	conn, err := d.DialContext(ctx, "tcp", r.Target)
 	if before != nil {
 		if after, aerr := netstat.Read(); aerr == nil {
-			r.noteCounters(before.Delta(after, netstat.MD5Counters...))
+			r.noteCounters(before.Delta(after, watched...))
+			countersRead = true
 		}
 	}
 	if err == nil {
@@ -138,7 +163,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		r.Greeting = listen(conn, c.Wait)
 		return r, nil
 	}
-	if errors.Is(err, tcpmd5.ErrNoKey) || errors.Is(err, tcpmd5.ErrMD5Unsupported) {
+	if errors.Is(err, tcpmd5.ErrNoKey) || errors.Is(err, tcpmd5.ErrMD5Unsupported) || errors.Is(err, tcpmd5.ErrTTLSecurityUnsupported) {
 		return Result{}, fmt.Errorf("probe: %w", err)
 	}
 	r.SignedError = err.Error()
@@ -146,8 +171,23 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		r.Verdict, r.Summary = closedOrUnreachable(err)
 		return r, nil
 	}
+	if r.Counters[MinTTLDrop] > 0 {
+		// The kernel dropped a segment for its TTL before it looked at
+		// the signature: an unsigned attempt would tell nothing more.
+		r.Verdict = TTLDropped
+		if c.TTLSecurity == 0 {
+			r.Summary = "the peer has TTL security (RFC 5082 GTSM) on and dropped our SYN, sent with the default TTL: probe with -ttl-security"
+		} else {
+			r.Summary = fmt.Sprintf("we dropped the peer's answer for its TTL: with TTL security of %d hops we take only segments sent with TTL 255, and the peer does not send so (its TTL security is off)", c.TTLSecurity)
+		}
+		return r, nil
+	}
 
-	nd := net.Dialer{Timeout: c.Timeout, LocalAddr: local}
+	// The unsigned attempt differs from the signed one in the signature
+	// only, so it keeps the TTL security.
+	nd := &tcpmd5.Dialer{TTLSecurity: c.TTLSecurity}
+	nd.Timeout = c.Timeout
+	nd.LocalAddr = local
 	c.progress(fmt.Sprintf("no answer to the signed SYN; trying once more unsigned, up to %s", c.Timeout))
 	uconn, uerr := nd.DialContext(ctx, "tcp", r.Target)
 	switch {
@@ -169,6 +209,10 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	case timedOut(uerr):
 		r.Verdict = KeyMismatch
 		r.Summary = fmt.Sprintf("the peer expects a signature, but not ours: its key for %s differs from ours, or a filter drops our segments", r.sourceName())
+		if c.TTLSecurity != 0 && !countersRead {
+			// On this host the counters would have shown a TTL drop.
+			r.Summary += fmt.Sprintf("; or, with TTL security of %d hops, the peer is more than %d hops away or does not send with TTL 255", c.TTLSecurity, c.TTLSecurity)
+		}
 		r.Unsigned = "no answer either"
 	default:
 		r.Unsigned = uerr.Error()
@@ -201,7 +245,7 @@ func (r *Result) sourceName() string {
 }
 
 func (r *Result) noteCounters(delta netstat.Counters) {
-	for _, name := range netstat.MD5Counters {
+	for _, name := range watched {
 		if delta[name] == 0 {
 			continue
 		}
