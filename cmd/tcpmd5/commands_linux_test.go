@@ -37,22 +37,28 @@ func TestCheck(t *testing.T) {
 		`self-test: wrong key +ok +refused`,
 		`self-test: no key +ok +refused`,
 		`self-test: unsigned peer +ok +refused`,
+		`TTL security +ok +yes +IP_TTL and IP_MINTTL`,
+		`self-test: TTL security +ok +connects`,
+		`self-test: default TTL +ok +refused .* \(TCPMinTTLDrop \+\d+\)$`,
 	} {
 		assert.Regexp(t, regexp.MustCompile(`(?m)^`+row), r.stdout)
 	}
 	assert.NotContains(t, r.stdout, "FAIL")
 	assert.Contains(t, r.stdout, "Signing works")
+	assert.Contains(t, r.stdout, "TTL security (GTSM, RFC 5082) works")
 
 	r = run(t, "", nil, "check", "-json")
 	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	var rep struct {
-		Signing bool `json:"signing"`
-		Results []struct {
+		Signing     bool `json:"signing"`
+		TTLSecurity bool `json:"ttl_security"`
+		Results     []struct {
 			Check, Status, Value, Detail string
 		} `json:"results"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
 	assert.True(t, rep.Signing)
+	assert.True(t, rep.TTLSecurity)
 	byName := map[string]string{}
 	for _, res := range rep.Results {
 		byName[res.Check] = res.Value
@@ -79,21 +85,49 @@ func TestCheck(t *testing.T) {
 // kernel without CONFIG_TCP_MD5SIG or a sandbox such as gVisor answers.
 func TestCheckFailsWhereTheKernelRefuses(t *testing.T) {
 	t.Parallel()
-	cmd := exec.Command(os.Args[0]) // TestMain becomes the helper
-	cmd.Env = append(os.Environ(), "TCPMD5_SECCOMP_EXEC="+binary)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee, "check succeeded without TCP MD5: %s", stdout.String())
-	if ee.ExitCode() == seccompUnavailable {
-		testenv.Missing(t, "cannot install a seccomp filter: "+stderr.String(), "run on a kernel with CONFIG_SECCOMP_FILTER, outside a sandbox that forbids it")
-	}
-	require.Equal(t, 1, ee.ExitCode(), "stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-	out := stdout.String()
+	code, out := checkUnderSeccomp(t, "md5")
+	require.Equal(t, 1, code, out)
 	assert.Regexp(t, regexp.MustCompile(`(?m)^signing +FAIL +no +.*CONFIG_TCP_MD5SIG`), out)
 	assert.Regexp(t, regexp.MustCompile(`(?m)^self-test +skip`), out)
 	assert.Contains(t, out, "Signing does NOT work")
+	// TTL security needs no TCP MD5.
+	assert.Regexp(t, regexp.MustCompile(`(?m)^TTL security +ok +yes`), out)
+}
+
+// TestCheckWithoutTTLSecurity runs check under a seccomp filter that
+// answers IP_MINTTL and IPV6_MINHOPCOUNT with ENOPROTOOPT: signing still
+// works, so check succeeds, and warns that TTL security does not.
+func TestCheckWithoutTTLSecurity(t *testing.T) {
+	t.Parallel()
+	code, out := checkUnderSeccomp(t, "ttl")
+	require.Equal(t, 0, code, out)
+	assert.Regexp(t, regexp.MustCompile(`(?m)^TTL security +warn +no +.*not supported.*setsockopt IP_MINTTL`), out)
+	assert.Regexp(t, regexp.MustCompile(`(?m)^self-test: TTL security +skip +not run`), out)
+	assert.Regexp(t, regexp.MustCompile(`(?m)^self-test: right key +ok +connects`), out)
+	assert.NotContains(t, out, "FAIL")
+	assert.Contains(t, out, "Signing works")
+	assert.Contains(t, out, "TTL security (GTSM, RFC 5082) does NOT work here")
+}
+
+// checkUnderSeccomp runs check under the seccomp filter that block names
+// and returns its exit code and stdout.
+func checkUnderSeccomp(t *testing.T, block string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0]) // TestMain becomes the helper
+	cmd.Env = append(os.Environ(), "TCPMD5_SECCOMP_EXEC="+binary, "TCPMD5_SECCOMP_BLOCK="+block)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if err != nil {
+		require.ErrorAs(t, err, &ee)
+		code = ee.ExitCode()
+	}
+	if code == seccompUnavailable {
+		testenv.Missing(t, "cannot install a seccomp filter: "+stderr.String(), "run on a kernel with CONFIG_SECCOMP_FILTER, outside a sandbox that forbids it")
+	}
+	return code, "stdout:\n" + stdout.String() + "\nstderr:\n" + stderr.String()
 }
 
 func TestListenDialRoundTrip(t *testing.T) {

@@ -18,8 +18,10 @@ const seccompUnavailable = 3
 
 // seccompHelper runs instead of the tests when TCPMD5_SECCOMP_EXEC names a
 // program: it makes setsockopt(IPPROTO_TCP, TCP_MD5SIG or TCP_MD5SIG_EXT)
-// fail with ENOPROTOOPT, then execs the program's check command, which
-// inherits the filter.
+// fail with ENOPROTOOPT, or with TCPMD5_SECCOMP_BLOCK=ttl
+// setsockopt(IPPROTO_IP, IP_MINTTL) and setsockopt(IPPROTO_IPV6,
+// IPV6_MINHOPCOUNT), then execs the program's check command, which inherits
+// the filter.
 func seccompHelper(program string) {
 	runtime.LockOSThread()
 	const (
@@ -40,6 +42,21 @@ func seccompHelper(program string) {
 		{Code: jeq, K: unix.TCP_MD5SIG_EXT, Jt: 1, Jf: 0},
 		{Code: ret, K: unix.SECCOMP_RET_ALLOW},
 		{Code: ret, K: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOPROTOOPT)},
+	}
+	if os.Getenv("TCPMD5_SECCOMP_BLOCK") == "ttl" {
+		filter = []unix.SockFilter{
+			{Code: ld, K: nr},
+			{Code: jeq, K: unix.SYS_SETSOCKOPT, Jt: 0, Jf: 7},
+			{Code: ld, K: arg1},
+			{Code: jeq, K: unix.IPPROTO_IP, Jt: 0, Jf: 2},
+			{Code: ld, K: arg2},
+			{Code: jeq, K: unix.IP_MINTTL, Jt: 4, Jf: 3},
+			{Code: jeq, K: unix.IPPROTO_IPV6, Jt: 0, Jf: 2},
+			{Code: ld, K: arg2},
+			{Code: jeq, K: unix.IPV6_MINHOPCOUNT, Jt: 1, Jf: 0},
+			{Code: ret, K: unix.SECCOMP_RET_ALLOW},
+			{Code: ret, K: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOPROTOOPT)},
+		}
 	}
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {

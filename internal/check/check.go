@@ -1,11 +1,13 @@
 // Package check examines this host's TCP MD5 (RFC 2385) support with nothing
 // configured: whether the kernel signs segments and why not, which key kinds
 // it takes, how many keys fit on one socket, whether Go listeners default to
-// MPTCP, and a live self-test over loopback with the tcpmd5 package itself.
+// MPTCP, whether sockets can drop segments by TTL (RFC 5082 GTSM), and a live
+// self-test over loopback with the tcpmd5 package itself.
 package check
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -33,8 +35,24 @@ type Result struct {
 type Report struct {
 	// Signing reports that the kernel signs segments and the self-test
 	// saw every verdict it expected.
-	Signing bool     `json:"signing"`
-	Results []Result `json:"results"`
+	Signing bool `json:"signing"`
+	// TTLSecurity reports that sockets here can drop segments by their TTL
+	// (RFC 5082 GTSM) and, where signing works, that the self-test saw a
+	// listener with TTL security take a signed peer that has it and drop
+	// one that sends with the default TTL.
+	TTLSecurity bool     `json:"ttl_security"`
+	Results     []Result `json:"results"`
+}
+
+// OK reports that no result failed: signing works, and TTL security either
+// works or is missing, which is a warning.
+func (r Report) OK() bool {
+	for _, res := range r.Results {
+		if res.Status == StatusFail {
+			return false
+		}
+	}
+	return r.Signing
 }
 
 // Options tune [Run].
@@ -51,15 +69,30 @@ func Run(ctx context.Context, opts Options) Report {
 		opts.Refusal = 700 * time.Millisecond
 	}
 	results, signing := host()
-	if signing {
-		results = append(results, selfTest(ctx, opts.Refusal)...)
-	} else {
+	ttl, ttlOK := ttlSecurity(ctx)
+	results = append(results, ttl)
+	var ttlResults []Result
+	switch {
+	case !signing:
 		results = append(results, Result{Check: "self-test", Status: StatusSkip, Value: "not run", Detail: "the kernel does not sign segments"})
+	case !ttlOK:
+		results = append(results, selfTest(ctx, opts.Refusal)...)
+		results = append(results, Result{Check: "self-test: TTL security", Status: StatusSkip, Value: "not run", Detail: "sockets here cannot drop segments by TTL"})
+	default:
+		var wg sync.WaitGroup
+		wg.Go(func() { ttlResults = ttlSelfTest(ctx, opts.Refusal) })
+		results = append(results, selfTest(ctx, opts.Refusal)...)
+		wg.Wait()
 	}
-	r := Report{Signing: signing, Results: results}
+	r := Report{Signing: signing, TTLSecurity: ttlOK, Results: append(results, ttlResults...)}
 	for _, res := range results {
 		if res.Status == StatusFail {
 			r.Signing = false
+		}
+	}
+	for _, res := range ttlResults {
+		if res.Status == StatusFail {
+			r.TTLSecurity = false
 		}
 	}
 	return r

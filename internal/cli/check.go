@@ -11,6 +11,7 @@ import (
 
 const checkExamples = `  tcpmd5 check              # a table: can this host sign segments?
   tcpmd5 check -json | jq .signing
+  tcpmd5 check -json | jq .ttl_security
 `
 
 func (e *env) check(args []string) int {
@@ -46,8 +47,13 @@ func (e *env) check(args []string) int {
 		} else {
 			fmt.Fprintln(e.stdout, "Signing does NOT work on this host: see the FAIL lines above.")
 		}
+		if r.TTLSecurity {
+			fmt.Fprintln(e.stdout, "TTL security (GTSM, RFC 5082) works: -ttl-security drops segments from too far away.")
+		} else {
+			fmt.Fprintln(e.stdout, "TTL security (GTSM, RFC 5082) does NOT work here: -ttl-security will fail (see the TTL security lines above).")
+		}
 	}
-	if !r.Signing {
+	if !r.OK() {
 		return ExitNo
 	}
 	return ExitOK
