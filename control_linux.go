@@ -33,16 +33,38 @@ func applyKeys(c syscall.RawConn, keys []Key) error {
 	return err
 }
 
-// removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
-// c. A key that is not there is not an error.
-func removeKey(c syscall.RawConn, k Key) error {
+// setKey installs k on the socket behind c, whose address family the
+// caller already knows: one setsockopt(2), as a live listener's SetKey costs.
+func setKey(c syscall.RawConn, family int, k Key) error {
 	var err error
 	cerr := c.Control(func(fd uintptr) {
-		var family int
+		err = setsockopt(int(fd), family, k, false)
+	})
+	if cerr != nil {
+		return fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return err
+}
+
+// rawFamily reads the address family of the socket behind c.
+func rawFamily(c syscall.RawConn) (int, error) {
+	var family int
+	var err error
+	cerr := c.Control(func(fd uintptr) {
 		family, err = socketFamily(int(fd))
-		if err != nil {
-			return
-		}
+	})
+	if cerr != nil {
+		return 0, fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return family, err
+}
+
+// removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
+// c, whose address family the caller knows. A key that is not there is not
+// an error.
+func removeKey(c syscall.RawConn, family int, k Key) error {
+	var err error
+	cerr := c.Control(func(fd uintptr) {
 		err = setsockopt(int(fd), family, k, true)
 		if errors.Is(err, unix.ENOENT) {
 			err = nil

@@ -16,8 +16,16 @@ func applyKeys(_ syscall.RawConn, keys []Key) error {
 	return unsupported(keys[0])
 }
 
+// setKey fails: only Linux signs segments.
+func setKey(_ syscall.RawConn, _ int, k Key) error {
+	return unsupported(k)
+}
+
+// rawFamily reports no family: no socket here takes keys.
+func rawFamily(syscall.RawConn) (int, error) { return 0, nil }
+
 // removeKey fails: only Linux signs segments.
-func removeKey(_ syscall.RawConn, k Key) error {
+func removeKey(_ syscall.RawConn, _ int, k Key) error {
 	return unsupported(k)
 }
 

@@ -355,13 +355,21 @@ func (l *Listener) SetKey(k Key) error {
 		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
 	}
 	// At most double the group: by then every socket has been split once.
+	n := len(l.shards)
 	for grown := 0; ; grown++ {
+		if grown < n && l.crowded(k) {
+			if l.grow() == nil {
+				continue
+			}
+			// The cap is for speed: a socket with room in its option memory
+			// still takes the key.
+		}
 		full, err := l.install(k)
 		if err == nil {
 			l.keys.set(k.clone())
 			return nil
 		}
-		if !keysFull(err) || full.hosts() == 0 || grown >= len(l.shards) {
+		if !keysFull(err) || full.hosts() == 0 || grown >= n {
 			return err
 		}
 		if gerr := l.grow(); gerr != nil {
@@ -386,7 +394,7 @@ func (l *Listener) RemoveKey(k Key) error {
 	}
 	for _, s := range l.shards {
 		if _, ok := s.keys.keys[id]; ok {
-			if err := removeKey(s.rc, k); err != nil {
+			if err := removeKey(s.rc, s.family, k); err != nil {
 				return err
 			}
 			s.keys.remove(id)

@@ -71,10 +71,18 @@ func shardOf(h uint32, n int) int {
 	return int(s)
 }
 
+// maxSocketKeys caps the keys a Listener puts on one socket, well below the
+// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
+// list and walks it for every SYN it verifies and every key it installs, so
+// spreading peers over more sockets keeps handshakes and SetKey cheap as the
+// peers grow. Prefix keys, which go on every socket, may exceed it.
+const maxSocketKeys = 128
+
 // shard is one listening socket of a Listener's group.
 type shard struct {
-	ln *net.TCPListener
-	rc syscall.RawConn
+	ln     *net.TCPListener
+	rc     syscall.RawConn
+	family int // the socket's address family, read once
 
 	// Guarded by the Listener's mu.
 	keys keyTable // the keys installed on the socket, without secrets
@@ -131,7 +139,12 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		tl.Close()
 		return nil, err
 	}
-	s := &shard{ln: tl, rc: rc}
+	family, err := rawFamily(rc)
+	if err != nil {
+		tl.Close()
+		return nil, err
+	}
+	s := &shard{ln: tl, rc: rc, family: family}
 	for _, k := range keys {
 		s.keys.set(bare(k))
 	}
@@ -240,12 +253,12 @@ func (l *Listener) install(k Key) (*shard, error) {
 		targets = l.shards[i : i+1]
 	}
 	for i, s := range targets {
-		if err := applyKeys(s.rc, []Key{k}); err != nil {
+		if err := setKey(s.rc, s.family, k); err != nil {
 			old, had := l.keys.keys[k.id()]
 			for _, done := range targets[:i] {
 				if had {
-					_ = applyKeys(done.rc, []Key{old})
-				} else if removeKey(done.rc, k) == nil {
+					_ = setKey(done.rc, done.family, old)
+				} else if removeKey(done.rc, done.family, k) == nil {
 					done.keys.remove(k.id())
 				}
 			}
@@ -254,6 +267,20 @@ func (l *Listener) install(k Key) (*shard, error) {
 		s.keys.set(bare(k))
 	}
 	return nil, nil
+}
+
+// crowded reports whether installing k would put a new host key on a
+// socket that already holds maxSocketKeys (or what its option memory holds,
+// if less) and could give some away by growing the group.
+func (l *Listener) crowded(k Key) bool {
+	if !k.Peer.IsSingleIP() {
+		return false
+	}
+	if _, ok := l.keys.keys[k.id()]; ok {
+		return false // a new secret for an installed key takes no room
+	}
+	s := l.shards[shardOf(peerHash(k.Peer.Addr()), len(l.shards))]
+	return len(s.keys.keys) >= keysPerSocket() && s.hosts() > 0
 }
 
 // grow adds a socket to the group. Going from n to n+1 shards, linear
@@ -297,7 +324,7 @@ func (l *Listener) grow() error {
 	l.shards = append(l.shards, s)
 	l.acceptFrom(s)
 	for _, k := range moved {
-		if removeKey(split.rc, k) == nil {
+		if removeKey(split.rc, split.family, k) == nil {
 			split.keys.remove(k.id())
 		}
 		// A connection the split shard verified before the switch may still

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -112,16 +113,15 @@ func steeringProgram(n int) []unix.SockFilter {
 // (net.core.optmem_max) holds no more keys.
 func keysFull(err error) bool { return errors.Is(err, unix.ENOMEM) }
 
-// keysPerSocket estimates how many keys one socket holds: its option memory
-// over what the kernel charges for a key.
-func keysPerSocket() int {
-	b, err := os.ReadFile("/proc/sys/net/core/optmem_max")
-	if err != nil {
-		return 150 // the smallest default, optmem_max 20480 on old kernels
+// keysPerSocket is how many keys a Listener puts on one socket: what its
+// option memory (net.core.optmem_max, read once) holds, at most
+// maxSocketKeys.
+var keysPerSocket = sync.OnceValue(func() int {
+	n := 150 // what the smallest default, optmem_max 20480 on old kernels, holds
+	if b, err := os.ReadFile("/proc/sys/net/core/optmem_max"); err == nil {
+		if optmem, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && optmem >= keyBytes {
+			n = optmem / keyBytes
+		}
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || n < keyBytes {
-		return 150
-	}
-	return n / keyBytes
-}
+	return min(n, maxSocketKeys)
+})
