@@ -189,7 +189,7 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		if n, perr := strconv.Atoi(optmem); perr == nil {
 			perSocket = strconv.Itoa(n / keyBytes)
 		}
-		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N) or spread peers over more sockets: %w", peer, optmem, perSocket, serr)
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N), or let a tcpmd5 Listener spread its peers over a group of sockets (it does so for host keys, not for prefix keys, which every socket holds): %w", peer, optmem, perSocket, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:
 		return fmt.Errorf("tcpmd5: key for %s: interface %d is not a VRF (L3 master) device, the only kind the kernel takes for TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+): %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && opt == unix.TCP_MD5SIG_EXT:
