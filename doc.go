@@ -12,8 +12,15 @@
 // sendfile) work unchanged, at the kernel's speed.
 //
 // Keys change on a live listener with [Listener.SetKey] and
-// [Listener.RemoveKey]. [Control] composes keys into a Control hook of your
-// own, and [SetKeys] puts them on a socket made elsewhere.
+// [Listener.RemoveKey]. A Listener holds any number of keys: past 128 on one
+// socket it spreads them over a SO_REUSEPORT group of sockets steered by
+// source address, so route servers need no net.core.optmem_max change.
+// [Control] composes keys into a Control hook of your own, and [SetKeys]
+// puts them on a socket made elsewhere.
+//
+// TTLSecurity on [ListenConfig] and [Dialer] adds RFC 5082 TTL security
+// (GTSM) beside the keys: segments from peers farther than the given number
+// of hops are dropped before TCP sees them.
 //
 // # Refusing unsigned peers
 //
