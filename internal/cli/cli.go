@@ -29,13 +29,13 @@ const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
 
 Usage:
   tcpmd5 check [-json]
-  tcpmd5 probe [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] [-wait D] [-json] HOST:PORT
-  tcpmd5 listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] ADDR
-  tcpmd5 dial [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] HOST:PORT
+  tcpmd5 probe [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
+  tcpmd5 listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR
+  tcpmd5 dial [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
 
 Commands:
-  check   can this host sign segments? kernel features, key limits and a
-          live loopback self-test
+  check   can this host sign segments? kernel features, key limits, TTL
+          security and a live loopback self-test
   probe   does the peer at HOST:PORT accept our signature? and if not, why
   listen  accept one signed connection, copy stdin to it and it to stdout
   dial    make one signed connection, copy stdin to it and it to stdout
@@ -53,11 +53,17 @@ Secrets come from a key file (-key-file), from $TCPMD5_SECRET, or from
 
 Secrets are never printed.
 
+TTL security (GTSM, RFC 5082; "ttl-security hops N" on routers) is
+-ttl-security N on probe, listen and dial: send with TTL 255 and drop every
+segment that arrives from more than N hops away (TTL below 256-N), in
+silence, as a wrong key is dropped. Both ends must have it; 0 is off.
+
 Exit codes:
   0  check: signing works; probe: the peer accepts our signature;
      listen, dial: the connection ended
-  1  check: signing does not work; probe: the peer does not accept our
-     signature (the verdict says why); listen, dial: no connection
+  1  check: signing does not work, or a self-test failed; probe: the peer
+     does not accept our signature (the verdict says why); listen, dial:
+     no connection
   2  bad flags or arguments, unreadable key file, no key for the peer
 `
 
@@ -192,6 +198,20 @@ func (e *env) loadKeys(path string) ([]tcpmd5.Key, error) {
 		e.warnf("%s", warning)
 	}
 	return keys, err
+}
+
+// ttlSecurityFlag registers the -ttl-security N flag of probe, listen and
+// dial.
+func ttlSecurityFlag(fs *flag.FlagSet) *int {
+	return fs.Int("ttl-security", 0, "TTL security (GTSM, RFC 5082): send with TTL 255 and drop segments from more than `N` hops away, as routers' \"ttl-security hops N\"; the peer must do the same (0: off)")
+}
+
+// checkTTLSecurity validates the -ttl-security flag.
+func checkTTLSecurity(hops int) error {
+	if hops < 0 || hops > tcpmd5.MaxTTLSecurity {
+		return fmt.Errorf("-ttl-security %d: give 1 to %d hops, or 0 for off", hops, tcpmd5.MaxTTLSecurity)
+	}
+	return nil
 }
 
 // sourceAddr parses the -source flag.

@@ -16,10 +16,12 @@ import (
 const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
   tcpmd5 listen -key 192.0.2.2=fake-secret-x 192.0.2.1:1790
   tcpmd5 listen -key 192.0.2.0/24=fake-secret-x -key 2001:db8::/64=fake-secret-y [::]:1790
+  tcpmd5 listen -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # peers 1 hop away only
 `
 
 const dialExamples = `  tcpmd5 dial -key-file peers.keys 192.0.2.1:1790 < request.txt
   TCPMD5_SECRET=fake-secret-x tcpmd5 dial -source 192.0.2.2 192.0.2.1:1790
+  tcpmd5 dial -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # a peer 1 hop away
 `
 
 // peerKeys is the repeatable -key PEER=SECRET flag of listen. Set keeps
@@ -48,17 +50,21 @@ func (p *peerKeys) Set(s string) error {
 }
 
 func (e *env) listen(args []string) int {
-	fs := e.flagSet("listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] ADDR", listenExamples)
+	fs := e.flagSet("listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
 	var flags peerKeys
 	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
 	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line")
 	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
+	hops := ttlSecurityFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
 	}
 	if flags.err != nil {
 		return e.errorf(ExitUsage, "%v", flags.err)
+	}
+	if err := checkTTLSecurity(*hops); err != nil {
+		return e.errorf(ExitUsage, "%v", err)
 	}
 	keys := flags.keys
 	if len(pos) != 1 {
@@ -78,13 +84,13 @@ func (e *env) listen(args []string) int {
 	if len(keys) == 0 && !*allow {
 		return e.errorf(ExitUsage, "no keys: give -key PEER=SECRET or -key-file FILE")
 	}
-	lc := tcpmd5.ListenConfig{Keys: keys, AllowUnsigned: *allow}
+	lc := tcpmd5.ListenConfig{Keys: keys, AllowUnsigned: *allow, TTLSecurity: *hops}
 	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
 	if err != nil {
 		return e.errorf(ExitNo, "%v", err)
 	}
 	defer ln.Close()
-	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys\n", ln.Addr(), len(keys))
+	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), len(keys), ttlNote(*hops))
 	c, err := ln.AcceptTCP()
 	if err != nil {
 		return e.errorf(ExitNo, "%v", err)
@@ -95,14 +101,18 @@ func (e *env) listen(args []string) int {
 }
 
 func (e *env) dial(args []string) int {
-	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] HOST:PORT", dialExamples)
+	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the connection")
+	hops := ttlSecurityFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
+	}
+	if err := checkTTLSecurity(*hops); err != nil {
+		return e.errorf(ExitUsage, "%v", err)
 	}
 	if len(pos) != 1 {
 		fs.Usage()
@@ -120,17 +130,32 @@ func (e *env) dial(args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	d := tcpmd5.Dialer{Keys: ks}
+	d := tcpmd5.Dialer{Keys: ks, TTLSecurity: *hops}
 	d.Timeout = *timeout
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
 	c, err := d.Dial("tcp", target.String())
 	if err != nil {
+		var ne net.Error
+		if *hops == 0 && errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("%w; a peer with TTL security (GTSM) on drops our SYN, sent with the default TTL, just as silently: if it has, dial with -ttl-security N; tcpmd5 probe tells the causes apart", err)
+		}
 		return e.errorf(ExitNo, "%v", err)
 	}
-	fmt.Fprintf(e.stderr, "tcpmd5 dial: connected to %s from %s\n", c.RemoteAddr(), c.LocalAddr())
+	fmt.Fprintf(e.stderr, "tcpmd5 dial: connected to %s from %s%s\n", c.RemoteAddr(), c.LocalAddr(), ttlNote(*hops))
 	return e.pipe(c.(*net.TCPConn))
+}
+
+// ttlNote is the end of a progress line that says the TTL security in use.
+func ttlNote(hops int) string {
+	switch hops {
+	case 0:
+		return ""
+	case 1:
+		return ", TTL security of 1 hop"
+	}
+	return fmt.Sprintf(", TTL security of %d hops", hops)
 }
 
 // pipe copies stdin to c and c to stdout, half-closing c when stdin ends,

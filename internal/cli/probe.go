@@ -15,19 +15,24 @@ import (
 const probeExamples = `  tcpmd5 probe -key-file /etc/tcpmd5.keys 192.0.2.1:179
   TCPMD5_SECRET=fake-secret-x tcpmd5 probe -source 192.0.2.2 192.0.2.1:179
   tcpmd5 probe -timeout 3s -json -key-file peers.keys [2001:db8::1]:179
+  tcpmd5 probe -ttl-security 1 -key-file peers.keys 192.0.2.1:179  # a peer with "ttl-security hops 1"
 `
 
 func (e *env) probe(args []string) int {
-	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-source ADDR] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
+	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess (the address the peer holds our key for)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long each attempt waits for an answer")
 	wait := fs.Duration("wait", 2*time.Second, "how long to listen for a connected peer to speak first")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	hops := ttlSecurityFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
+	}
+	if err := checkTTLSecurity(*hops); err != nil {
+		return e.errorf(ExitUsage, "%v", err)
 	}
 	if len(pos) != 1 {
 		fs.Usage()
@@ -50,12 +55,13 @@ func (e *env) probe(args []string) int {
 		return e.errorf(ExitUsage, "%v", err)
 	}
 	r, err := probe.Run(context.Background(), probe.Config{
-		Address:  target.AddrPort().String(),
-		Keys:     ks,
-		Source:   src,
-		Timeout:  *timeout,
-		Wait:     *wait,
-		Progress: func(msg string) { fmt.Fprintf(e.stderr, "tcpmd5 probe: %s...\n", msg) },
+		Address:     target.AddrPort().String(),
+		Keys:        ks,
+		Source:      src,
+		Timeout:     *timeout,
+		Wait:        *wait,
+		TTLSecurity: *hops,
+		Progress:    func(msg string) { fmt.Fprintf(e.stderr, "tcpmd5 probe: %s...\n", msg) },
 	})
 	if err != nil {
 		return e.errorf(ExitNo, "%v", err)
@@ -81,6 +87,9 @@ func printProbe(e *env, r probe.Result) {
 	if r.Source != "" {
 		fmt.Fprintf(tw, "source\t%s\n", r.Source)
 	}
+	if r.TTLSecurity != 0 {
+		fmt.Fprintf(tw, "TTL security\t%d hops: we send with TTL 255 and drop answers with TTL below %d\n", r.TTLSecurity, 256-r.TTLSecurity)
+	}
 	fmt.Fprintf(tw, "verdict\t%s\n", r.Verdict)
 	fmt.Fprintf(tw, "\t%s\n", r.Summary)
 	if r.SignedError != "" {
@@ -96,7 +105,7 @@ func printProbe(e *env, r probe.Result) {
 		}
 		sort.Strings(names)
 		if len(names) == 0 {
-			fmt.Fprintf(tw, "counters\tthe peer is on this host; no signature drop counter moved\n")
+			fmt.Fprintf(tw, "counters\tthe peer is on this host; no signature or TTL drop counter moved\n")
 		}
 		for _, n := range names {
 			fmt.Fprintf(tw, "counters\t%s +%d: %s\n", n, r.Counters[n], probe.CounterMeaning[n])
