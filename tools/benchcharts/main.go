@@ -5,8 +5,8 @@
 //	throughput.svg  bulk throughput of plain TCP, tcpmd5 and the x/sys
 //	                baseline beside the bound MD5 hashing puts on it
 //	setup.svg       connection set-up rate
-//	accept.svg      accept rate against the keys on the listening socket
-//	setkey.svg      SetKey cost against the keys on the listening socket
+//	accept.svg      accept rate against the keys installed on the listener
+//	setkey.svg      SetKey cost against the keys installed on the listener
 //
 // Every value is the median of the run's rounds; the whiskers span the
 // smallest and largest round.
@@ -310,7 +310,7 @@ func keyChart(r *report, title, ylabel string, rows []keyed, value func(keyed) s
 			p.Legend.Add(labels["plain"]+" (no keys)", l)
 		}
 	}
-	p.X.Label.Text = "keys on the listening socket (log scale)"
+	p.X.Label.Text = "keys installed on the listener (log scale)"
 	return p, nil
 }
 
