@@ -91,8 +91,15 @@ type dialer interface {
 }
 
 func rightKey(ctx context.Context, addr string) Result {
-	r := Result{Check: "self-test: right key"}
-	c, err := signedDialer(rightSecret, 5*time.Second).DialContext(ctx, "tcp", addr)
+	return echoes(ctx, "self-test: right key", signedDialer(rightSecret, 5*time.Second), addr,
+		"signed handshake and echo from "+keyedPeer+" to "+addr)
+}
+
+// echoes is the check named check that d connects to the echo listener at
+// addr and gets its ping back; detail says what that proved.
+func echoes(ctx context.Context, check string, d *tcpmd5.Dialer, addr, detail string) Result {
+	r := Result{Check: check}
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		r.Status, r.Value, r.Detail = StatusFail, "no connection", err.Error()
 		return r
@@ -108,7 +115,7 @@ func rightKey(ctx context.Context, addr string) Result {
 		r.Status, r.Value, r.Detail = StatusFail, "no echo", fmt.Sprintf("connected, but the echo failed: %v", err)
 		return r
 	}
-	r.Status, r.Value, r.Detail = StatusOK, "connects", "signed handshake and echo from "+keyedPeer+" to "+addr
+	r.Status, r.Value, r.Detail = StatusOK, "connects", detail
 	return r
 }
 

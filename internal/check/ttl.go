@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -66,27 +65,10 @@ func ttlSelfTest(ctx context.Context, refusal time.Duration) []Result {
 }
 
 func ttlConnects(ctx context.Context, addr string) Result {
-	r := Result{Check: "self-test: TTL security"}
 	d := signedDialer(rightSecret, 5*time.Second)
 	d.TTLSecurity = 1
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		r.Status, r.Value, r.Detail = StatusFail, "no connection", err.Error()
-		return r
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, len(selfTestPing))
-	_, err = io.WriteString(c, selfTestPing)
-	if err == nil {
-		_, err = io.ReadFull(c, buf)
-	}
-	if err != nil || string(buf) != selfTestPing {
-		r.Status, r.Value, r.Detail = StatusFail, "no echo", fmt.Sprintf("connected, but the echo failed: %v", err)
-		return r
-	}
-	r.Status, r.Value, r.Detail = StatusOK, "connects", "signed handshake and echo with TTL 255 both ways, to a listener that takes peers at most 1 hop away"
-	return r
+	return echoes(ctx, "self-test: TTL security", d, addr,
+		"signed handshake and echo with TTL 255 both ways, to a listener that takes peers at most 1 hop away")
 }
 
 // ttlRefused requires a signed dial with the default TTL to end in the
