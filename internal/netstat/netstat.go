@@ -53,8 +53,11 @@ func Parse(r io.Reader) (Counters, error) {
 			break
 		}
 		values := strings.Fields(sc.Text())
-		if len(values) != len(names) || values[0] != "TcpExt:" {
-			return nil, fmt.Errorf("netstat: TcpExt has %d names but %d values", len(names), len(values))
+		if len(values) == 0 || values[0] != "TcpExt:" {
+			return nil, fmt.Errorf("netstat: the line after TcpExt's names does not hold its values")
+		}
+		if len(values) != len(names) {
+			return nil, fmt.Errorf("netstat: TcpExt has %d names but %d values", len(names)-1, len(values)-1)
 		}
 		out := make(Counters, len(names)-1)
 		for i := 1; i < len(names); i++ {
