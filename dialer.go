@@ -18,9 +18,10 @@ import (
 // attempt, each address of a Happy Eyeballs race included, gets the key whose
 // Peer holds that address with the longest prefix.
 //
-// With no Keys and no TTLSecurity, a Dialer dials exactly like [net.Dialer]. With keys but none
-// for the destination, Dial fails with [ErrNoKey] unless AllowUnsigned is set.
-// Keyed sockets are plain TCP, never MPTCP.
+// With no Keys and no TTLSecurity, a Dialer dials exactly like
+// [net.Dialer]. With keys but none for the destination, Dial fails with
+// [ErrNoKey] unless AllowUnsigned is set. Keyed sockets are plain TCP, never
+// MPTCP.
 type Dialer struct {
 	net.Dialer
 
