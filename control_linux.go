@@ -18,6 +18,16 @@ import (
 // net.core.optmem_max hold 963 keys.
 const keyBytes = 136
 
+// optmemMax reads net.core.optmem_max: the bytes of option memory that each
+// socket's keys are charged to.
+func optmemMax() (int, error) {
+	b, err := os.ReadFile("/proc/sys/net/core/optmem_max")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
 // applyKeys installs keys on the socket behind c, all of them or none.
 func applyKeys(c syscall.RawConn, keys []Key) error {
 	if len(keys) == 0 {
@@ -181,13 +191,9 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		}
 		return fmt.Errorf("%w (key for %s: the kernel lacks CONFIG_TCP_MD5SIG or runs in a sandbox without it: %w)", ErrMD5Unsupported, peer, serr)
 	case errors.Is(err, unix.ENOMEM):
-		optmem := "unknown"
-		if b, rerr := os.ReadFile("/proc/sys/net/core/optmem_max"); rerr == nil {
-			optmem = strings.TrimSpace(string(b))
-		}
-		perSocket := "a few hundred"
-		if n, perr := strconv.Atoi(optmem); perr == nil {
-			perSocket = strconv.Itoa(n / keyBytes)
+		optmem, perSocket := "unknown", "a few hundred"
+		if n, rerr := optmemMax(); rerr == nil {
+			optmem, perSocket = strconv.Itoa(n), strconv.Itoa(n/keyBytes)
 		}
 		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N), or let a tcpmd5 Listener spread its peers over a group of sockets (it does so for host keys, not for prefix keys, which every socket holds): %w", peer, optmem, perSocket, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -118,10 +116,8 @@ func keysFull(err error) bool { return errors.Is(err, unix.ENOMEM) }
 // maxSocketKeys.
 var keysPerSocket = sync.OnceValue(func() int {
 	n := 150 // what the smallest default, optmem_max 20480 on old kernels, holds
-	if b, err := os.ReadFile("/proc/sys/net/core/optmem_max"); err == nil {
-		if optmem, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && optmem >= keyBytes {
-			n = optmem / keyBytes
-		}
+	if optmem, err := optmemMax(); err == nil && optmem >= keyBytes {
+		n = optmem / keyBytes
 	}
 	return min(n, maxSocketKeys)
 })
