@@ -139,21 +139,22 @@ func counters(t testing.TB) netstat.Counters {
 
 func requireDomain(t testing.TB, ln *tcpmd5.Listener, want int) {
 	t.Helper()
-	assert.Equal(t, want, sockopt(t, ln, unix.SO_DOMAIN))
+	assert.Equal(t, want, sockopt(t, ln, unix.SOL_SOCKET, unix.SO_DOMAIN))
 }
 
 func protocol(t testing.TB, s syscall.Conn) int {
 	t.Helper()
-	return sockopt(t, s, unix.SO_PROTOCOL)
+	return sockopt(t, s, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 }
 
-func sockopt(t testing.TB, s syscall.Conn, opt int) int {
+// sockopt reads the integer socket option level/opt of s.
+func sockopt(t testing.TB, s syscall.Conn, level, opt int) int {
 	t.Helper()
 	rc, err := s.SyscallConn()
 	require.NoError(t, err)
 	var v int
 	var serr error
-	require.NoError(t, rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, opt) }))
+	require.NoError(t, rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }))
 	require.NoError(t, serr)
 	return v
 }

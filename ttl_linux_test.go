@@ -74,8 +74,8 @@ func TestTTLSecurityOnLoopback(t *testing.T) {
 			if tt.peer == "::1" {
 				level, ttl, minTTL = unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, unix.IPV6_MINHOPCOUNT
 			}
-			assert.Equal(t, 255, ipOpt(t, c.(*net.TCPConn), level, ttl))
-			assert.Equal(t, 255, ipOpt(t, c.(*net.TCPConn), level, minTTL))
+			assert.Equal(t, 255, sockopt(t, c.(*net.TCPConn), level, ttl))
+			assert.Equal(t, 255, sockopt(t, c.(*net.TCPConn), level, minTTL))
 		})
 	}
 }
@@ -189,17 +189,6 @@ func nsCounters(t *testing.T, h *testnet.Host) netstat.Counters {
 		return err
 	}))
 	return c
-}
-
-func ipOpt(t *testing.T, c *net.TCPConn, level, opt int) int {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	require.NoError(t, err)
-	var v int
-	var serr error
-	require.NoError(t, rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }))
-	require.NoError(t, serr)
-	return v
 }
 
 func setIPOpt(t *testing.T, c *net.TCPConn, level, opt, v int) {
