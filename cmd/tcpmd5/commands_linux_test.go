@@ -165,15 +165,22 @@ func TestListenDialRoundTrip(t *testing.T) {
 	assert.Equal(t, "from the listener\n", r.stdout)
 	assert.Contains(t, r.stderr, "connected to "+addr)
 
+	requireListenExits(t, ln, lnErr)
+	assert.Equal(t, "from the dialer\n", lnOut.String())
+}
+
+// requireListenExits waits for the listen command to exit, cleanly, once its
+// one connection has ended, draining the rest of its stderr.
+func requireListenExits(t *testing.T, ln *exec.Cmd, stderr io.Reader) {
+	t.Helper()
 	done := make(chan error, 1)
-	go func() { _, _ = io.Copy(io.Discard, lnErr); done <- ln.Wait() }()
+	go func() { _, _ = io.Copy(io.Discard, stderr); done <- ln.Wait() }()
 	select {
 	case err := <-done:
 		require.NoError(t, err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("listen did not exit after the connection ended")
 	}
-	assert.Equal(t, "from the dialer\n", lnOut.String())
 }
 
 // listeningOn reads listen's stderr up to its "listening on ADDR" line.

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -87,14 +86,7 @@ func TestTTLSecurityListenDial(t *testing.T) {
 	assert.Contains(t, r.stderr, "connected to "+addr+" from "+ttlOurs)
 	assert.Contains(t, r.stderr, ", TTL security of 1 hop\n")
 
-	done := make(chan error, 1)
-	go func() { _, _ = io.Copy(io.Discard, lnErr); done <- ln.Wait() }()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("listen did not exit after the connection ended")
-	}
+	requireListenExits(t, ln, lnErr)
 	assert.Equal(t, "from the dialer\n", lnOut.String())
 }
 
