@@ -49,7 +49,7 @@ func TestBadInputKernel(t *testing.T) {
 		}, syscall.EINVAL, "is not a VRF (L3 master) device"},
 		{"Ifindex of no device", func() error {
 			return tcp4.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: 1 << 30})
-		}, syscall.EINVAL, "interface 1073741824 is not a VRF"},
+		}, syscall.EINVAL, "there is no interface with index 1073741824 in this network namespace"},
 		{"zone of lo through ParseKey", func() error {
 			k, err := tcpmd5.ParseKey("127.4.2.1%lo", badSecret)
 			require.NoError(t, err)

@@ -3,6 +3,7 @@ package tcpmd5
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -67,6 +68,25 @@ func rawFamily(c syscall.RawConn) (int, error) {
 		return 0, fmt.Errorf("tcpmd5: %w", cerr)
 	}
 	return family, err
+}
+
+// boundIfindex returns the interface the socket behind c is bound to
+// (SO_BINDTOIFINDEX), or 0. A socket bound to a VRF device, and a
+// connection accepted through one, report the VRF: the l3index against
+// which the kernel matches interface keys.
+func boundIfindex(c syscall.RawConn) (int, error) {
+	var idx int
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		idx, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
+	})
+	if cerr != nil {
+		return 0, fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tcpmd5: reading the socket's interface: %w", os.NewSyscallError("getsockopt", err))
+	}
+	return idx, nil
 }
 
 // removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
@@ -196,12 +216,21 @@ func setsockopt(fd, family int, k Key, del bool) error {
 			optmem, perSocket = strconv.Itoa(n), strconv.Itoa(n/keyBytes)
 		}
 		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N), or let a tcpmd5 Listener spread its peers over a group of sockets (it does so for host keys, not for prefix keys, which every socket holds): %w", peer, optmem, perSocket, serr)
+	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0 && !interfaceExists(k.Ifindex):
+		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace; give the index of a VRF device: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:
 		return fmt.Errorf("tcpmd5: key for %s: interface %d is not a VRF (L3 master) device, the only kind the kernel takes for TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+): %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && opt == unix.TCP_MD5SIG_EXT:
 		return fmt.Errorf("tcpmd5: key for %s: the kernel refused a prefix key (TCP_MD5SIG_FLAG_PREFIX needs Linux 4.13+): %w", peer, serr)
 	}
 	return fmt.Errorf("tcpmd5: key for %s: %w", peer, serr)
+}
+
+// interfaceExists reports whether the calling thread's network namespace
+// has an interface with index idx.
+func interfaceExists(idx int) bool {
+	_, err := net.InterfaceByIndex(idx)
+	return err == nil
 }
 
 // probe installs and deletes a key on a throwaway socket.

@@ -24,6 +24,9 @@ func setKey(_ syscall.RawConn, _ int, k Key) error {
 // rawFamily reports no family: no socket here takes keys.
 func rawFamily(syscall.RawConn) (int, error) { return 0, nil }
 
+// boundIfindex reports no interface: no socket here takes interface keys.
+func boundIfindex(syscall.RawConn) (int, error) { return 0, nil }
+
 // removeKey fails: only Linux signs segments.
 func removeKey(_ syscall.RawConn, _ int, k Key) error {
 	return unsupported(k)

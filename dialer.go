@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -16,7 +17,10 @@ import (
 // embedded [net.Dialer] keeps its meaning: its ControlContext or Control hook
 // runs first, then the key is installed before connect(2). Every connection
 // attempt, each address of a Happy Eyeballs race included, gets the key whose
-// Peer holds that address with the longest prefix.
+// Peer holds that address with the longest prefix. A key with an Ifindex
+// applies only to sockets bound to that VRF device (SO_BINDTODEVICE, set
+// in your Control hook), as the kernel signs with it only there; on other
+// sockets the Dialer chooses among the remaining keys.
 //
 // With no Keys and no TTLSecurity, a Dialer dials exactly like
 // [net.Dialer]. With keys but none for the destination, Dial fails with
@@ -95,7 +99,17 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		if err != nil {
 			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
 		}
-		best := bestKeys(keys, ap.Addr())
+		candidates := keys
+		if hasInterfaceKey(keys) {
+			// The kernel signs with an interface key only on a socket
+			// bound to that VRF: choose among the keys that apply here.
+			l3index, err := boundIfindex(c)
+			if err != nil {
+				return err
+			}
+			candidates = slices.DeleteFunc(slices.Clone(keys), func(k Key) bool { return k.Ifindex != 0 && k.Ifindex != l3index })
+		}
+		best := bestKeys(candidates, ap.Addr())
 		if len(best) == 0 {
 			if d.AllowUnsigned {
 				return nil
@@ -119,6 +133,10 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, err
 	}
 	return c, nil
+}
+
+func hasInterfaceKey(keys []Key) bool {
+	return slices.ContainsFunc(keys, func(k Key) bool { return k.Ifindex != 0 })
 }
 
 // noAnswerError is a dial timeout on a signed or TTL-secured connection

@@ -202,7 +202,7 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 		if a.err != nil {
 			return nil, a.err
 		}
-		if l.admit(a.s, a.c.RemoteAddr()) {
+		if l.admit(a.s, a.c) {
 			return a.c, nil
 		}
 		l.refused.Add(1)
@@ -313,11 +313,13 @@ func (l *Listener) acceptFrom(s *shard) {
 	}()
 }
 
-// admit reports whether Accept hands over a connection from peer a that
-// socket s accepted: if s verified its signature with a key, or if no key
-// covers the peer and unsigned peers are allowed.
-func (l *Listener) admit(s *shard, a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
+// admit reports whether Accept hands over connection c that socket s
+// accepted: if s verified its signature with a key, or if no key covers the
+// peer and unsigned peers are allowed. A key covers the peer when its
+// prefix holds the peer's address and, for an interface key, c came through
+// that key's VRF, as the kernel matches them.
+func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok {
 		return l.allowUnsigned
 	}
@@ -328,10 +330,20 @@ func (l *Listener) admit(s *shard, a net.Addr) bool {
 	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if s.keys.covers(addr) || s.left.covers(addr) {
+	l3index := 0
+	if l.keys.interfaces > 0 {
+		rc, err := c.SyscallConn()
+		if err == nil {
+			l3index, err = boundIfindex(rc)
+		}
+		if err != nil {
+			return false // unknown: never hand over what may be unsigned
+		}
+	}
+	if s.keys.covers(addr, l3index) || s.left.covers(addr, l3index) {
 		return true
 	}
-	return l.allowUnsigned && !l.keys.covers(addr)
+	return l.allowUnsigned && !l.keys.covers(addr, l3index)
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -466,9 +478,10 @@ func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.first.ln.Sy
 // keyTable holds a listener's keys and answers, in time independent of
 // their number, whether one covers a peer address.
 type keyTable struct {
-	keys  map[keyID]Key
-	peers map[netip.Prefix]int // keys per peer prefix, over interfaces
-	bits  [2][129]int          // peer prefixes per length: [0] IPv4, [1] IPv6
+	keys       map[keyID]Key
+	peers      map[netip.Prefix]int // keys per peer prefix, over interfaces
+	bits       [2][129]int          // peer prefixes per length: [0] IPv4, [1] IPv6
+	interfaces int                  // keys with an Ifindex
 }
 
 func (t *keyTable) set(k Key) {
@@ -482,6 +495,9 @@ func (t *keyTable) set(k Key) {
 			t.bits[family(k.Peer.Addr())][k.Peer.Bits()]++
 		}
 		t.peers[k.Peer]++
+		if k.Ifindex != 0 {
+			t.interfaces++
+		}
 	}
 	t.keys[id] = k
 }
@@ -491,20 +507,31 @@ func (t *keyTable) remove(id keyID) {
 		return
 	}
 	delete(t.keys, id)
+	if id.ifindex != 0 {
+		t.interfaces--
+	}
 	if t.peers[id.peer]--; t.peers[id.peer] == 0 {
 		delete(t.peers, id.peer)
 		t.bits[family(id.peer.Addr())][id.peer.Bits()]--
 	}
 }
 
-func (t *keyTable) covers(addr netip.Addr) bool {
+// covers reports whether a key covers peer addr reached through VRF
+// l3index (0: none): a key for any interface, or one for that VRF.
+func (t *keyTable) covers(addr netip.Addr, l3index int) bool {
 	f := family(addr)
 	for bits := addr.BitLen(); bits >= 0; bits-- {
 		if t.bits[f][bits] == 0 {
 			continue
 		}
 		p, err := addr.Prefix(bits)
-		if err == nil && t.peers[p] > 0 {
+		if err != nil || t.peers[p] == 0 {
+			continue
+		}
+		if _, ok := t.keys[keyID{p, 0}]; ok {
+			return true
+		}
+		if _, ok := t.keys[keyID{p, l3index}]; ok && l3index != 0 {
 			return true
 		}
 	}
