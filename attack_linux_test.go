@@ -37,6 +37,9 @@ func TestSpoofedSegments(t *testing.T) {
 				}
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
+					if family == "IPv6" {
+						requireIPv6(t)
+					}
 					n, a, b, r := testnet.Routed(t)
 					attacker := n.Attach(n.Host("m"), r)
 					onPath := b.Peer.Capture(t) // the router's link to the server

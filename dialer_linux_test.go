@@ -48,7 +48,9 @@ func TestHTTPOverSignedTCP(t *testing.T) {
 	require.NoError(t, err)
 	assert.Regexp(t, `^hello 127\.0\.30\.1:\d+$`, body)
 
-	_, err = get(dialer("127.0.30.1", key(t, "127.0.0.1", secretB)))
+	wrong := dialer("127.0.30.1", key(t, "127.0.0.1", secretB))
+	wrong.Timeout = refuseAfter
+	_, err = get(wrong)
 	require.Error(t, err, "a client with the wrong key must not get an answer")
 	assert.Contains(t, err.Error(), "same key")
 }

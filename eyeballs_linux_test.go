@@ -22,6 +22,7 @@ import (
 // that every attempt got the key for the address it dialled.
 func TestHappyEyeballsKeysEachAttempt(t *testing.T) {
 	requireMD5(t)
+	requireIPv6(t)
 	t.Parallel()
 	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
 		key(t, "127.0.0.1", secretA),

@@ -48,7 +48,7 @@ func TestFaults(t *testing.T) {
 		peer.SetUp(t, true)
 		client, server = connPair(t, us.Host, d, ln)
 		exchange(t, client, server, "fake-after")
-		c, err := dialIn(us.Host, netDialer(hostKeyOf(peer.Addr4, secretB)), "tcp4", ln.Addr().String())
+		c, err := dialIn(us.Host, refusing(netDialer(hostKeyOf(peer.Addr4, secretB))), "tcp4", ln.Addr().String())
 		requireRefused(t, c, err)
 	})
 
@@ -112,9 +112,9 @@ func TestFaults(t *testing.T) {
 		require.NoError(t, err, "a signed dial to the reopened listener")
 		defer c.Close()
 		ping(t, c)
-		c2, err := dialIn(us.Host, netDialer(hostKeyOf(peer.Addr4, secretB)), "tcp4", address)
+		c2, err := dialIn(us.Host, refusing(netDialer(hostKeyOf(peer.Addr4, secretB))), "tcp4", address)
 		requireRefused(t, c2, err)
-		c3, err := dialIn(us.Host, netDialer(), "tcp4", address)
+		c3, err := dialIn(us.Host, refusing(netDialer()), "tcp4", address)
 		requireRefused(t, c3, err)
 	})
 }

@@ -32,13 +32,25 @@ const (
 // refuseAfter is how long a dial waits before a test calls it refused: the
 // kernel drops unverifiable SYNs in silence, so refusal is a timeout. The
 // first SYN retransmission is at 1s, so 700ms sees only the first SYN.
-const refuseAfter = 700 * time.Millisecond
+// Dials that must succeed wait mustConnect instead, which no kernel, however
+// slow, comes near.
+const (
+	refuseAfter = 700 * time.Millisecond
+	mustConnect = 30 * time.Second
+)
 
 func requireMD5(t testing.TB) {
 	t.Helper()
 	if !tcpmd5.Supported() {
 		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
 	}
+}
+
+// requireIPv6 skips t on a kernel without IPv6 (ipv6.disable=1, or no
+// ipv6 module): such hosts are IPv4 only by design.
+func requireIPv6(t testing.TB) {
+	t.Helper()
+	testenv.Require(t, testenv.IPv6)
 }
 
 func key(t testing.TB, peer, secret string) tcpmd5.Key {
@@ -84,12 +96,25 @@ func serveEcho(t testing.TB, ln net.Listener) {
 	})
 }
 
-// dialer returns a Dialer from source address src with keys.
+// dialer returns a Dialer from source address src with keys, for dials
+// that must succeed; dropDial shortens its timeout for those that must not.
 func dialer(src string, keys ...tcpmd5.Key) *tcpmd5.Dialer {
 	d := &tcpmd5.Dialer{Keys: keys}
-	d.Timeout = refuseAfter
+	d.Timeout = mustConnect
 	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 	return d
+}
+
+// dropDial dials address with a copy of d that gives up after refuseAfter
+// and requires the peer to have dropped the SYN; it returns the dial's
+// error for a closer look.
+func dropDial(t testing.TB, d *tcpmd5.Dialer, network, address string) error {
+	t.Helper()
+	short := *d
+	short.Timeout = refuseAfter
+	c, err := short.Dial(network, address)
+	requireRefused(t, c, err)
+	return err
 }
 
 // requireEcho dials addr with d and requires one round trip to work.

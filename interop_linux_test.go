@@ -66,6 +66,9 @@ func TestBIRDInterop(t *testing.T) {
 		}
 		t.Run(family+"/BIRD dials our Listener", func(t *testing.T) {
 			t.Parallel()
+			if family == "IPv6" {
+				requireIPv6(t)
+			}
 			us, peer := testnet.Pair(t)
 			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
@@ -93,6 +96,9 @@ func TestBIRDInterop(t *testing.T) {
 		})
 		t.Run(family+"/our Dialer reaches BIRD", func(t *testing.T) {
 			t.Parallel()
+			if family == "IPv6" {
+				requireIPv6(t)
+			}
 			us, peer := testnet.Pair(t)
 			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, true))
 			waitListening(t, peer.Host, bgpPort)
@@ -106,6 +112,9 @@ func TestBIRDInterop(t *testing.T) {
 		})
 		t.Run(family+"/BIRD with another password is dropped", func(t *testing.T) {
 			t.Parallel()
+			if family == "IPv6" {
+				requireIPv6(t)
+			}
 			us, peer := testnet.Pair(t)
 			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
@@ -128,13 +137,16 @@ func TestBIRDInterop(t *testing.T) {
 		})
 		t.Run(family+"/our Dialer with another password is dropped by BIRD", func(t *testing.T) {
 			t.Parallel()
+			if family == "IPv6" {
+				requireIPv6(t)
+			}
 			us, peer := testnet.Pair(t)
 			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretB, true))
 			waitListening(t, peer.Host, bgpPort)
 			before := countersIn(t, peer.Host)
 
 			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)})
-			c, err := dialIn(us.Host, d, "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
+			c, err := dialIn(us.Host, refusing(d), "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
 			requireRefused(t, c, err)
 			assert.Contains(t, err.Error(), "holds the same key for")
 			assert.NotContains(t, err.Error(), secretA)

@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 // TestSteeringProgramMatchesShardOf checks that the kernel, running the
@@ -24,6 +26,9 @@ func TestSteeringProgramMatchesShardOf(t *testing.T) {
 	} {
 		for _, n := range []int{2, 3, 4, 5, 7, 8, 9} {
 			t.Run(tt.network+"/"+strconv.Itoa(n), func(t *testing.T) {
+				if tt.network == "tcp" {
+					testenv.Require(t, testenv.IPv6)
+				}
 				t.Parallel()
 				l := &Listener{network: tt.network}
 				l.cfg.SetMultipathTCP(false)

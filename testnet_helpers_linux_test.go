@@ -43,10 +43,16 @@ func dialIn(h *testnet.Host, d *tcpmd5.Dialer, network, address string) (c net.C
 	return c, err
 }
 
-// netDialer returns a Dialer with keys and the timeout after which a test
-// calls a dial refused.
+// netDialer returns a Dialer with keys, for dials that must succeed.
 func netDialer(keys ...tcpmd5.Key) *tcpmd5.Dialer {
 	d := &tcpmd5.Dialer{Keys: keys}
+	d.Timeout = mustConnect
+	return d
+}
+
+// refusing returns d with the timeout after which a test calls a dial
+// refused.
+func refusing(d *tcpmd5.Dialer) *tcpmd5.Dialer {
 	d.Timeout = refuseAfter
 	return d
 }

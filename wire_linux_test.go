@@ -29,6 +29,9 @@ func TestEverySegmentIsSigned(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
+				if family == "IPv6" {
+					requireIPv6(t)
+				}
 				client, server := testnet.Pair(t)
 				caddr, saddr := client.Addr4, server.Addr4
 				if family == "IPv6" {

@@ -21,6 +21,10 @@ const (
 	MD5Failure    = "TCPMD5Failure"
 )
 
+// SynRetrans counts SYNs the kernel sent again because no answer came in
+// time: a handshake that needed it lost its first SYN.
+const SynRetrans = "TCPSynRetrans"
+
 // MD5Counters are the names of the signature counters, in a fixed order.
 var MD5Counters = []string{MD5NotFound, MD5Unexpected, MD5Failure}
 

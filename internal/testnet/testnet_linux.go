@@ -84,14 +84,24 @@ func (n *Net) Host(name string) *Host {
 	// Addresses are ours alone: no duplicate address detection, which
 	// would hold IPv6 link-local addresses, and with them neighbor
 	// discovery, back for a second or more.
-	h.Sysctl(n.t, "ipv6/conf/all/accept_dad", "0")
-	h.Sysctl(n.t, "ipv6/conf/default/accept_dad", "0")
+	if hasIPv6() {
+		h.Sysctl(n.t, "ipv6/conf/all/accept_dad", "0")
+		h.Sysctl(n.t, "ipv6/conf/default/accept_dad", "0")
+	}
 	return h
+}
+
+// hasIPv6 reports whether the kernel has IPv6; without it, hosts and links
+// are IPv4 only and the Addr6 of every Iface is the zero Addr.
+func hasIPv6() bool {
+	ok, _, _ := testenv.Has(testenv.IPv6)
+	return ok
 }
 
 // Link joins a and b with a veth pair and gives the ends the next free
 // addresses: link k (counting from 0) holds 192.0.2.8k+1/29 and
-// 2001:db8:0:k::1/64 on a's end, .8k+2 and ::2 on b's.
+// 2001:db8:0:k::1/64 on a's end, .8k+2 and ::2 on b's (no IPv6 addresses
+// on a kernel without IPv6).
 func (n *Net) Link(a, b *Host) (*Iface, *Iface) {
 	n.t.Helper()
 	n.mu.Lock()
@@ -107,10 +117,15 @@ func (n *Net) Link(a, b *Host) (*Iface, *Iface) {
 	ib := &Iface{Host: b, Name: "v" + strconv.Itoa(k) + "b",
 		Addr4: ia.Addr4.Next(), Addr6: ia.Addr6.Next()}
 	ia.Peer, ib.Peer = ib, ia
+	if !hasIPv6() {
+		ia.Addr6, ib.Addr6 = netip.Addr{}, netip.Addr{}
+	}
 	n.ip("-n", a.Name, "link", "add", ia.Name, "type", "veth", "peer", "name", ib.Name, "netns", b.Name)
 	for _, i := range []*Iface{ia, ib} {
 		n.ip("-n", i.Host.Name, "addr", "add", i.Addr4.String()+"/29", "dev", i.Name)
-		n.ip("-n", i.Host.Name, "addr", "add", i.Addr6.String()+"/64", "dev", i.Name, "nodad")
+		if i.Addr6.IsValid() {
+			n.ip("-n", i.Host.Name, "addr", "add", i.Addr6.String()+"/64", "dev", i.Name, "nodad")
+		}
 		n.ip("-n", i.Host.Name, "link", "set", i.Name, "up")
 	}
 	ia.waitUp(n.t)
@@ -153,7 +168,11 @@ func Routed(t testing.TB) (n *Net, a, b *Iface, r *Host) {
 	n = New(t)
 	ha, hb := n.Host("a"), n.Host("b")
 	r = n.Host("r")
-	for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding", "ipv6/conf/default/forwarding", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter"} {
+	sysctls := []string{"ipv4/ip_forward", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter"}
+	if hasIPv6() {
+		sysctls = append(sysctls, "ipv6/conf/all/forwarding", "ipv6/conf/default/forwarding")
+	}
+	for _, f := range sysctls {
 		v := "1"
 		if strings.HasSuffix(f, "rp_filter") {
 			v = "0"
@@ -169,7 +188,9 @@ func (n *Net) Attach(h, r *Host) *Iface {
 	n.t.Helper()
 	ih, ir := n.Link(h, r)
 	n.ip("-n", h.Name, "route", "add", "default", "via", ir.Addr4.String())
-	n.ip("-n", h.Name, "-6", "route", "add", "default", "via", ir.Addr6.String())
+	if ir.Addr6.IsValid() {
+		n.ip("-n", h.Name, "-6", "route", "add", "default", "via", ir.Addr6.String())
+	}
 	return ih
 }
 
