@@ -78,7 +78,7 @@ func TestTimeoutErrorIsActionable(t *testing.T) {
 
 	t.Run("Dialer.Timeout", func(t *testing.T) {
 		t.Parallel()
-		err := dropDial(t, d, "tcp", ln.Addr().String())
+		err := dropDial(t, d, "tcp", ln.Addr().String(), "")
 		var oe *net.OpError
 		require.ErrorAs(t, err, &oe)
 		assert.Equal(t, "dial", oe.Op)
@@ -102,7 +102,7 @@ func TestTimeoutErrorIsActionable(t *testing.T) {
 	t.Run("unsigned timeouts stay as they are", func(t *testing.T) {
 		t.Parallel()
 		nd := dialer("127.0.11.1") // covered by the listener's key, so its unsigned SYN is dropped
-		err := dropDial(t, nd, "tcp", ln.Addr().String())
+		err := dropDial(t, nd, "tcp", ln.Addr().String(), "")
 		assert.NotContains(t, err.Error(), "same key")
 	})
 }
@@ -126,11 +126,11 @@ func TestPrefixKey(t *testing.T) {
 	t.Run("inside /25 takes its own key", func(t *testing.T) {
 		t.Parallel()
 		requireEcho(t, dialer("127.0.12.200", serverB), addr)
-		dropDial(t, dialer("127.0.12.201", server), "tcp", addr)
+		dropDial(t, dialer("127.0.12.201", server), "tcp", addr, "")
 	})
 	t.Run("outside the prefix", func(t *testing.T) {
 		t.Parallel()
-		dropDial(t, dialer("127.0.13.9", server), "tcp", addr)
+		dropDial(t, dialer("127.0.13.9", server), "tcp", addr, "")
 	})
 	t.Run("dialer prefix key", func(t *testing.T) {
 		t.Parallel()
@@ -150,6 +150,7 @@ func TestDualStackListenerTakesIPv4Keys(t *testing.T) {
 	for _, address := range []string{"[::]:0", ":0"} {
 		t.Run(address, func(t *testing.T) {
 			t.Parallel()
+			testenv.Netns(t)
 			ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{
 				key(t, "127.0.14.0/24", secretA),
 				key(t, "::1", secretA),
@@ -161,7 +162,7 @@ func TestDualStackListenerTakesIPv4Keys(t *testing.T) {
 			v6 := net.JoinHostPort("::1", itoa(port))
 			requireEcho(t, dialer("127.0.14.1", key(t, "127.0.0.1", secretA)), v4)
 			requireEcho(t, dialer("::1", key(t, "::1", secretA)), v6)
-			dropDial(t, dialer("127.0.14.2", key(t, "127.0.0.1", secretB)), "tcp", v4)
+			dropDial(t, dialer("127.0.14.2", key(t, "127.0.0.1", secretB)), "tcp", v4, netstat.MD5Failure)
 
 			// A live key for an IPv4 host goes in v4-mapped too.
 			require.NoError(t, ln.SetKey(key(t, "127.0.15.1", secretB)))
@@ -177,6 +178,7 @@ func TestDualStackListenerTakesIPv4Keys(t *testing.T) {
 func TestListenAnyAddress(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
+	testenv.Netns(t)
 	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.14.3", secretA)}}, "tcp", ":0")
 	serveEcho(t, ln)
 	family := unix.AF_INET
@@ -186,18 +188,19 @@ func TestListenAnyAddress(t *testing.T) {
 	requireDomain(t, ln, family)
 	v4 := net.JoinHostPort("127.0.0.1", itoa(ln.Addr().(*net.TCPAddr).Port))
 	requireEcho(t, dialer("127.0.14.3", key(t, "127.0.0.1", secretA)), v4)
-	dropDial(t, dialer("127.0.14.3", key(t, "127.0.0.1", secretB)), "tcp", v4)
+	dropDial(t, dialer("127.0.14.3", key(t, "127.0.0.1", secretB)), "tcp", v4, netstat.MD5Failure)
 }
 
 func TestTCP6(t *testing.T) {
 	requireMD5(t)
 	requireIPv6(t)
 	t.Parallel()
+	testenv.Netns(t)
 	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "::1", secretA)}}, "tcp6", "[::1]:0")
 	serveEcho(t, ln)
 	requireDomain(t, ln, unix.AF_INET6)
 	requireEcho(t, dialer("::1", key(t, "::1/128", secretA)), ln.Addr().String())
-	dropDial(t, dialer("::1", key(t, "::1", secretB)), "tcp6", ln.Addr().String())
+	dropDial(t, dialer("::1", key(t, "::1", secretB)), "tcp6", ln.Addr().String(), netstat.MD5Failure)
 }
 
 func TestIPv6KeyOnIPv4Socket(t *testing.T) {
@@ -309,7 +312,7 @@ func TestSetKeys(t *testing.T) {
 	t.Run("keys apply", func(t *testing.T) {
 		require.NoError(t, tcpmd5.SetKeys(tl, key(t, "127.0.16.5", secretA)))
 		requireEcho(t, dialer("127.0.16.5", key(t, "127.0.0.1", secretA)), addr)
-		dropDial(t, dialer("127.0.16.5"), "tcp", addr)
+		dropDial(t, dialer("127.0.16.5"), "tcp", addr, "")
 	})
 	t.Run("not a TCP socket", func(t *testing.T) {
 		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -334,7 +337,7 @@ func TestErrorsNeverShowTheSecret(t *testing.T) {
 	errs = append(errs, err)
 	_, err = dialer("127.0.17.1", key(t, "127.0.0.2", secret)).Dial("tcp", "127.0.0.1:1")
 	errs = append(errs, err)
-	errs = append(errs, dropDial(t, dialer("127.0.17.1", key(t, "127.0.0.1", secret)), "tcp", "127.0.0.1:1")) // the unsigned RST is dropped: a timeout
+	errs = append(errs, dropDial(t, dialer("127.0.17.1", key(t, "127.0.0.1", secret)), "tcp", "127.0.0.1:1", "")) // the unsigned RST is dropped: a timeout
 	for _, err := range errs {
 		require.Error(t, err)
 		assert.NotContains(t, err.Error(), secret)

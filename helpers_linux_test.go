@@ -106,14 +106,20 @@ func dialer(src string, keys ...tcpmd5.Key) *tcpmd5.Dialer {
 }
 
 // dropDial dials address with a copy of d that gives up after refuseAfter
-// and requires the peer to have dropped the SYN; it returns the dial's
-// error for a closer look.
-func dropDial(t testing.TB, d *tcpmd5.Dialer, network, address string) error {
+// and requires the peer to have dropped the SYN, and, unless counter is "",
+// that drop counter to have moved: only a test in a network namespace of its
+// own (testenv.Netns) can tell. It returns the dial's error for a closer
+// look.
+func dropDial(t testing.TB, d *tcpmd5.Dialer, network, address, counter string) error {
 	t.Helper()
+	before := counters(t)
 	short := *d
 	short.Timeout = refuseAfter
 	c, err := short.Dial(network, address)
 	requireRefused(t, c, err)
+	if counter != "" {
+		assert.Positive(t, before.Delta(counters(t), counter)[counter], "%s did not move", counter)
+	}
 	return err
 }
 

@@ -15,11 +15,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 func TestLiveKeys(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
+	testenv.Netns(t)
 	ln := listen(t, &tcpmd5.ListenConfig{}, "tcp4", "127.0.0.1:0")
 	serveEcho(t, ln)
 	addr := ln.Addr().String()
@@ -27,7 +30,7 @@ func TestLiveKeys(t *testing.T) {
 	withA := dialer(peer, key(t, "127.0.0.1", secretA))
 	withB := dialer(peer, key(t, "127.0.0.1", secretB))
 
-	err := dropDial(t, withA, "tcp", addr) // no key yet: the kernel drops our signed SYN
+	err := dropDial(t, withA, "tcp", addr, netstat.MD5Unexpected) // no key yet: the kernel drops our signed SYN
 
 	require.NoError(t, ln.SetKey(key(t, peer, secretA)))
 	requireEcho(t, withA, addr)
@@ -39,14 +42,14 @@ func TestLiveKeys(t *testing.T) {
 	// Replacing the secret: new handshakes need the new one.
 	require.NoError(t, ln.SetKey(key(t, peer, secretB)))
 	requireEcho(t, withB, addr)
-	err = dropDial(t, withA, "tcp", addr)
+	err = dropDial(t, withA, "tcp", addr, netstat.MD5Failure)
 	require.Len(t, ln.Keys(), 1)
 	assert.Equal(t, secretB, string(ln.Keys()[0].Secret))
 
 	// Removing it: signed SYNs are dropped again, unsigned ones refused at Accept.
 	require.NoError(t, ln.RemoveKey(tcpmd5.Key{Peer: key(t, peer, secretA).Peer}))
 	assert.Empty(t, ln.Keys())
-	err = dropDial(t, withB, "tcp", addr)
+	err = dropDial(t, withB, "tcp", addr, netstat.MD5Unexpected)
 	requireResetByPolicy(t, ln, dialer(peer), addr)
 
 	// The connection made with the first secret still works: it kept its copy.
@@ -118,12 +121,13 @@ func TestAllowUnsigned(t *testing.T) {
 	})
 	t.Run("listener hands unsigned peers over when allowed", func(t *testing.T) {
 		t.Parallel()
+		testenv.Netns(t)
 		ln := listen(t, &tcpmd5.ListenConfig{Keys: keys, AllowUnsigned: true}, "tcp4", "127.0.0.1:0")
 		serveEcho(t, ln)
 		requireEcho(t, dialer("127.0.22.3"), ln.Addr().String())
 		assert.Zero(t, ln.RefusedUnsigned())
 		// Covered peers still need the signature.
-		dropDial(t, dialer("127.0.22.1"), "tcp", ln.Addr().String())
+		dropDial(t, dialer("127.0.22.1"), "tcp", ln.Addr().String(), netstat.MD5NotFound)
 	})
 	t.Run("dialer refuses destinations without a key", func(t *testing.T) {
 		t.Parallel()
