@@ -45,11 +45,12 @@ Run "tcpmd5 COMMAND -h" for a command's flags and examples.
 
 Secrets come from a key file (-key-file), from $TCPMD5_SECRET, or from
 -key, which shows them in the process list. A key file holds one key a line,
-"PEER SECRET", PEER an address or prefix; lines starting with # are comments:
+"PEER SECRET", PEER an address or prefix. A # after blanks starts a comment;
+a secret with blanks, # or " goes in double quotes (\" and \\ inside):
 
-  # peer          secret
-  192.0.2.1       fake-secret-router-1
-  2001:db8::/64   fake-secret-fabric
+  # peer          secret                    comment
+  192.0.2.1       fake-secret-router-1      # r1, AS 65001
+  2001:db8::/64   "fake secret # fabric"
 
 Secrets are never printed.
 

@@ -25,15 +25,23 @@ func TestParse(t *testing.T) {
 	t.Parallel()
 	keys, err := keyfile.Parse(strings.NewReader(
 		"# peer secret\n\n   # indented comment\n192.0.2.1 "+secretA+"\n"+
-			"2001:db8::/64\t  "+secretB+"  \r\n"+
-			"::ffff:198.51.100.0/120 "+secretA+"\n"), "peers.keys")
+			"2001:db8::/64\t  \""+secretB+"\"  \r\n"+
+			"::ffff:198.51.100.0/120 "+secretA+"\n"+
+			"192.0.2.7 "+secretA+" # router r1, AS 65001\n"+
+			"192.0.2.8 "+secretA+"\t#no blank needed after #\n"+
+			`192.0.2.9 "fake \"quoted\" # not a comment \\ end" # a comment`+"\n"+
+			`192.0.2.10 "fake-secret-snug"# comment`+"\n"), "peers.keys")
 	require.NoError(t, err)
-	require.Len(t, keys, 3)
+	require.Len(t, keys, 7)
 	assert.Equal(t, netip.MustParsePrefix("192.0.2.1/32"), keys[0].Peer)
 	assert.Equal(t, secretA, string(keys[0].Secret))
 	assert.Equal(t, netip.MustParsePrefix("2001:db8::/64"), keys[1].Peer)
-	assert.Equal(t, secretB, string(keys[1].Secret), "inner blanks stay, outer blanks go")
+	assert.Equal(t, secretB, string(keys[1].Secret), "quotes keep inner blanks")
 	assert.Equal(t, netip.MustParsePrefix("198.51.100.0/24"), keys[2].Peer, "v4-mapped prefixes become IPv4")
+	assert.Equal(t, secretA, string(keys[3].Secret), "a comment after the secret is not part of it")
+	assert.Equal(t, secretA, string(keys[4].Secret))
+	assert.Equal(t, `fake "quoted" # not a comment \ end`, string(keys[5].Secret))
+	assert.Equal(t, "fake-secret-snug", string(keys[6].Secret))
 }
 
 func TestParseErrors(t *testing.T) {
@@ -47,6 +55,14 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate", "192.0.2.1 " + secretA + "\n192.0.2.1/32 " + secretA + "\n", "peers.keys:2: peer 192.0.2.1/32 already has a key on line 1"},
 		{"too long", "192.0.2.1 " + strings.Repeat("x", tcpmd5.MaxSecretLen+1) + "\n", "longer than the kernel's limit"},
 		{"unknown zone", "fe80::1%no-such-if0 " + secretA + "\n", `no interface "no-such-if0"`},
+		{"two words unquoted", "192.0.2.1 " + secretA + " more\n", "peers.keys:1: more than a secret follows the peer; put a secret with blanks in double quotes"},
+		{"# inside a bare word", "192.0.2.1 " + secretA + "#x\n", "the secret holds # or \""},
+		{"quote inside a bare word", "192.0.2.1 " + secretA + "\"\n", "the secret holds # or \""},
+		{"comment, no secret", "192.0.2.1 # " + secretA + "\n", "no secret before the comment"},
+		{"unclosed quote", "192.0.2.1 \"" + secretA + "\n", `the quoted secret has no closing "`},
+		{"stray backslash", "192.0.2.1 \"" + secretA + `\n"` + "\n", `\ goes only before " or \`},
+		{"text glued to the quote", "192.0.2.1 \"" + secretA + "\"x\n", `a blank or a comment must follow the quoted secret's closing "`},
+		{"empty quotes", "192.0.2.1 \"\"\n", "the secret is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,6 +132,15 @@ func TestLoadMissingFile(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
+// quote writes secret as a key file does: bare, or in double quotes with
+// \ and " escaped where it holds a blank, # or ".
+func quote(secret string) string {
+	if !strings.ContainsAny(secret, " \t#\"\\") {
+		return secret
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(secret) + `"`
+}
+
 // FuzzParse checks that Parse never panics, never quotes a secret in an
 // error, and that what it accepts, written back out, parses to the same
 // keys.
@@ -124,6 +149,8 @@ func FuzzParse(f *testing.F) {
 	f.Add("# c\n2001:db8::/64  " + secretB + "\n\n198.51.100.0/24 x\n")
 	f.Add(secretA + " 192.0.2.1\n")
 	f.Add("192.0.2.1/24 s\n192.0.2.1 s\n")
+	f.Add(`192.0.2.1 "a \"b\" # \\c" # comment` + "\n")
+	f.Add("192.0.2.1 s # c\n192.0.2.2 s#\n")
 	f.Fuzz(func(t *testing.T, input string) {
 		keys, err := keyfile.Parse(strings.NewReader(input), "fuzz")
 		if err != nil {
@@ -149,7 +176,7 @@ func FuzzParse(f *testing.F) {
 		}
 		var b strings.Builder
 		for _, k := range keys {
-			fmt.Fprintf(&b, "%s %s\n", k.Peer, k.Secret)
+			fmt.Fprintf(&b, "%s %s # round trip\n", k.Peer, quote(string(k.Secret)))
 		}
 		again, err := keyfile.Parse(strings.NewReader(b.String()), "round trip")
 		require.NoError(t, err)
