@@ -70,6 +70,22 @@ func TestSignatures(t *testing.T) {
 	}
 }
 
+// TestTimeoutErrorWithNilLocalAddr dials signed from a Dialer whose
+// LocalAddr is a nil *net.TCPAddr, the zero value of a common variable: the
+// timeout's message names no address and does not panic.
+func TestTimeoutErrorWithNilLocalAddr(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.11.2", secretA)}}, "tcp4", "127.0.0.1:0")
+	var laddr *net.TCPAddr
+	d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{key(t, "127.0.0.1", secretB)}}
+	d.LocalAddr = laddr
+	err := dropDial(t, d, "tcp", ln.Addr().String(), "")
+	var msg string
+	require.NotPanics(t, func() { msg = err.Error() })
+	assert.Contains(t, msg, "holds the same key for this host's source address")
+}
+
 func TestTimeoutErrorIsActionable(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()

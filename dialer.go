@@ -154,10 +154,14 @@ func (e *noAnswerError) Error() string {
 	fmt.Fprintf(&b, "%v: no answer", e.err)
 	if e.signed {
 		src := "this host's source address"
-		if ta, ok := e.local.(*net.TCPAddr); ok && ta.IP != nil {
-			src = ta.IP.String()
-		} else if e.local != nil {
-			src = e.local.String()
+		switch a := e.local.(type) {
+		case *net.TCPAddr: // a nil *TCPAddr, or one without an IP, names no address
+			if a != nil && a.IP != nil {
+				src = a.IP.String()
+			}
+		case nil:
+		default:
+			src = a.String()
 		}
 		fmt.Fprintf(&b, " to a signed SYN; a peer drops segments whose TCP MD5 signature it cannot verify, so check that it holds the same key for %s, or that a firewall is not dropping them", src)
 	}

@@ -314,6 +314,14 @@ func TestProbeVerdicts(t *testing.T) {
 			if tt.counter != "" {
 				assert.Regexp(t, regexp.MustCompile(`counters +`+tt.counter+` \+\d+: `), r.stdout)
 			}
+
+			// Without -source the kernel picks our address (127.0.0.1 here,
+			// which the peer may hold no key for): whatever the verdict, the
+			// command gives one, and does not crash.
+			r = run(t, "", nil, "probe", "-key-file", file, "-timeout", "1s", "-wait", "200ms", addr)
+			assert.NotContains(t, r.stderr, "panic")
+			assert.Contains(t, []int{0, 1}, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+			assert.Regexp(t, regexp.MustCompile(`(?m)^verdict +\S+$`), r.stdout)
 		})
 	}
 }
