@@ -219,6 +219,20 @@ func TestTCP6(t *testing.T) {
 	dropDial(t, dialer("::1", key(t, "::1", secretB)), "tcp6", ln.Addr().String(), netstat.MD5Failure)
 }
 
+// TestIPv4KeyOnIPv6OnlySocket: a tcp6 socket is IPv6-only, so an IPv4 key
+// there could never match; Listen and SetKey say so instead of taking it.
+func TestIPv4KeyOnIPv6OnlySocket(t *testing.T) {
+	requireMD5(t)
+	requireIPv6(t)
+	t.Parallel()
+	_, err := tcpmd5.Listen("tcp6", "[::1]:0", key(t, "127.0.0.1", secretA))
+	require.ErrorContains(t, err, "key for 127.0.0.1: the socket is IPv6-only (tcp6), so no IPv4 peer can reach it")
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "::1", secretA)}}, "tcp6", "[::1]:0")
+	require.ErrorContains(t, ln.SetKey(key(t, "127.0.0.0/8", secretA)), "IPv6-only")
+	assert.Len(t, ln.Keys(), 1)
+	require.NoError(t, ln.RemoveKey(key(t, "127.0.0.0/8", secretA)), "removing what was never installed is not an error")
+}
+
 func TestIPv6KeyOnIPv4Socket(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()

@@ -80,6 +80,9 @@ func TestKeyNeverFormatsTheSecret(t *testing.T) {
 	assert.Equal(t, "192.0.2.0/24%3 secret:<redacted>", k.String())
 	assert.Equal(t, `tcpmd5.Key{Peer:netip.MustParsePrefix("192.0.2.0/24"), Secret:<redacted>, Ifindex:3}`, fmt.Sprintf("%#v", k))
 	assert.Equal(t, "192.0.2.1 secret:<redacted>", fmt.Sprint(tcpmd5.Key{Peer: netip.MustParsePrefix("192.0.2.1/32"), Secret: []byte(leak)}))
+	// A Key without a peer says so, in words and in Go syntax that compiles.
+	assert.Equal(t, "<no peer> secret:<redacted>", tcpmd5.Key{Secret: []byte(leak)}.String())
+	assert.Equal(t, "tcpmd5.Key{Peer:netip.Prefix{}, Secret:<redacted>, Ifindex:0}", fmt.Sprintf("%#v", tcpmd5.Key{}))
 }
 
 func FuzzParseKey(f *testing.F) {

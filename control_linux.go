@@ -191,6 +191,13 @@ func setsockopt(fd, family int, k Key, del bool) error {
 	if err != nil {
 		return err
 	}
+	if family == unix.AF_INET6 && k.Peer.Addr().Is4() && !del {
+		// The kernel takes the v4-mapped key, but on an IPv6-only socket
+		// (tcp6) no IPv4 peer can ever use it.
+		if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 1 {
+			return fmt.Errorf("tcpmd5: key for %s: the socket is IPv6-only (tcp6), so no IPv4 peer can reach it; listen or dial with tcp, or tcp4", k.peerString())
+		}
+	}
 	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
 	clear(sig.Key[:])
 	if err == nil {

@@ -153,6 +153,9 @@ func normalizeKeys(keys []Key) ([]Key, error) {
 // peerString names the peers a key covers, its interface included: the form
 // used in this package's errors.
 func (k Key) peerString() string {
+	if !k.Peer.IsValid() {
+		return "<no peer>"
+	}
 	s := k.Peer.String()
 	if k.Peer.IsSingleIP() {
 		s = k.Peer.Addr().String()
@@ -164,13 +167,17 @@ func (k Key) peerString() string {
 }
 
 // String returns the key's peer and interface with the secret redacted, as in
-// "192.0.2.1 secret:<redacted>".
+// "192.0.2.1 secret:<redacted>"; a Key without a Peer prints as
+// "<no peer> secret:<redacted>".
 func (k Key) String() string {
 	return k.peerString() + " secret:<redacted>"
 }
 
 // GoString returns a Go-syntax form of the key with the secret redacted.
 func (k Key) GoString() string {
+	if !k.Peer.IsValid() {
+		return fmt.Sprintf("tcpmd5.Key{Peer:netip.Prefix{}, Secret:<redacted>, Ifindex:%d}", k.Ifindex)
+	}
 	return fmt.Sprintf("tcpmd5.Key{Peer:netip.MustParsePrefix(%q), Secret:<redacted>, Ifindex:%d}", k.Peer.String(), k.Ifindex)
 }
 
