@@ -252,20 +252,20 @@ func TestIPv6KeyOnIPv4Socket(t *testing.T) {
 func TestListenersArePlainTCP(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
-	var plain net.ListenConfig
-	pl, err := plain.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer pl.Close()
-	mptcp := protocol(t, pl.(*net.TCPListener)) == unix.IPPROTO_MPTCP
-	if mptcp {
+	t.Run("a net.ListenConfig socket is MPTCP and takes no key", func(t *testing.T) {
+		testenv.Require(t, testenv.MPTCP)
+		t.Parallel()
+		var plain net.ListenConfig
+		pl, err := plain.Listen(context.Background(), "tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer pl.Close()
+		require.Equal(t, unix.IPPROTO_MPTCP, protocol(t, pl.(*net.TCPListener)), "Go 1.24+ listeners are MPTCP where the kernel has it")
 		// The kernel answers ENOPROTOOPT; the error says what to do.
-		err := tcpmd5.SetKeys(pl.(*net.TCPListener), key(t, "127.0.0.1", secretA))
+		err = tcpmd5.SetKeys(pl.(*net.TCPListener), key(t, "127.0.0.1", secretA))
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "SetMultipathTCP(false)")
 		assert.NotErrorIs(t, err, tcpmd5.ErrMD5Unsupported, "MPTCP is a fixable configuration, not a kernel without MD5")
-	} else {
-		t.Log("net.ListenConfig is not MPTCP on this kernel (net.mptcp.enabled=0?); checking only that ours is TCP")
-	}
+	})
 
 	lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.0.1", secretA)}}
 	lc.SetMultipathTCP(true) // the caller's wish cannot win over the keys
