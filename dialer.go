@@ -139,6 +139,70 @@ func hasInterfaceKey(keys []Key) bool {
 	return slices.ContainsFunc(keys, func(k Key) bool { return k.Ifindex != 0 })
 }
 
+// DialTCP connects to raddr, from laddr if it is valid, like
+// [net.Dialer.DialTCP], with every segment signed as [Dialer.DialContext]
+// signs them.
+func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	nd := *d
+	if laddr.IsValid() {
+		nd.LocalAddr = net.TCPAddrFromAddrPort(laddr)
+	}
+	c, err := nd.DialContext(ctx, network, raddr.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// DialUDP is [net.Dialer.DialUDP] for a Dialer without keys or TTL
+// security. With them it fails: a key signs TCP segments only, and the
+// Dialer never hands out a connection it did not protect.
+func (d *Dialer) DialUDP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.UDPConn, error) {
+	if err := d.unprotected("DialUDP", network); err != nil {
+		return nil, err
+	}
+	return d.Dialer.DialUDP(ctx, network, laddr, raddr)
+}
+
+// DialIP is [net.Dialer.DialIP] for a Dialer without keys or TTL security;
+// with them it fails, as [Dialer.DialUDP] does.
+func (d *Dialer) DialIP(ctx context.Context, network string, laddr, raddr netip.Addr) (*net.IPConn, error) {
+	if err := d.unprotected("DialIP", network); err != nil {
+		return nil, err
+	}
+	return d.Dialer.DialIP(ctx, network, laddr, raddr)
+}
+
+// DialUnix is [net.Dialer.DialUnix] for a Dialer without keys or TTL
+// security; with them it fails, as [Dialer.DialUDP] does.
+func (d *Dialer) DialUnix(ctx context.Context, network string, laddr, raddr *net.UnixAddr) (*net.UnixConn, error) {
+	if err := d.unprotected("DialUnix", network); err != nil {
+		return nil, err
+	}
+	return d.Dialer.DialUnix(ctx, network, laddr, raddr)
+}
+
+// MultipathTCP reports whether the Dialer's connections may be MPTCP: only
+// those of a Dialer without keys or TTL security, as [net.Dialer] allows;
+// keyed connections are always plain TCP.
+func (d *Dialer) MultipathTCP() bool {
+	return len(d.Keys) == 0 && d.TTLSecurity == 0 && d.Dialer.MultipathTCP()
+}
+
+// unprotected returns the error of a dial that cannot carry the Dialer's
+// keys or TTL security, or nil for a Dialer that has neither.
+func (d *Dialer) unprotected(method, network string) error {
+	if len(d.Keys) == 0 && d.TTLSecurity == 0 {
+		return nil
+	}
+	return &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tcpmd5: %s cannot carry TCP MD5 keys or TTL security, which protect TCP only; use DialContext or DialTCP, or a net.Dialer for %s", method, network)}
+}
+
 // noAnswerError is a dial timeout on a signed or TTL-secured connection
 // attempt. It keeps the original error for errors.Is and Timeout, and tells
 // the operator what such a silence usually means.

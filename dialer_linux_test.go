@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -17,6 +18,8 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 func TestHTTPOverSignedTCP(t *testing.T) {
@@ -143,4 +146,37 @@ func openFDs(t testing.TB) int {
 func stacks() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// TestDialTCPSigns dials with the DialTCP method Go 1.26 added to
+// net.Dialer: ours signs as DialContext does, so the right key connects and
+// a wrong one is dropped (TCPMD5Failure), and a destination without a key is
+// refused.
+func TestDialTCPSigns(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.32.50", secretA)}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	raddr := ln.Addr().(*net.TCPAddr).AddrPort()
+	laddr := netip.MustParseAddrPort("127.0.32.50:0")
+	ctx := context.Background()
+
+	c, err := dialer("", key(t, "127.0.0.1", secretA)).DialTCP(ctx, "tcp4", laddr, raddr)
+	require.NoError(t, err)
+	ping(t, c)
+	c.Close()
+
+	before := counters(t)
+	wrong := dialer("", key(t, "127.0.0.1", secretB))
+	wrong.Timeout = refuseAfter
+	c, err = wrong.DialTCP(ctx, "tcp4", laddr, raddr)
+	if c != nil {
+		c.Close()
+	}
+	requireRefused(t, nil, err)
+	assert.Positive(t, before.Delta(counters(t), netstat.MD5Failure)[netstat.MD5Failure])
+
+	_, err = dialer("", key(t, "127.0.99.1", secretA)).DialTCP(ctx, "tcp4", laddr, raddr)
+	require.ErrorIs(t, err, tcpmd5.ErrNoKey)
 }

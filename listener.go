@@ -119,6 +119,21 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	return l, nil
 }
 
+// ListenPacket is [net.ListenConfig.ListenPacket] for a configuration
+// without keys or TTL security. With them it fails: a key signs TCP
+// segments only, and a ListenConfig never hands out a socket it did not
+// protect.
+func (lc *ListenConfig) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	if len(lc.Keys) > 0 || lc.TTLSecurity != 0 {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("tcpmd5: ListenPacket cannot carry TCP MD5 keys or TTL security, which protect TCP only; use Listen, or a net.ListenConfig for %s", network)}
+	}
+	return lc.ListenConfig.ListenPacket(ctx, network, address)
+}
+
+// MultipathTCP reports false: a [Listener] is always plain TCP, since MPTCP
+// sockets take no MD5 keys.
+func (lc *ListenConfig) MultipathTCP() bool { return false }
+
 // Listen announces on the local network address with keys installed, like
 // [net.Listen] for "tcp", "tcp4" and "tcp6". It uses a zero [ListenConfig]
 // otherwise, so connections from peers no key covers are refused.
