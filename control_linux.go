@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -68,6 +69,78 @@ func rawFamily(c syscall.RawConn) (int, error) {
 		return 0, fmt.Errorf("tcpmd5: %w", cerr)
 	}
 	return family, err
+}
+
+// optmem reads how many bytes of option memory the socket behind c holds
+// (SO_MEMINFO's SK_MEMINFO_OPTMEM, sk_omem_alloc): its TCP MD5 keys, each
+// charged keyCharge bytes, and an attached socket filter, if any.
+func optmem(c syscall.RawConn) (int, error) {
+	var info [unix.SK_MEMINFO_VARS]uint32
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		n := uint32(unsafe.Sizeof(info))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno != 0 {
+			err = os.NewSyscallError("getsockopt SO_MEMINFO", errno)
+		}
+	})
+	if cerr != nil {
+		return 0, fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", err)
+	}
+	return int(info[unix.SK_MEMINFO_OPTMEM]), nil
+}
+
+// keyCharge is what the kernel charges to a socket's option memory for one
+// TCP MD5 key, sizeof(struct tcp_md5sig_key), measured once on a throwaway
+// socket; 0 if it could not be measured.
+var keyCharge = sync.OnceValue(func() int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return 0
+	}
+	f := os.NewFile(uintptr(fd), "throwaway TCP socket")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	before, err := optmem(rc)
+	if err != nil {
+		return 0
+	}
+	if err := applyKeys(rc, []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte("tcpmd5-charge")}}); err != nil {
+		return 0
+	}
+	after, err := optmem(rc)
+	if err != nil {
+		return 0
+	}
+	return after - before
+})
+
+// acceptedSigned reports whether the kernel copied a key to connection c
+// when listening socket ln, which holds keys keys, accepted it: then every
+// segment of its handshake was verified, and every later one is. A child
+// socket inherits the listener's socket filter, whose charge the listener's
+// option memory shows beside its keys; a copied key adds one keyCharge to
+// that.
+func acceptedSigned(ln, c syscall.RawConn, keys int) (bool, error) {
+	per := keyCharge()
+	if per <= 0 {
+		return false, errors.New("tcpmd5: cannot measure what a key costs a socket (SO_MEMINFO)")
+	}
+	lnMem, err := optmem(ln)
+	if err != nil {
+		return false, err
+	}
+	cMem, err := optmem(c)
+	if err != nil {
+		return false, err
+	}
+	return cMem-(lnMem-keys*per) >= per, nil
 }
 
 // boundIfindex returns the interface the socket behind c is bound to

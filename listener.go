@@ -198,10 +198,13 @@ type accepted struct {
 
 var _ net.Listener = (*Listener)(nil)
 
-// Accept waits for and returns the next connection, a *[net.TCPConn]. Unless
-// the listener was made with AllowUnsigned, connections from peers that no
-// installed key covers are closed with a reset and counted, and Accept waits
-// for the next one. The check uses the keys installed when Accept returns.
+// Accept waits for and returns the next connection, a *[net.TCPConn]: one
+// whose handshake the kernel verified with a key, or, with AllowUnsigned,
+// an unsigned one from a peer that no key covers. Any other connection is
+// closed with a reset and counted, and Accept waits for the next one. The
+// kernel says whether a connection was signed (it copies the key to the
+// connection at the handshake), so an unsigned handshake that completed
+// before SetKey covered its peer is never handed over as signed.
 func (l *Listener) Accept() (net.Conn, error) {
 	c, err := l.AcceptTCP()
 	if err != nil {
@@ -329,36 +332,42 @@ func (l *Listener) acceptFrom(s *shard) {
 }
 
 // admit reports whether Accept hands over connection c that socket s
-// accepted: if s verified its signature with a key, or if no key covers the
-// peer and unsigned peers are allowed. A key covers the peer when its
-// prefix holds the peer's address and, for an interface key, c came through
-// that key's VRF, as the kernel matches them.
+// accepted: if the kernel verified its handshake with a key, which it then
+// copied to c, or if c is unsigned, no key covers its peer now and unsigned
+// peers are allowed. A key covers the peer when its prefix holds the peer's
+// address and, for an interface key, c came through that key's VRF, as the
+// kernel matches them. Whatever cannot be read is refused.
+//
+// Whether c holds a key is read from the kernel, not from the keys the
+// listener holds now: a connection that completed its handshake unsigned
+// before SetKey covered its peer stays unsigned in the accept queue.
 func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
 	ta, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok {
-		return l.allowUnsigned
+		return false
 	}
 	addr, ok := netip.AddrFromSlice(ta.IP)
 	if !ok {
-		return l.allowUnsigned
+		return false
 	}
 	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
+	signed, err := acceptedSigned(s.rc, rc, len(s.keys.keys))
+	if err != nil || signed || !l.allowUnsigned {
+		return err == nil && signed
+	}
 	l3index := 0
 	if l.keys.interfaces > 0 {
-		rc, err := c.SyscallConn()
-		if err == nil {
-			l3index, err = boundIfindex(rc)
-		}
-		if err != nil {
-			return false // unknown: never hand over what may be unsigned
+		if l3index, err = boundIfindex(rc); err != nil {
+			return false
 		}
 	}
-	if s.keys.covers(addr, l3index) || s.left.covers(addr, l3index) {
-		return true
-	}
-	return l.allowUnsigned && !l.keys.covers(addr, l3index)
+	return !l.keys.covers(addr, l3index)
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -428,7 +437,6 @@ func (l *Listener) RemoveKey(k Key) error {
 			}
 			s.keys.remove(id)
 		}
-		s.left.remove(id)
 	}
 	l.keys.remove(id)
 	return nil

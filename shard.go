@@ -86,7 +86,6 @@ type shard struct {
 
 	// Guarded by the Listener's mu.
 	keys keyTable // the keys installed on the socket, without secrets
-	left keyTable // host keys moved to a newer shard, without secrets
 }
 
 // bare returns k without its secret, as shards record it.
@@ -324,12 +323,11 @@ func (l *Listener) grow() error {
 	l.shards = append(l.shards, s)
 	l.acceptFrom(s)
 	for _, k := range moved {
+		// A connection the split shard verified before the switch may still
+		// wait in its queue: it holds its own copy of the key.
 		if removeKey(split.rc, split.family, k) == nil {
 			split.keys.remove(k.id())
 		}
-		// A connection the split shard verified before the switch may still
-		// wait in its queue; Accept must not take it for unsigned.
-		split.left.set(bare(k))
 	}
 	return nil
 }
