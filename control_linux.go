@@ -30,67 +30,54 @@ func optmemMax() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
+// control runs f on the socket behind c, the one way this package touches
+// a raw socket: f's error comes back as it is (f gives it its meaning), and
+// the RawConn's own, such as a closed socket's, wrapped once.
+func control[T any](c syscall.RawConn, f func(fd int) (T, error)) (T, error) {
+	var v T
+	var err error
+	if cerr := c.Control(func(fd uintptr) { v, err = f(int(fd)) }); cerr != nil {
+		return v, fmt.Errorf("tcpmd5: %w", cerr)
+	}
+	return v, err
+}
+
+// controlErr is control for an f that returns only an error.
+func controlErr(c syscall.RawConn, f func(fd int) error) error {
+	_, err := control(c, func(fd int) (struct{}, error) { return struct{}{}, f(fd) })
+	return err
+}
+
 // applyKeys installs keys on the socket behind c, all of them or none.
 func applyKeys(c syscall.RawConn, keys []Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		err = setKeys(int(fd), keys)
-	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return err
+	return controlErr(c, func(fd int) error { return setKeys(fd, keys) })
 }
 
 // setKey installs k on the socket behind c, whose address family the
 // caller already knows: one setsockopt(2), as a live listener's SetKey costs.
 func setKey(c syscall.RawConn, family int, k Key) error {
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		err = setsockopt(int(fd), family, k, false)
-	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return err
+	return controlErr(c, func(fd int) error { return setsockopt(fd, family, k, false) })
 }
 
 // rawFamily reads the address family of the socket behind c.
-func rawFamily(c syscall.RawConn) (int, error) {
-	var family int
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		family, err = socketFamily(int(fd))
-	})
-	if cerr != nil {
-		return 0, fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return family, err
-}
+func rawFamily(c syscall.RawConn) (int, error) { return control(c, socketFamily) }
 
 // optmem reads how many bytes of option memory the socket behind c holds
 // (SO_MEMINFO's SK_MEMINFO_OPTMEM, sk_omem_alloc): its TCP MD5 keys, each
 // charged keyCharge bytes, and an attached socket filter, if any.
 func optmem(c syscall.RawConn) (int, error) {
-	var info [unix.SK_MEMINFO_VARS]uint32
-	var err error
-	cerr := c.Control(func(fd uintptr) {
+	return control(c, func(fd int) (int, error) {
+		var info [unix.SK_MEMINFO_VARS]uint32
 		n := uint32(unsafe.Sizeof(info))
-		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
 		if errno != 0 {
-			err = os.NewSyscallError("getsockopt SO_MEMINFO", errno)
+			return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", os.NewSyscallError("getsockopt SO_MEMINFO", errno))
 		}
+		return int(info[unix.SK_MEMINFO_OPTMEM]), nil
 	})
-	if cerr != nil {
-		return 0, fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", err)
-	}
-	return int(info[unix.SK_MEMINFO_OPTMEM]), nil
 }
 
 // keyCharge is what the kernel charges to a socket's option memory for one
@@ -148,35 +135,25 @@ func acceptedSigned(ln, c syscall.RawConn, keys int) (bool, error) {
 // connection accepted through one, report the VRF: the l3index against
 // which the kernel matches interface keys.
 func boundIfindex(c syscall.RawConn) (int, error) {
-	var idx int
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		idx, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
+	return control(c, func(fd int) (int, error) {
+		idx, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
+		if err != nil {
+			return 0, fmt.Errorf("tcpmd5: reading the socket's interface: %w", os.NewSyscallError("getsockopt", err))
+		}
+		return idx, nil
 	})
-	if cerr != nil {
-		return 0, fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("tcpmd5: reading the socket's interface: %w", os.NewSyscallError("getsockopt", err))
-	}
-	return idx, nil
 }
 
 // removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
 // c, whose address family the caller knows. A key that is not there is not
 // an error.
 func removeKey(c syscall.RawConn, family int, k Key) error {
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		err = setsockopt(int(fd), family, k, true)
-		if errors.Is(err, unix.ENOENT) {
-			err = nil
+	return controlErr(c, func(fd int) error {
+		if err := setsockopt(fd, family, k, true); !errors.Is(err, unix.ENOENT) {
+			return err
 		}
+		return nil
 	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return err
 }
 
 // setKeys installs keys on fd; if one fails, it deletes those it installed.
@@ -335,11 +312,10 @@ func applyTTLSecurity(c syscall.RawConn, hops int) error {
 	if hops == 0 {
 		return nil
 	}
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		var family int
-		if family, err = socketFamily(int(fd)); err != nil {
-			return
+	return controlErr(c, func(fd int) error {
+		family, err := socketFamily(fd)
+		if err != nil {
+			return err
 		}
 		type opt struct {
 			level, name, value int
@@ -355,21 +331,16 @@ func applyTTLSecurity(c syscall.RawConn, hops int) error {
 				opt{unix.IPPROTO_IPV6, unix.IPV6_MINHOPCOUNT, 256 - hops, "IPV6_MINHOPCOUNT"})
 		}
 		for _, o := range opts {
-			serr := unix.SetsockoptInt(int(fd), o.level, o.name, o.value)
+			serr := unix.SetsockoptInt(fd, o.level, o.name, o.value)
 			if serr == nil {
 				continue
 			}
 			sysErr := os.NewSyscallError("setsockopt "+o.label, serr)
 			if errors.Is(serr, unix.ENOPROTOOPT) || errors.Is(serr, unix.EOPNOTSUPP) {
-				err = fmt.Errorf("%w (%w)", ErrTTLSecurityUnsupported, sysErr)
-			} else {
-				err = fmt.Errorf("tcpmd5: TTL security of %d hops: %w", hops, sysErr)
+				return fmt.Errorf("%w (%w)", ErrTTLSecurityUnsupported, sysErr)
 			}
-			return
+			return fmt.Errorf("tcpmd5: TTL security of %d hops: %w", hops, sysErr)
 		}
+		return nil
 	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return err
 }

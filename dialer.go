@@ -77,21 +77,8 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	nd.SetMultipathTCP(false)
 	userCtx, user := nd.ControlContext, nd.Control
 	var signed atomic.Bool
-	nd.Control = nil
-	nd.ControlContext = func(ctx context.Context, network, address string, c syscall.RawConn) error {
-		switch {
-		case userCtx != nil:
-			if err := userCtx(ctx, network, address, c); err != nil {
-				return err
-			}
-		case user != nil:
-			if err := user(network, address, c); err != nil {
-				return err
-			}
-		}
-		if err := applyTTLSecurity(c, d.TTLSecurity); err != nil {
-			return err
-		}
+	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
+	sign := func(_, address string, c syscall.RawConn) error {
 		if len(keys) == 0 {
 			return nil
 		}
@@ -121,6 +108,14 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		}
 		signed.Store(true)
 		return nil
+	}
+	nd.Control = nil
+	nd.ControlContext = func(ctx context.Context, network, address string, c syscall.RawConn) error {
+		first := user // net.Dialer runs ControlContext where both are set
+		if userCtx != nil {
+			first = func(network, address string, c syscall.RawConn) error { return userCtx(ctx, network, address, c) }
+		}
+		return chain(first, ttl, sign)(network, address, c)
 	}
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {

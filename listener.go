@@ -75,15 +75,8 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	}
 	l := &Listener{allowUnsigned: lc.AllowUnsigned, network: network, cfg: lc.ListenConfig}
 	l.cfg.SetMultipathTCP(false)
-	if hops, user := lc.TTLSecurity, l.cfg.Control; hops != 0 {
-		l.cfg.Control = func(network, address string, c syscall.RawConn) error {
-			if user != nil {
-				if err := user(network, address, c); err != nil {
-					return err
-				}
-			}
-			return applyTTLSecurity(c, hops)
-		}
+	if hops := lc.TTLSecurity; hops != 0 {
+		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
 	}
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())

@@ -252,6 +252,27 @@ func Control(keys ...Key) func(network, address string, c syscall.RawConn) error
 	}
 }
 
+// hook is the shape of [net.ListenConfig.Control] and [net.Dialer.Control].
+type hook = func(network, address string, c syscall.RawConn) error
+
+// chain returns a hook that runs user, the caller's own (may be nil), then
+// each of ours in order, and stops at the first error.
+func chain(user hook, ours ...hook) hook {
+	return func(network, address string, c syscall.RawConn) error {
+		if user != nil {
+			if err := user(network, address, c); err != nil {
+				return err
+			}
+		}
+		for _, h := range ours {
+			if err := h(network, address, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 // SetKeys installs keys on a TCP socket made elsewhere, such as an inherited
 // file descriptor or a socket from systemd activation. Keys set on a
 // listening socket sign the handshakes that follow.

@@ -109,13 +109,7 @@ func (s *shard) hosts() int {
 // listen(2). cfg has MPTCP off. With steerN 1 the program is optional: if
 // the kernel refuses it, *steered says so and growing attaches it later.
 func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, steerN int, steered *bool) (*shard, error) {
-	user := cfg.Control
-	cfg.Control = func(network, address string, c syscall.RawConn) error {
-		if user != nil {
-			if err := user(network, address, c); err != nil {
-				return err
-			}
-		}
+	cfg.Control = chain(cfg.Control, func(_, _ string, c syscall.RawConn) error {
 		if err := joinGroup(c); err != nil {
 			return err
 		}
@@ -127,7 +121,7 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 			*steered = err == nil
 		}
 		return applyKeys(c, keys)
-	}
+	})
 	ln, err := cfg.Listen(ctx, network, address)
 	if err != nil {
 		return nil, err

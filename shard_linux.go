@@ -20,17 +20,12 @@ const skfNetOff = -0x100000
 // joinGroup sets SO_REUSEPORT on a socket before bind(2), so that the
 // listener can later add sockets bound to the same address.
 func joinGroup(c syscall.RawConn) error {
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	return controlErr(c, func(fd int) error {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fmt.Errorf("tcpmd5: joining a reuseport group: %w", os.NewSyscallError("setsockopt", err))
+		}
+		return nil
 	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	if err != nil {
-		return fmt.Errorf("tcpmd5: joining a reuseport group: %w", os.NewSyscallError("setsockopt", err))
-	}
-	return nil
 }
 
 // steer attaches to the reuseport group of the socket behind c the classic
@@ -40,17 +35,12 @@ func joinGroup(c syscall.RawConn) error {
 func steer(c syscall.RawConn, n int) error {
 	prog := steeringProgram(n)
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		err = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
+	return controlErr(c, func(fd int) error {
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
+			return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets (SO_ATTACH_REUSEPORT_CBPF): %w", n, os.NewSyscallError("setsockopt", err))
+		}
+		return nil
 	})
-	if cerr != nil {
-		return fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	if err != nil {
-		return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets (SO_ATTACH_REUSEPORT_CBPF): %w", n, os.NewSyscallError("setsockopt", err))
-	}
-	return nil
 }
 
 // steeringProgram computes peerHash of the packet's source address, IPv4 or
