@@ -32,7 +32,7 @@ func TestLiveKeys(t *testing.T) {
 	withA := dialer(peer, key(t, "127.0.0.1", secretA))
 	withB := dialer(peer, key(t, "127.0.0.1", secretB))
 
-	err := dropDial(t, withA, "tcp", addr, netstat.MD5Unexpected) // no key yet: the kernel drops our signed SYN
+	dropDial(t, withA, "tcp", addr, netstat.MD5Unexpected) // no key yet: the kernel drops our signed SYN
 
 	require.NoError(t, ln.SetKey(key(t, peer, secretA)))
 	requireEcho(t, withA, addr)
@@ -44,14 +44,14 @@ func TestLiveKeys(t *testing.T) {
 	// Replacing the secret: new handshakes need the new one.
 	require.NoError(t, ln.SetKey(key(t, peer, secretB)))
 	requireEcho(t, withB, addr)
-	err = dropDial(t, withA, "tcp", addr, netstat.MD5Failure)
+	dropDial(t, withA, "tcp", addr, netstat.MD5Failure)
 	require.Len(t, ln.Keys(), 1)
 	assert.Equal(t, secretB, string(ln.Keys()[0].Secret))
 
 	// Removing it: signed SYNs are dropped again, unsigned ones refused at Accept.
 	require.NoError(t, ln.RemoveKey(tcpmd5.Key{Peer: key(t, peer, secretA).Peer}))
 	assert.Empty(t, ln.Keys())
-	err = dropDial(t, withB, "tcp", addr, netstat.MD5Unexpected)
+	dropDial(t, withB, "tcp", addr, netstat.MD5Unexpected)
 	requireResetByPolicy(t, ln, dialer(peer), addr)
 
 	// The connection made with the first secret still works: it kept its copy.

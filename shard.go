@@ -71,13 +71,6 @@ func shardOf(h uint32, n int) int {
 	return int(s)
 }
 
-// maxSocketKeys caps the keys a Listener puts on one socket, well below the
-// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
-// list and walks it for every SYN it verifies and every key it installs, so
-// spreading peers over more sockets keeps handshakes and SetKey cheap as the
-// peers grow. Prefix keys, which go on every socket, may exceed it.
-const maxSocketKeys = 128
-
 // shard is one listening socket of a Listener's group.
 type shard struct {
 	ln     *net.TCPListener

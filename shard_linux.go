@@ -101,6 +101,13 @@ func steeringProgram(n int) []unix.SockFilter {
 // (net.core.optmem_max) holds no more keys.
 func keysFull(err error) bool { return errors.Is(err, unix.ENOMEM) }
 
+// maxSocketKeys caps the keys a Listener puts on one socket, well below the
+// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
+// list and walks it for every SYN it verifies and every key it installs, so
+// spreading peers over more sockets keeps handshakes and SetKey cheap as the
+// peers grow. Prefix keys, which go on every socket, may exceed it.
+const maxSocketKeys = 128
+
 // keysPerSocket is how many keys a Listener puts on one socket: what its
 // option memory (net.core.optmem_max, read once) holds, at most
 // maxSocketKeys.

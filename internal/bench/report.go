@@ -6,7 +6,6 @@
 package bench
 
 import (
-	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -403,14 +402,4 @@ func (r *Report) Failed() string {
 		}
 	}
 	return strings.Join(names, "; ")
-}
-
-// sortedMicros returns latencies in microseconds, sorted.
-func sortedMicros(ds []time.Duration) []float64 {
-	us := make([]float64, len(ds))
-	for i, d := range ds {
-		us[i] = float64(d) / float64(time.Microsecond)
-	}
-	slices.SortFunc(us, cmp.Compare)
-	return us
 }

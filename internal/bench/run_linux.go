@@ -2,11 +2,13 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -252,4 +254,14 @@ func machine() Machine {
 		}
 	}
 	return m
+}
+
+// sortedMicros returns latencies in microseconds, sorted.
+func sortedMicros(ds []time.Duration) []float64 {
+	us := make([]float64, len(ds))
+	for i, d := range ds {
+		us[i] = float64(d) / float64(time.Microsecond)
+	}
+	slices.SortFunc(us, cmp.Compare)
+	return us
 }
