@@ -153,9 +153,15 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // SYN to the socket holding the key for its source address. Keys for a single host
 // live on one socket; prefix keys live on every socket and count against
 // each one's room. Accept takes connections from all sockets, Addr stays the
-// same, and Close closes them all. Every socket of the group, the first
-// included, has SO_REUSEPORT set: another process of the same user could
-// bind the same address, but the program never steers a SYN to it.
+// same, and Close closes them all.
+//
+// Every socket of the group, the first included, has SO_REUSEPORT set, so
+// another socket of the same user (a second instance of a daemon, say) can
+// join the group by binding the same address. While the Listener has one
+// socket, the program sends such a socket no SYN. Once the group has grown,
+// the program picks sockets by their position in the group, which a foreign
+// socket shifts: SYNs of keyed peers can then reach it, and those peers
+// cannot connect. Bind nothing else to a Listener's address.
 type Listener struct {
 	first         *shard // the first socket, whose address is the listener's
 	allowUnsigned bool
@@ -368,8 +374,11 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 
 // SetKey installs k on the live listener, or replaces the secret of the key
-// with the same Peer and Ifindex. It costs one setsockopt(2) call however
-// many keys are installed, and applies to handshakes that start afterwards.
+// with the same Peer and Ifindex, for handshakes that start afterwards. A
+// host key costs one setsockopt(2) call on the socket that holds its peer,
+// however many keys are installed; a prefix key costs one on every socket
+// of the group; and a key that finds its socket full grows the group first,
+// which moves some host keys to the new socket.
 //
 // A prefix key goes on every socket of the listener's group. When a socket
 // is full, SetKey adds one to the group first (see [Listener]); it returns
