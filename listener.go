@@ -157,11 +157,15 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 //
 // Every socket of the group, the first included, has SO_REUSEPORT set, so
 // another socket of the same user (a second instance of a daemon, say) can
-// join the group by binding the same address. While the Listener has one
-// socket, the program sends such a socket no SYN. Once the group has grown,
-// the program picks sockets by their position in the group, which a foreign
-// socket shifts: SYNs of keyed peers can then reach it, and those peers
-// cannot connect. Bind nothing else to a Listener's address.
+// join the group by binding the same address. The program picks sockets by
+// their position in the group, in the order they joined, and a foreign
+// socket comes after the Listener's own, where the program never steers: it
+// receives no SYN. The Listener therefore grows its group only while no
+// other socket is bound to its address, which it counts in /proc/net/tcp
+// (or tcp6) before each new socket starts receiving SYNs; with a foreign
+// socket there, its keys stay on the sockets it has, up to what their
+// option memory holds. A socket bound to the address before Listen makes
+// Listen fail (EADDRINUSE).
 type Listener struct {
 	first         *shard // the first socket, whose address is the listener's
 	allowUnsigned bool

@@ -214,8 +214,15 @@ func (l *Listener) listenGroup(ctx context.Context, address string, n int) error
 		}
 		l.shards = append(l.shards, s)
 	}
+	if err := checkGroup(first.family, first.addrPort(), n); err != nil {
+		l.closeShards()
+		return err
+	}
 	return nil
 }
+
+// addrPort is the address the socket is bound to.
+func (s *shard) addrPort() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrPort() }
 
 // closeShards closes the group's sockets, the newest first: the kernel
 // fills a closed socket's place in the group with the last one, so this
@@ -303,7 +310,14 @@ func (l *Listener) grow() error {
 	if err != nil {
 		return err
 	}
-	if err := steer(l.shards[0].rc, n+1); err != nil {
+	// The new socket is n-th in the group only if no other joined before
+	// it; one that joins later comes after it, where the program for n+1
+	// sockets never steers.
+	err = checkGroup(s.family, s.addrPort(), n+1)
+	if err == nil {
+		err = steer(l.shards[0].rc, n+1)
+	}
+	if err != nil {
 		s.ln.Close() // the last socket of the group: closing it moves no other
 		return err
 	}

@@ -1,10 +1,14 @@
 package tcpmd5
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
+	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -95,6 +99,51 @@ func steeringProgram(n int) []unix.SockFilter {
 		stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, 1<<level-1),
 		stmt(unix.BPF_RET|unix.BPF_A, 0),
 	)
+}
+
+// checkGroup makes sure that the reuseport group of a listener's sockets,
+// bound to addr in family, holds its own want sockets and no other. The
+// steering program picks sockets by their position in the group, in the
+// order they joined it: a socket of another program that joined before one
+// of ours would take that one's place and its SYNs. The kernel offers no
+// list of a group, so the sockets are counted in /proc/net/tcp or tcp6 of
+// the calling thread's network namespace: every listening socket bound to
+// addr is in the group (the kernel lets one bind there only by joining).
+func checkGroup(family int, addr netip.AddrPort, want int) error {
+	name, size := "/proc/thread-self/net/tcp", 4
+	if family == unix.AF_INET6 {
+		name, size = "/proc/thread-self/net/tcp6", 16
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
+	}
+	defer f.Close()
+	// The kernel prints each 32-bit word of the address in host order.
+	raw := addr.Addr().AsSlice()
+	if len(raw) != size {
+		raw = netip.AddrFrom16(addr.Addr().As16()).AsSlice()
+	}
+	var local strings.Builder
+	for i := 0; i < len(raw); i += 4 {
+		fmt.Fprintf(&local, "%08X", binary.NativeEndian.Uint32(raw[i:i+4]))
+	}
+	fmt.Fprintf(&local, ":%04X", addr.Port())
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 3 && fields[1] == local.String() && fields[3] == "0A" { // TCP_LISTEN
+			n++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
+	}
+	if n > want {
+		return fmt.Errorf("tcpmd5: another socket listens on %s with SO_REUSEPORT (%d sockets, %d of them this listener's): it joined the listener's group, where SYNs steered to it would be lost; stop the other program or listen on another address", addr, n, want)
+	}
+	return nil
 }
 
 // keysFull reports whether err says that a socket's option memory

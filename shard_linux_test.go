@@ -391,6 +391,22 @@ func TestSameUserSocketGetsNoSYN(t *testing.T) {
 	t.Parallel()
 	ln := listen(t, &tcpmd5.ListenConfig{AllowUnsigned: true}, "tcp4", "127.0.0.1:0")
 	accepted := acceptAndReset(t, ln)
+	intruder := joinGroup(t, ln.Addr().String())
+	const dials = 64
+	for i := range dials {
+		c, err := dialAs(context.Background(), peer4(7, i), nil, ln.Addr().String(), mustConnect, nil)
+		require.NoError(t, err)
+		closeReset(c)
+	}
+	require.Eventually(t, func() bool { return accepted.Load() == dials }, mustConnect, 10*time.Millisecond)
+	requireNoSYN(t, intruder)
+}
+
+// joinGroup binds a plain SO_REUSEPORT socket of this process, as another
+// program of the same user could, to address, which puts it into the
+// reuseport group of a listener there.
+func joinGroup(t testing.TB, address string) *net.TCPListener {
+	t.Helper()
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
 	lc.Control = func(_, _ string, c syscall.RawConn) error {
@@ -401,17 +417,78 @@ func TestSameUserSocketGetsNoSYN(t *testing.T) {
 		}
 		return serr
 	}
-	intruder, err := lc.Listen(context.Background(), "tcp4", ln.Addr().String())
+	intruder, err := lc.Listen(context.Background(), "tcp4", address)
 	require.NoError(t, err, "the kernel let no same-user socket join; nothing to check")
-	defer intruder.Close()
-	const dials = 64
-	for i := range dials {
-		c, err := dialAs(context.Background(), peer4(7, i), nil, ln.Addr().String(), 5*time.Second, nil)
-		require.NoError(t, err)
-		closeReset(c)
+	t.Cleanup(func() { intruder.Close() })
+	return intruder.(*net.TCPListener)
+}
+
+// requireNoSYN requires that no connection reached the foreign socket.
+func requireNoSYN(t testing.TB, intruder *net.TCPListener) {
+	t.Helper()
+	require.NoError(t, intruder.SetDeadline(time.Now()))
+	c, err := intruder.Accept()
+	if c != nil {
+		c.Close()
 	}
-	require.Eventually(t, func() bool { return accepted.Load() == dials }, 5*time.Second, 10*time.Millisecond)
-	require.NoError(t, intruder.(*net.TCPListener).SetDeadline(time.Now()))
-	_, err = intruder.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a SYN reached the other socket")
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a SYN reached the foreign socket")
+}
+
+// TestForeignSocketNeverTakesSYNs lets a foreign socket join a listener's
+// group before it grows, after it grew and between two growths, then adds
+// keys that would grow it: the listener does not grow over the foreign
+// socket (the program steers by position, which that socket would take), it
+// keeps its keys on the sockets it has, and every keyed peer connects while
+// the foreign socket receives nothing. A socket that was there first makes
+// Listen fail.
+//
+// Without the check (a group that grows past a foreign socket), 102 of 200
+// keyed peers could not connect.
+func TestForeignSocketNeverTakesSYNs(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	tests := []struct {
+		name          string
+		block         int
+		atListen, add int
+	}{
+		{"before growth", 8, 50, 300},
+		{"after growth", 9, 300, 300},
+		{"between two growths", 10, 200, 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			testenv.Netns(t)
+			enter := joinNetns(t)
+			addr := func(n int) netip.Addr { return peer4(tt.block, n) }
+			ln := listen(t, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, tt.atListen)}, "tcp4", "127.0.0.1:0")
+			if tt.name == "between two growths" {
+				require.NoError(t, growGroup(ln, 200)) // one growth more, by keys for other peers
+			}
+			accepted := acceptAndReset(t, ln)
+			sockets := listeningSockets(t, port(ln))
+			intruder := joinGroup(t, ln.Addr().String())
+
+			for _, k := range peerKeys(addr, tt.atListen, tt.atListen+tt.add) {
+				require.NoError(t, ln.SetKey(k))
+			}
+			assert.Equal(t, sockets+1, listeningSockets(t, port(ln)), "the group grew over the foreign socket")
+			total := tt.atListen + tt.add
+			failed := dialAll(addr, total, ln.Addr().String(), nil, enter)
+			assert.Empty(t, failed)
+			require.Eventually(t, func() bool { return accepted.Load() == int64(total) }, mustConnect, 10*time.Millisecond)
+			requireNoSYN(t, intruder)
+			t.Logf("%d keys on %d sockets beside a foreign one", total, sockets)
+		})
+	}
+	t.Run("foreign socket first", func(t *testing.T) {
+		t.Parallel()
+		testenv.Netns(t)
+		intruder := joinGroup(t, "127.0.0.1:0")
+		// The steering program, attached before bind, keeps the listener's
+		// first socket out of the foreign group: the kernel refuses the bind.
+		_, err := tcpmd5.Listen("tcp4", intruder.Addr().String(), key(t, "127.0.0.1", secretA))
+		require.ErrorIs(t, err, syscall.EADDRINUSE)
+	})
 }

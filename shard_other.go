@@ -4,6 +4,7 @@ package tcpmd5
 
 import (
 	"fmt"
+	"net/netip"
 	"runtime"
 	"syscall"
 )
@@ -17,6 +18,9 @@ func joinGroup(syscall.RawConn) error { return nil }
 func steer(syscall.RawConn, int) error {
 	return fmt.Errorf("%w (%s: no TCP MD5 keys to spread over sockets)", ErrMD5Unsupported, runtime.GOOS)
 }
+
+// checkGroup has nothing to check: no listener here has a group.
+func checkGroup(int, netip.AddrPort, int) error { return nil }
 
 // keysFull reports false: no socket here takes keys at all.
 func keysFull(error) bool { return false }
