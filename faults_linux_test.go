@@ -1,9 +1,7 @@
 package tcpmd5_test
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -19,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
@@ -103,7 +102,8 @@ func TestFaults(t *testing.T) {
 		}
 		require.NoError(t, ln.Close())
 		peer.Host.WaitFor(t, 5*time.Second, "connections in TIME_WAIT on the listener's port", func() bool {
-			return socketsInState("/proc/thread-self/net/tcp", port, "06") >= 3
+			socks, err := netstat.Sockets()
+			return err == nil && netstat.Count(socks, port, netstat.StateTimeWait) >= 3
 		})
 
 		ln2 := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", address)
@@ -156,27 +156,6 @@ func requireOpError(t testing.TB, err error) {
 
 func hostKeyOf(a netip.Addr, secret string) tcpmd5.Key {
 	return tcpmd5.Key{Peer: netip.PrefixFrom(a, a.BitLen()), Secret: []byte(secret)}
-}
-
-// socketsInState counts the sockets in the /proc/net/tcp-format file name
-// whose local port is port and whose state is state (hex, as the file
-// writes it).
-func socketsInState(name string, port int, state string) int {
-	f, err := os.Open(name)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	n := 0
-	suffix := fmt.Sprintf(":%04X", port)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) > 3 && strings.HasSuffix(fs[1], suffix) && fs[3] == state {
-			n++
-		}
-	}
-	return n
 }
 
 // requireNoLeaks fails t if, once everything t set up is cleaned up, the

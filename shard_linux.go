@@ -1,18 +1,17 @@
 package tcpmd5
 
 import (
-	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 )
 
 // skfNetOff is SKF_NET_OFF of linux/filter.h: a classic BPF load from
@@ -110,35 +109,18 @@ func steeringProgram(n int) []unix.SockFilter {
 // the calling thread's network namespace: every listening socket bound to
 // addr is in the group (the kernel lets one bind there only by joining).
 func checkGroup(family int, addr netip.AddrPort, want int) error {
-	name, size := "/proc/thread-self/net/tcp", 4
 	if family == unix.AF_INET6 {
-		name, size = "/proc/thread-self/net/tcp6", 16
+		addr = netip.AddrPortFrom(netip.AddrFrom16(addr.Addr().As16()), addr.Port())
 	}
-	f, err := os.Open(name)
+	socks, err := netstat.Sockets()
 	if err != nil {
 		return fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
 	}
-	defer f.Close()
-	// The kernel prints each 32-bit word of the address in host order.
-	raw := addr.Addr().AsSlice()
-	if len(raw) != size {
-		raw = netip.AddrFrom16(addr.Addr().As16()).AsSlice()
-	}
-	var local strings.Builder
-	for i := 0; i < len(raw); i += 4 {
-		fmt.Fprintf(&local, "%08X", binary.NativeEndian.Uint32(raw[i:i+4]))
-	}
-	fmt.Fprintf(&local, ":%04X", addr.Port())
 	n := 0
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 3 && fields[1] == local.String() && fields[3] == "0A" { // TCP_LISTEN
+	for _, s := range socks {
+		if s.Local == addr && s.State == netstat.StateListen {
 			n++
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
 	}
 	if n > want {
 		return fmt.Errorf("tcpmd5: another socket listens on %s with SO_REUSEPORT (%d sockets, %d of them this listener's): it joined the listener's group, where SYNs steered to it would be lost; stop the other program or listen on another address", addr, n, want)

@@ -1,18 +1,14 @@
 package tcpmd5_test
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -151,27 +147,9 @@ func requireRefusedPeers(t *testing.T, addr func(int) netip.Addr, n int, target 
 // network namespace: how many sockets a Listener's group has.
 func listeningSockets(t testing.TB, port int) int {
 	t.Helper()
-	n := 0
-	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-		f, err := os.Open(name)
-		if errors.Is(err, fs.ErrNotExist) && strings.HasSuffix(name, "6") {
-			continue // a kernel without IPv6
-		}
-		require.NoError(t, err)
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 4 || fields[3] != "0A" { // TCP_LISTEN
-				continue
-			}
-			if strings.HasSuffix(fields[1], fmt.Sprintf(":%04X", port)) {
-				n++
-			}
-		}
-		f.Close()
-		require.NoError(t, sc.Err())
-	}
-	return n
+	socks, err := netstat.Sockets()
+	require.NoError(t, err)
+	return netstat.Count(socks, port, netstat.StateListen)
 }
 
 // closeReset closes c with a reset instead of a FIN.

@@ -1,15 +1,12 @@
 package tcpmd5_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -81,32 +78,9 @@ func waitCounter(t testing.TB, h *testnet.Host, before netstat.Counters, counter
 func waitListening(t testing.TB, h *testnet.Host, port int) {
 	t.Helper()
 	h.WaitFor(t, 10*time.Second, fmt.Sprintf("a listener on port %d", port), func() bool {
-		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-			if listening(f, port) {
-				return true
-			}
-		}
-		return false
+		socks, err := netstat.Sockets()
+		return err == nil && netstat.Count(socks, port, netstat.StateListen) > 0
 	})
-}
-
-// listening reports whether the /proc/net/tcp-format file name lists a
-// socket in state LISTEN (0A) on port.
-func listening(name string, port int) bool {
-	f, err := os.Open(name)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	suffix := fmt.Sprintf(":%04X", port)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) > 3 && strings.HasSuffix(fs[1], suffix) && fs[3] == "0A" {
-			return true
-		}
-	}
-	return false
 }
 
 // bgpOpen is what a test checks in a BGP OPEN message (RFC 4271 4.2).
