@@ -36,6 +36,7 @@ func TestCheck(t *testing.T) {
 		`MPTCP listeners +info +(yes|no)`,
 		`optmem_max +info +(\d+ bytes|unknown +.*not visible in this network namespace)`,
 		`keys per socket +info +\d+ +measured on a throwaway socket`,
+		`listener steering +ok +classic BPF +a listener spread 300 keys over [2-9] sockets`,
 		`self-test: right key +ok +connects`,
 		`self-test: wrong key +ok +refused`,
 		`self-test: no key +ok +refused`,

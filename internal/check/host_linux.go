@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 )
 
 // maxKeys bounds the key-capacity measurement, far above what any default
@@ -42,7 +43,7 @@ func host() ([]Result, bool) {
 		return out, false
 	}
 	out = append(out, Result{Check: "signing", Status: StatusOK, Value: "yes", Detail: "setsockopt TCP_MD5SIG accepted a key"})
-	out = append(out, prefixKeys(), ifindexKeys(), mptcp(), optmem(), keysPerSocket())
+	out = append(out, prefixKeys(), ifindexKeys(), mptcp(), optmem(), keysPerSocket(), steering())
 	return out, true
 }
 
@@ -192,6 +193,33 @@ func keysPerSocket() Result {
 	default:
 		r.Status, r.Value, r.Detail = StatusWarn, strconv.Itoa(n), "measured on a throwaway socket: "+err.Error()
 	}
+	return r
+}
+
+// steering makes a Listener with more host keys than one socket holds and
+// reports how it spread them: the group of sockets and the classic BPF
+// program that steers each SYN to the socket with its peer's key.
+func steering() Result {
+	r := Result{Check: "listener steering"}
+	const n = 300
+	keys := make([]tcpmd5.Key, n)
+	for i := range keys {
+		keys[i] = mustKey(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32).String())
+	}
+	ln, err := (&tcpmd5.ListenConfig{Keys: keys}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		r.Status, r.Value, r.Detail = StatusWarn, "no", "a listener with "+strconv.Itoa(n)+" keys: "+err.Error()
+		return r
+	}
+	defer ln.Close()
+	socks, err := netstat.Sockets()
+	if err != nil {
+		r.Status, r.Value, r.Detail = StatusWarn, "unknown", "counting the listener's sockets: "+err.Error()
+		return r
+	}
+	sockets := netstat.Count(socks, ln.Addr().(*net.TCPAddr).Port, netstat.StateListen)
+	r.Status, r.Value = StatusOK, "classic BPF"
+	r.Detail = fmt.Sprintf("a listener spread %d keys over %d sockets (SO_REUSEPORT, SO_ATTACH_REUSEPORT_CBPF by position in the group); it never grows its group while another socket is bound to its address, so no SYN of a keyed peer goes elsewhere", n, sockets)
 	return r
 }
 
