@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+
+	"golang.org/x/net/bpf"
 )
 
 // A socket's option memory (net.core.optmem_max) holds about 960 keys on a
@@ -29,6 +31,58 @@ const (
 	mix1    = 0x7feb352d
 	mix2    = 0x846ca68b
 )
+
+// steeringProgram computes peerHash of the packet's source address, IPv4 or
+// IPv6 (a dual-stack socket sees both), and returns shardOf that hash among
+// n sockets: the index of the socket in the reuseport group, which is the
+// order in which the sockets started listening. The IP header starts at
+// offset base: SKF_NET_OFF in the kernel, whose reuseport programs see the
+// data past the TCP header, and 0 in bpf.VM tests fed a bare IP header.
+func steeringProgram(n int, base int32) []bpf.Instruction {
+	load := func(size int, off int32) bpf.Instruction {
+		return bpf.LoadAbsolute{Off: uint32(base + off), Size: size}
+	}
+	// IPv6: h = w0; h = h*K ^ w for the other three words of the source.
+	v6 := []bpf.Instruction{load(4, 8)}
+	for off := int32(12); off <= 20; off += 4 {
+		v6 = append(v6,
+			bpf.ALUOpConstant{Op: bpf.ALUOpMul, Val: wordMul},
+			bpf.TAX{},
+			load(4, off),
+			bpf.ALUOpX{Op: bpf.ALUOpXor},
+		)
+	}
+	prog := []bpf.Instruction{
+		load(1, 0), // version and header length
+		bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 4, SkipFalse: 2},
+		load(4, 12), // IPv4: h = the source address
+		bpf.Jump{Skip: uint32(len(v6))},
+	}
+	prog = append(prog, v6...)
+	// mix(h), as in mix.
+	for _, m := range []struct{ shift, mul uint32 }{{16, mix1}, {15, mix2}, {16, 0}} {
+		prog = append(prog,
+			bpf.TAX{},
+			bpf.ALUOpConstant{Op: bpf.ALUOpShiftRight, Val: m.shift},
+			bpf.ALUOpX{Op: bpf.ALUOpXor},
+		)
+		if m.mul != 0 {
+			prog = append(prog, bpf.ALUOpConstant{Op: bpf.ALUOpMul, Val: m.mul})
+		}
+	}
+	// shardOf(h, n): h & (2<<level - 1), or h & (1<<level - 1) past n.
+	level := bits.Len(uint(n)) - 1
+	return append(prog,
+		bpf.StoreScratch{Src: bpf.RegA, N: 0},
+		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 2<<level - 1},
+		bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(n), SkipTrue: 1},
+		bpf.RetA{},
+		bpf.LoadScratch{Dst: bpf.RegA, N: 0},
+		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 1<<level - 1},
+		bpf.RetA{},
+	)
+}
 
 // maxShards bounds a listener's group: with about 960 keys a socket, it
 // holds millions of host keys.

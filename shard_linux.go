@@ -3,12 +3,12 @@ package tcpmd5
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"os"
 	"sync"
 	"syscall"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
@@ -36,7 +36,14 @@ func joinGroup(c syscall.RawConn) error {
 // source address among n (SO_ATTACH_REUSEPORT_CBPF). The program replaces
 // the group's previous one at once, for the whole group.
 func steer(c syscall.RawConn, n int) error {
-	prog := steeringProgram(n)
+	raw, err := bpf.Assemble(steeringProgram(n, skfNetOff))
+	if err != nil {
+		return fmt.Errorf("tcpmd5: assembling the steering program: %w", err)
+	}
+	prog := make([]unix.SockFilter, len(raw))
+	for i, ins := range raw {
+		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	return controlErr(c, func(fd int) error {
 		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
@@ -44,60 +51,6 @@ func steer(c syscall.RawConn, n int) error {
 		}
 		return nil
 	})
-}
-
-// steeringProgram computes peerHash of the packet's source address, IPv4 or
-// IPv6 (a dual-stack socket sees both), and returns shardOf that hash among
-// n sockets: the index of the socket in the reuseport group, which is the
-// order in which the sockets started listening.
-func steeringProgram(n int) []unix.SockFilter {
-	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-	jump := func(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k}
-	}
-	load := func(size uint16, off int32) unix.SockFilter {
-		return stmt(unix.BPF_LD|size|unix.BPF_ABS, uint32(skfNetOff+off))
-	}
-	// IPv6: h = w0; h = h*K ^ w for the other three words of the source.
-	v6 := []unix.SockFilter{load(unix.BPF_W, 8)}
-	for off := int32(12); off <= 20; off += 4 {
-		v6 = append(v6,
-			stmt(unix.BPF_ALU|unix.BPF_MUL|unix.BPF_K, wordMul),
-			stmt(unix.BPF_MISC|unix.BPF_TAX, 0),
-			load(unix.BPF_W, off),
-			stmt(unix.BPF_ALU|unix.BPF_XOR|unix.BPF_X, 0),
-		)
-	}
-	prog := []unix.SockFilter{
-		load(unix.BPF_B, 0), // version and header length
-		stmt(unix.BPF_ALU|unix.BPF_RSH|unix.BPF_K, 4),
-		jump(unix.BPF_JMP|unix.BPF_JEQ|unix.BPF_K, 4, 0, 2),
-		load(unix.BPF_W, 12), // IPv4: h = the source address
-		stmt(unix.BPF_JMP|unix.BPF_JA, uint32(len(v6))),
-	}
-	prog = append(prog, v6...)
-	// mix(h), as in mix.
-	for _, m := range []struct{ shift, mul uint32 }{{16, mix1}, {15, mix2}, {16, 0}} {
-		prog = append(prog,
-			stmt(unix.BPF_MISC|unix.BPF_TAX, 0),
-			stmt(unix.BPF_ALU|unix.BPF_RSH|unix.BPF_K, m.shift),
-			stmt(unix.BPF_ALU|unix.BPF_XOR|unix.BPF_X, 0),
-		)
-		if m.mul != 0 {
-			prog = append(prog, stmt(unix.BPF_ALU|unix.BPF_MUL|unix.BPF_K, m.mul))
-		}
-	}
-	// shardOf(h, n): h & (2<<level - 1), or h & (1<<level - 1) past n.
-	level := bits.Len(uint(n)) - 1
-	return append(prog,
-		stmt(unix.BPF_ST, 0), // M[0] = h
-		stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, 2<<level-1),
-		jump(unix.BPF_JMP|unix.BPF_JGE|unix.BPF_K, uint32(n), 1, 0),
-		stmt(unix.BPF_RET|unix.BPF_A, 0),
-		stmt(unix.BPF_LD|unix.BPF_MEM, 0),
-		stmt(unix.BPF_ALU|unix.BPF_AND|unix.BPF_K, 1<<level-1),
-		stmt(unix.BPF_RET|unix.BPF_A, 0),
-	)
 }
 
 // checkGroup makes sure that the reuseport group of a listener's sockets,
