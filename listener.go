@@ -102,12 +102,9 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	l.first = l.shards[0]
 	l.conns = make(chan accepted)
 	l.done = make(chan struct{})
-	l.deadlineSet = make(chan struct{})
-	if len(l.shards) > 1 {
-		l.merged.Store(true)
-		for _, s := range l.shards {
-			l.acceptFrom(s)
-		}
+	l.deadline = newDeadline()
+	for _, s := range l.shards {
+		l.acceptFrom(s)
 	}
 	return l, nil
 }
@@ -180,16 +177,11 @@ type Listener struct {
 	network string
 	address string // the first socket's, which the others bind too
 
-	// Accept takes connections from the first socket directly until the
-	// group has a second one; from then on, one goroutine per socket
-	// accepts and sends them to conns.
-	merged      atomic.Bool
-	direct      sync.RWMutex // held, for reading, by Accept calls on the first socket
-	conns       chan accepted
-	done        chan struct{} // closed by Close
-	deadlineMu  sync.Mutex
-	deadline    time.Time     // Accept's, once merged
-	deadlineSet chan struct{} // closed and replaced when the deadline changes
+	// One goroutine per socket accepts and sends to conns; Accept takes
+	// from conns until done or the deadline.
+	conns    chan accepted
+	done     chan struct{} // closed by Close
+	deadline *deadline
 }
 
 // accepted is a connection, or an error, from one socket of the group.
@@ -232,98 +224,52 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 	}
 }
 
-// next returns the next connection from any socket of the group.
+// next returns the next connection from any socket of the group, or an
+// error once the listener is closed or the deadline has passed.
 func (l *Listener) next() accepted {
-	for !l.merged.Load() {
-		l.direct.RLock()
-		if l.merged.Load() {
-			l.direct.RUnlock()
-			break
-		}
-		c, err := l.first.ln.AcceptTCP()
-		l.direct.RUnlock()
-		var ne net.Error
-		if err != nil && l.merged.Load() && errors.As(err, &ne) && ne.Timeout() {
-			continue // the group grew and interrupted this Accept
-		}
-		return accepted{c: c, s: l.first, err: err}
-	}
-	for {
-		l.deadlineMu.Lock()
-		deadline, changed := l.deadline, l.deadlineSet
-		l.deadlineMu.Unlock()
-		var timer *time.Timer
-		var expired <-chan time.Time
-		if !deadline.IsZero() {
-			wait := time.Until(deadline)
-			if wait <= 0 {
-				return accepted{err: l.opError(os.ErrDeadlineExceeded)}
-			}
-			timer = time.NewTimer(wait)
-			expired = timer.C
-		}
-		a, ok := l.wait(changed, expired)
-		if timer != nil {
-			timer.Stop()
-		}
-		if ok {
-			return a
-		}
-	}
-}
-
-// wait returns the next connection from the group, or an error once the
-// listener is closed or the deadline expired; ok is false if the deadline
-// changed first.
-func (l *Listener) wait(changed <-chan struct{}, expired <-chan time.Time) (a accepted, ok bool) {
-	select {
+	expired := l.deadline.wait()
+	select { // a closed listener or a past deadline wins over a waiting connection
 	case <-l.done:
-		return accepted{err: l.opError(net.ErrClosed)}, true
+		return accepted{err: l.opError(net.ErrClosed)}
+	case <-expired:
+		return accepted{err: l.opError(os.ErrDeadlineExceeded)}
 	default:
 	}
 	select {
 	case a := <-l.conns:
-		return a, true
+		return a
 	case <-l.done:
-		return accepted{err: l.opError(net.ErrClosed)}, true
+		return accepted{err: l.opError(net.ErrClosed)}
 	case <-expired:
-		return accepted{err: l.opError(os.ErrDeadlineExceeded)}, true
-	case <-changed:
-		return accepted{}, false
+		return accepted{err: l.opError(os.ErrDeadlineExceeded)}
 	}
 }
 
+// opError is the error of every failed Accept, as [net.TCPListener]'s: Op
+// "accept", the network the listener was made with, its address.
 func (l *Listener) opError(err error) error {
-	addr := l.Addr()
-	return &net.OpError{Op: "accept", Net: addr.Network(), Addr: addr, Err: err}
+	return &net.OpError{Op: "accept", Net: l.network, Addr: l.Addr(), Err: err}
 }
 
-// acceptFrom starts the goroutine that accepts on s for Accept, after
-// moving Accept from the first socket alone to the whole group if it has
-// not moved yet. The caller holds mu.
+// acceptFrom starts the goroutine that accepts on s for Accept until the
+// socket is closed.
 func (l *Listener) acceptFrom(s *shard) {
-	if !l.merged.Load() {
-		l.deadlineMu.Lock()
-		l.merged.Store(true)
-		_ = l.first.ln.SetDeadline(time.Unix(1, 0)) // wakes Accept calls on it
-		l.deadlineMu.Unlock()
-		l.direct.Lock() // they have all returned
-		_ = l.first.ln.SetDeadline(time.Time{})
-		l.direct.Unlock()
-		l.acceptFrom(l.first)
-	}
 	go func() {
 		for {
 			c, err := s.ln.AcceptTCP()
-			var ne net.Error
-			switch {
-			case errors.Is(err, net.ErrClosed):
+			if errors.Is(err, net.ErrClosed) {
 				return
-			case errors.As(err, &ne) && ne.Timeout():
-				continue
+			}
+			a := accepted{c: c, s: s}
+			if err != nil {
+				var oe *net.OpError
+				if errors.As(err, &oe) {
+					err = oe.Err
+				}
+				a.err = l.opError(err)
 			}
 			select {
-			case l.conns <- accepted{c: c, s: s, err: err}:
+			case l.conns <- a:
 			case <-l.done:
 				if c != nil {
 					c.Close()
@@ -486,17 +432,55 @@ func (l *Listener) Close() error {
 	return err
 }
 
-// SetDeadline sets the deadline for Accept, as [net.TCPListener.SetDeadline].
+// SetDeadline sets the deadline for Accept, as [net.TCPListener.SetDeadline]:
+// a zero t means none, and a t in the past makes waiting Accept calls
+// return an error that wraps [os.ErrDeadlineExceeded].
 func (l *Listener) SetDeadline(t time.Time) error {
-	l.deadlineMu.Lock()
-	defer l.deadlineMu.Unlock()
-	l.deadline = t
-	close(l.deadlineSet)
-	l.deadlineSet = make(chan struct{})
-	if l.merged.Load() {
-		return nil
+	l.deadline.set(t)
+	return nil
+}
+
+// deadline is a deadline that no single socket holds, Accept's over the
+// group: a channel that is closed once the deadline has passed, replaced
+// when the deadline moves, in the manner of net's pipe deadlines.
+type deadline struct {
+	mu      sync.Mutex
+	timer   *time.Timer
+	expired chan struct{}
+}
+
+func newDeadline() *deadline { return &deadline{expired: make(chan struct{})} }
+
+// set moves the deadline to t; the zero t means none.
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.expired // the timer fired: wait until its function has closed it
 	}
-	return l.first.ln.SetDeadline(t)
+	d.timer = nil
+	select {
+	case <-d.expired:
+		d.expired = make(chan struct{})
+	default:
+	}
+	if t.IsZero() {
+		return
+	}
+	wait := time.Until(t)
+	if wait <= 0 {
+		close(d.expired)
+		return
+	}
+	expired := d.expired
+	d.timer = time.AfterFunc(wait, func() { close(expired) })
+}
+
+// wait returns a channel that is closed when the deadline passes.
+func (d *deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.expired
 }
 
 // SyscallConn returns the raw listening socket, as

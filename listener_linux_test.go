@@ -370,3 +370,40 @@ func growGroup(ln *tcpmd5.Listener, n int) error {
 	}
 	return nil
 }
+
+// TestAcceptErrors: Accept fails as net.TCPListener's does, the same way
+// whether the listener has one socket or a group: a *net.OpError for
+// "accept" on the network it was made with, wrapping os.ErrDeadlineExceeded
+// after the deadline (even one set while Accept waits) and net.ErrClosed
+// after Close.
+func TestAcceptErrors(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.25.200", secretA)}}, "tcp4", "127.0.0.1:0")
+	requireAcceptError := func(want error) {
+		t.Helper()
+		_, err := ln.Accept()
+		require.ErrorIs(t, err, want)
+		var oe *net.OpError
+		require.ErrorAs(t, err, &oe)
+		assert.Equal(t, "accept", oe.Op)
+		assert.Equal(t, "tcp4", oe.Net)
+		assert.Equal(t, ln.Addr().String(), oe.Addr.String())
+	}
+	for _, grown := range []bool{false, true} {
+		if grown {
+			require.NoError(t, growGroup(ln, 300))
+		}
+		require.NoError(t, ln.SetDeadline(time.Now().Add(-time.Second)))
+		requireAcceptError(os.ErrDeadlineExceeded)
+		require.NoError(t, ln.SetDeadline(time.Time{}))
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			_ = ln.SetDeadline(time.Now()) // wakes the Accept below
+		}()
+		requireAcceptError(os.ErrDeadlineExceeded)
+		require.NoError(t, ln.SetDeadline(time.Time{}))
+	}
+	require.NoError(t, ln.Close())
+	requireAcceptError(net.ErrClosed)
+}
