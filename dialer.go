@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -29,7 +28,11 @@ import (
 type Dialer struct {
 	net.Dialer
 
-	// Keys are the secrets shared with the peers this dialer reaches.
+	// Keys are the secrets shared with the peers this dialer reaches. The
+	// first dial checks and indexes them, so that a dial costs the same
+	// with 10,000 keys as with one; a dial with another slice (a new one,
+	// or the same grown by append) indexes that. An element changed in
+	// place is not seen: assign a new slice to change keys.
 	Keys []Key
 
 	// AllowUnsigned dials destinations that no key covers without a
@@ -43,6 +46,36 @@ type Dialer struct {
 	// Keys; where the system cannot do it, Dial fails with
 	// [ErrTTLSecurityUnsupported].
 	TTLSecurity int
+
+	table atomic.Value // *dialTable: Keys checked and indexed, by the first dial that used them
+}
+
+// dialTable is a Dialer's Keys, checked and indexed by peer prefix, so that
+// a dial finds its key in time independent of their number. It belongs to
+// the slice it was built from: the same array and length.
+type dialTable struct {
+	src  []Key
+	keys keyTable
+	err  error // the first invalid key's
+}
+
+// keyTable returns the table for d.Keys, building it if d.Keys is another
+// slice than the one of the last table.
+func (d *Dialer) keyTable() *dialTable {
+	keys := d.Keys
+	if t, ok := d.table.Load().(*dialTable); ok && len(t.src) == len(keys) && (len(keys) == 0 || &t.src[0] == &keys[0]) {
+		return t
+	}
+	t := &dialTable{src: keys}
+	normalized, err := normalizeKeys(keys)
+	if err != nil {
+		t.err = err
+	}
+	for _, k := range normalized { // a later key replaces an earlier one, as in the kernel
+		t.keys.set(k.clone())
+	}
+	d.table.Store(t)
+	return t
 }
 
 // Dial connects to the address on the named network, as [net.Dialer.Dial].
@@ -58,45 +91,52 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // segments in silence, so such a dial ends in a timeout: the error is then
 // a [net.Error] whose Timeout reports true and whose text says what to check.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return d.dial(ctx, network, address, nil)
+}
+
+// dial is DialContext from local, if not nil, instead of d.LocalAddr.
+func (d *Dialer) dial(ctx context.Context, network, address string, local net.Addr) (net.Conn, error) {
+	nd := d.Dialer
+	if local != nil {
+		nd.LocalAddr = local
+	}
 	if len(d.Keys) == 0 && d.TTLSecurity == 0 {
-		return d.Dialer.DialContext(ctx, network, address)
+		return nd.DialContext(ctx, network, address)
 	}
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	keys, err := normalizeKeys(d.Keys)
+	table := d.keyTable()
+	err := table.err
 	if err == nil {
 		err = checkTTLSecurity(d.TTLSecurity)
 	}
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	nd := d.Dialer
 	nd.SetMultipathTCP(false)
 	userCtx, user := nd.ControlContext, nd.Control
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
 	sign := func(_, address string, c syscall.RawConn) error {
-		if len(keys) == 0 {
+		if len(table.keys.keys) == 0 {
 			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
 		}
-		candidates := keys
-		if hasInterfaceKey(keys) {
+		l3index := 0
+		if table.keys.interfaces > 0 {
 			// The kernel signs with an interface key only on a socket
 			// bound to that VRF: choose among the keys that apply here.
-			l3index, err := boundIfindex(c)
-			if err != nil {
+			if l3index, err = boundIfindex(c); err != nil {
 				return err
 			}
-			candidates = slices.DeleteFunc(slices.Clone(keys), func(k Key) bool { return k.Ifindex != 0 && k.Ifindex != l3index })
 		}
-		best := bestKeys(candidates, ap.Addr())
+		best := table.keys.best(ap.Addr(), l3index)
 		if len(best) == 0 {
 			if d.AllowUnsigned {
 				return nil
@@ -122,16 +162,12 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		var oe *net.OpError
 		if (signed.Load() || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
 			annotated := *oe
-			annotated.Err = &noAnswerError{err: oe.Err, local: d.LocalAddr, signed: signed.Load(), hops: d.TTLSecurity}
+			annotated.Err = &noAnswerError{err: oe.Err, local: nd.LocalAddr, signed: signed.Load(), hops: d.TTLSecurity}
 			return nil, &annotated
 		}
 		return nil, err
 	}
 	return c, nil
-}
-
-func hasInterfaceKey(keys []Key) bool {
-	return slices.ContainsFunc(keys, func(k Key) bool { return k.Ifindex != 0 })
 }
 
 // DialTCP connects to raddr, from laddr if it is valid, like
@@ -143,11 +179,11 @@ func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	nd := *d
+	var local net.Addr
 	if laddr.IsValid() {
-		nd.LocalAddr = net.TCPAddrFromAddrPort(laddr)
+		local = net.TCPAddrFromAddrPort(laddr)
 	}
-	c, err := nd.DialContext(ctx, network, raddr.String())
+	c, err := d.dial(ctx, network, raddr.String(), local)
 	if err != nil {
 		return nil, err
 	}

@@ -180,3 +180,47 @@ func TestDialTCPSigns(t *testing.T) {
 	_, err = dialer("", key(t, "127.0.99.1", secretA)).DialTCP(ctx, "tcp4", laddr, raddr)
 	require.ErrorIs(t, err, tcpmd5.ErrNoKey)
 }
+
+// BenchmarkDialKeys measures a signed dial, connect to accept and close,
+// from a Dialer that holds 1 key and from one that holds 10,000, the one
+// for the listener among them: what the Dialer's choice of key costs.
+func BenchmarkDialKeys(b *testing.B) {
+	requireMD5(b)
+	ln := listen(b, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(b, "127.6.200.1", secretA)}}, "tcp4", "127.0.0.1:0")
+	acceptAndReset(b, ln)
+	for _, n := range []int{1, 10000} {
+		keys := []tcpmd5.Key{key(b, "127.0.0.1", secretA)}
+		for i := 1; i < n; i++ {
+			keys = append(keys, tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 128, byte(i >> 8), byte(i)}), 32), Secret: []byte(secretB)})
+		}
+		d := dialer("127.6.200.1", keys...)
+		b.Run("keys="+itoa(n), func(b *testing.B) {
+			for b.Loop() {
+				c, err := d.Dial("tcp4", ln.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				closeReset(c)
+			}
+		})
+	}
+}
+
+// TestDialerKeysChange: the Dialer indexes its Keys on first use and
+// indexes them again when Keys is another slice, new or appended to.
+func TestDialerKeysChange(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.32.60", secretA)}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	d := dialer("127.0.32.60", key(t, "127.0.99.1", secretA))
+	_, err := d.Dial("tcp", ln.Addr().String())
+	require.ErrorIs(t, err, tcpmd5.ErrNoKey)
+	d.Keys = append(d.Keys, key(t, "127.0.0.1", secretA))
+	requireEcho(t, d, ln.Addr().String())
+	d.Keys = []tcpmd5.Key{key(t, "127.0.0.1", secretB)}
+	dropDial(t, d, "tcp", ln.Addr().String(), "")
+	d.Keys = []tcpmd5.Key{{Peer: key(t, "127.0.0.1", secretA).Peer}}
+	_, err = d.Dial("tcp", ln.Addr().String())
+	require.ErrorContains(t, err, "the secret is empty")
+}

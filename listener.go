@@ -551,6 +551,34 @@ func (t *keyTable) covers(addr netip.Addr, l3index int) bool {
 	return false
 }
 
+// best returns the keys that the kernel would choose among for peer addr
+// on a socket bound to VRF l3index (0: none): those whose prefix holds addr
+// with the longest prefix, for any interface or for that VRF.
+func (t *keyTable) best(addr netip.Addr, l3index int) []Key {
+	addr = addr.Unmap().WithZone("")
+	f := family(addr)
+	for bits := addr.BitLen(); bits >= 0; bits-- {
+		if t.bits[f][bits] == 0 {
+			continue
+		}
+		p, err := addr.Prefix(bits)
+		if err != nil || t.peers[p] == 0 {
+			continue
+		}
+		var out []Key
+		if k, ok := t.keys[keyID{p, 0}]; ok {
+			out = append(out, k)
+		}
+		if k, ok := t.keys[keyID{p, l3index}]; ok && l3index != 0 {
+			out = append(out, k)
+		}
+		if len(out) > 0 {
+			return out
+		}
+	}
+	return nil
+}
+
 func family(a netip.Addr) int {
 	if a.Is4() {
 		return 0

@@ -206,25 +206,6 @@ type keyID struct {
 
 func (k Key) id() keyID { return keyID{k.Peer, k.Ifindex} }
 
-// bestKeys returns the keys whose Peer holds addr with the longest prefix
-// (more than one when they differ only in Ifindex).
-func bestKeys(keys []Key, addr netip.Addr) []Key {
-	addr = addr.Unmap().WithZone("")
-	var best []Key
-	for _, k := range keys {
-		if !k.Peer.Contains(addr) {
-			continue
-		}
-		switch {
-		case len(best) == 0 || k.Peer.Bits() > best[0].Peer.Bits():
-			best = append(best[:0], k)
-		case k.Peer.Bits() == best[0].Peer.Bits():
-			best = append(best, k)
-		}
-	}
-	return best
-}
-
 // Supported reports whether this system signs TCP segments with RFC 2385
 // keys. The first call probes the kernel by installing and deleting a key on
 // a throwaway socket (setsockopt(2) TCP_MD5SIG); later calls return the
