@@ -260,7 +260,7 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		proto, perr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		switch {
 		case perr == nil && proto == unix.IPPROTO_MPTCP:
-			return fmt.Errorf("tcpmd5: key for %s: the socket is MPTCP, which takes no TCP MD5 keys; call SetMultipathTCP(false) on the net.ListenConfig or net.Dialer (Go 1.24+ listeners default to MPTCP): %w", peer, serr)
+			return fmt.Errorf("tcpmd5: key for %s: the socket is MPTCP (Go's default for listeners), which takes no MD5 keys; call SetMultipathTCP(false): %w", peer, serr)
 		case perr == nil && proto != unix.IPPROTO_TCP:
 			return fmt.Errorf("tcpmd5: key for %s: the socket is not TCP (protocol %d): %w", peer, proto, serr)
 		case opt == unix.TCP_MD5SIG_EXT:
@@ -272,7 +272,7 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		if n, rerr := optmemMax(); rerr == nil {
 			optmem, perSocket = strconv.Itoa(n), strconv.Itoa(n/keyBytes)
 		}
-		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full: net.core.optmem_max is %s bytes, which holds about %s keys on one socket; raise it (sysctl -w net.core.optmem_max=N), or let a tcpmd5 Listener spread its peers over a group of sockets (it does so for host keys, not for prefix keys, which every socket holds): %w", peer, optmem, perSocket, serr)
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (net.core.optmem_max is %s bytes, about %s keys); raise it, or let a Listener spread host keys over more sockets: %w", peer, optmem, perSocket, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0 && !interfaceExists(k.Ifindex):
 		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace; give the index of a VRF device: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:

@@ -258,10 +258,10 @@ func (e *noAnswerError) Error() string {
 		default:
 			src = a.String()
 		}
-		fmt.Fprintf(&b, " to a signed SYN; a peer drops segments whose TCP MD5 signature it cannot verify, so check that it holds the same key for %s, or that a firewall is not dropping them", src)
+		fmt.Fprintf(&b, " to a signed SYN; check that the peer holds the same key for %s (it drops what it cannot verify) and that no firewall drops it", src)
 	}
 	if e.hops != 0 {
-		fmt.Fprintf(&b, "; with TTL security of %d hops, also check that the peer sends with TTL 255 and is at most %d hops away", e.hops, e.hops)
+		fmt.Fprintf(&b, "; with TTL security, also that the peer sends with TTL 255 from at most %d hops", e.hops)
 	}
 	return b.String()
 }

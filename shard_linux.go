@@ -76,7 +76,7 @@ func checkGroup(family int, addr netip.AddrPort, want int) error {
 		}
 	}
 	if n > want {
-		return fmt.Errorf("tcpmd5: another socket listens on %s with SO_REUSEPORT (%d sockets, %d of them this listener's): it joined the listener's group, where SYNs steered to it would be lost; stop the other program or listen on another address", addr, n, want)
+		return fmt.Errorf("tcpmd5: %d other sockets joined the listener's group on %s (SO_REUSEPORT) and would take its peers' SYNs; stop their program or listen elsewhere", n-want, addr)
 	}
 	return nil
 }

@@ -139,7 +139,7 @@ func (e *env) dial(args []string) int {
 	if err != nil {
 		var ne net.Error
 		if *hops == 0 && errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("%w; a peer with TTL security (GTSM) on drops our SYN, sent with the default TTL, just as silently: if it has, dial with -ttl-security N; tcpmd5 probe tells the causes apart", err)
+			err = fmt.Errorf("%w; or the peer has TTL security on: then dial with -ttl-security N (tcpmd5 probe tells the two apart)", err)
 		}
 		return e.errorf(ExitNo, "%v", err)
 	}
