@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,19 +59,28 @@ func TestCheck(t *testing.T) {
 		TTLSecurity bool `json:"ttl_security"`
 		Results     []struct {
 			Check, Status, Value, Detail string
+			Number                       *int
 		} `json:"results"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
 	assert.True(t, rep.Signing)
 	assert.True(t, rep.TTLSecurity)
 	byName := map[string]string{}
+	numbers := map[string]int{}
 	for _, res := range rep.Results {
 		byName[res.Check] = res.Value
+		if res.Number != nil {
+			numbers[res.Check] = *res.Number
+		}
 	}
+	// Numbers are JSON numbers too, beside the words.
+	assert.Equal(t, byName["keys per socket"], strconv.Itoa(numbers["keys per socket"]))
+	assert.Greater(t, numbers["listener steering"], 1, "the steering row counts the listener's sockets")
 	optmem := hostOptmem
 	if b, err := os.ReadFile("/proc/sys/net/core/optmem_max"); err == nil {
 		optmem = strings.TrimSpace(string(b))
 		assert.Equal(t, optmem+" bytes", byName["optmem_max"])
+		assert.Equal(t, optmem, strconv.Itoa(numbers["optmem_max"]))
 	} else {
 		assert.Equal(t, "unknown", byName["optmem_max"])
 	}

@@ -28,6 +28,9 @@ type Result struct {
 	Check  string `json:"check"`
 	Status Status `json:"status"`
 	Value  string `json:"value"`
+	// Number is the value as a number where it is one: bytes of
+	// optmem_max, keys per socket, sockets of the steering listener.
+	Number *int   `json:"number,omitempty"`
 	Detail string `json:"detail,omitempty"`
 }
 

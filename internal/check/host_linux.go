@@ -162,6 +162,9 @@ func optmem() Result {
 		return r
 	}
 	r.Value = v + " bytes"
+	if n, err := strconv.Atoi(v); err == nil {
+		r.Number = &n
+	}
 	return r
 }
 
@@ -185,7 +188,7 @@ func keysPerSocket() Result {
 	})
 	switch {
 	case errors.Is(err, unix.ENOMEM):
-		r.Status, r.Value = StatusInfo, strconv.Itoa(n)
+		r.Status, r.Value, r.Number = StatusInfo, strconv.Itoa(n), &n
 		r.Detail = "measured on a throwaway socket; the next key failed with ENOMEM; raise net.core.optmem_max for more"
 	case err == nil:
 		r.Status, r.Value = StatusInfo, "over "+strconv.Itoa(n)
@@ -218,7 +221,7 @@ func steering() Result {
 		return r
 	}
 	sockets := netstat.Count(socks, ln.Addr().(*net.TCPAddr).Port, netstat.StateListen)
-	r.Status, r.Value = StatusOK, "classic BPF"
+	r.Status, r.Value, r.Number = StatusOK, "classic BPF", &sockets
 	r.Detail = fmt.Sprintf("a listener spread %d keys over %d sockets (SO_REUSEPORT, SO_ATTACH_REUSEPORT_CBPF by position in the group); it never grows its group while another socket is bound to its address, so no SYN of a keyed peer goes elsewhere", n, sockets)
 	return r
 }

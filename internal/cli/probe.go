@@ -116,7 +116,7 @@ func printProbe(e *env, r probe.Result) {
 		case g.BGP != nil:
 			fmt.Fprintf(tw, "peer said\t%s\n", g.BGP)
 		case g.Bytes > 0:
-			fmt.Fprintf(tw, "peer said\t%d bytes: %s\n", g.Bytes, g.Text)
+			fmt.Fprintf(tw, "peer said\t%d bytes: %q\n", g.Bytes, g.Text)
 		default:
 			fmt.Fprintf(tw, "peer said\tnothing\n")
 		}

@@ -13,7 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -99,7 +99,8 @@ type Result struct {
 type Greeting struct {
 	Bytes int          `json:"bytes"`
 	BGP   *bgp.Message `json:"bgp,omitempty"`
-	// Text is the start of the data, quoted, when it is not BGP.
+	// Text is the start of the data, up to 200 bytes, when it is not BGP,
+	// with invalid UTF-8 replaced; printers quote it.
 	Text string `json:"text,omitempty"`
 	// End says how the connection ended while we listened: "", "closed"
 	// or "reset".
@@ -335,7 +336,7 @@ func listen(c net.Conn, wait time.Duration) *Greeting {
 	}
 	g.Bytes = len(buf)
 	if g.BGP == nil && len(buf) > 0 {
-		g.Text = strconv.Quote(string(buf[:min(len(buf), 200)]))
+		g.Text = strings.ToValidUTF8(string(buf[:min(len(buf), 200)]), "\uFFFD")
 	}
 	return g
 }
