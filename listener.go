@@ -87,10 +87,17 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 			hosts++
 		}
 	}
-	for n := shardsFor(&l.keys); ; {
+	_, port, _ := net.SplitHostPort(address)
+	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
 		err := l.listenGroup(ctx, address, n)
 		if err == nil {
 			break
+		}
+		// Bound to port 0 with SO_REUSEPORT, a socket can get the port of
+		// another one still on its way to listening, and join its group:
+		// another port will do.
+		if errors.Is(err, errGroupShared) && (port == "0" || port == "") && tries < 10 {
+			continue
 		}
 		// The estimate of a socket's room was high: try more sockets, as
 		// long as that leaves fewer host keys on each.

@@ -3,6 +3,7 @@ package tcpmd5
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	"net"
@@ -268,9 +269,26 @@ func (l *Listener) listenGroup(ctx context.Context, address string, n int) error
 		}
 		l.shards = append(l.shards, s)
 	}
-	if err := checkGroup(first.family, first.addrPort(), n); err != nil {
+	if err := checkGroup(first, n); err != nil {
 		l.closeShards()
 		return err
+	}
+	return nil
+}
+
+// errGroupShared reports that sockets of another program joined a
+// listener's reuseport group.
+var errGroupShared = errors.New("another program's sockets share the listener's address")
+
+// checkGroup fails if the reuseport group of s holds sockets beyond the
+// listener's own want.
+func checkGroup(s *shard, want int) error {
+	others, err := othersInGroup(s.family, s.addrPort(), want)
+	if err != nil {
+		return err
+	}
+	if others > 0 {
+		return fmt.Errorf("tcpmd5: %d other sockets joined the listener's group on %s (SO_REUSEPORT) and would take its peers' SYNs; stop their program or listen elsewhere: %w", others, s.addrPort(), errGroupShared)
 	}
 	return nil
 }
@@ -367,7 +385,7 @@ func (l *Listener) grow() error {
 	// The new socket is n-th in the group only if no other joined before
 	// it; one that joins later comes after it, where the program for n+1
 	// sockets never steers.
-	err = checkGroup(s.family, s.addrPort(), n+1)
+	err = checkGroup(s, n+1)
 	if err == nil {
 		err = steer(l.shards[0].rc, n+1)
 	}

@@ -53,21 +53,21 @@ func steer(c syscall.RawConn, n int) error {
 	})
 }
 
-// checkGroup makes sure that the reuseport group of a listener's sockets,
-// bound to addr in family, holds its own want sockets and no other. The
-// steering program picks sockets by their position in the group, in the
-// order they joined it: a socket of another program that joined before one
-// of ours would take that one's place and its SYNs. The kernel offers no
-// list of a group, so the sockets are counted in /proc/net/tcp or tcp6 of
-// the calling thread's network namespace: every listening socket bound to
-// addr is in the group (the kernel lets one bind there only by joining).
-func checkGroup(family int, addr netip.AddrPort, want int) error {
+// othersInGroup counts the sockets beyond a listener's own want that are in
+// the reuseport group of its sockets, bound to addr in family. The steering
+// program picks sockets by their position in the group, in the order they
+// joined it: a socket of another program that joined before one of ours
+// would take that one's place and its SYNs. The kernel offers no list of a
+// group, so the sockets are counted in /proc/net/tcp or tcp6 of the calling
+// thread's network namespace: every listening socket bound to addr is in
+// the group (the kernel lets one bind there only by joining).
+func othersInGroup(family int, addr netip.AddrPort, want int) (int, error) {
 	if family == unix.AF_INET6 {
 		addr = netip.AddrPortFrom(netip.AddrFrom16(addr.Addr().As16()), addr.Port())
 	}
 	socks, err := netstat.Sockets()
 	if err != nil {
-		return fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
+		return 0, fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
 	}
 	n := 0
 	for _, s := range socks {
@@ -75,10 +75,7 @@ func checkGroup(family int, addr netip.AddrPort, want int) error {
 			n++
 		}
 	}
-	if n > want {
-		return fmt.Errorf("tcpmd5: %d other sockets joined the listener's group on %s (SO_REUSEPORT) and would take its peers' SYNs; stop their program or listen elsewhere", n-want, addr)
-	}
-	return nil
+	return max(n-want, 0), nil
 }
 
 // keysFull reports whether err says that a socket's option memory

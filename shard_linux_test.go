@@ -470,3 +470,38 @@ func TestForeignSocketNeverTakesSYNs(t *testing.T) {
 		require.ErrorIs(t, err, syscall.EADDRINUSE)
 	})
 }
+
+// TestConcurrentListenOnPortZero listens on port 0 from many goroutines at
+// once in a fresh namespace, where the kernel can hand two SO_REUSEPORT
+// sockets on their way to listening the same port: each Listener still
+// gets a group of its own, on a port of its own.
+func TestConcurrentListenOnPortZero(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	enter := joinNetns(t)
+	k := key(t, "127.0.25.201", secretA)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ports := make(map[int]bool)
+	for range 8 {
+		wg.Go(func() {
+			enter()
+			for range 50 {
+				ln, err := tcpmd5.Listen("tcp4", "127.0.0.1:0", k)
+				if !assert.NoError(t, err) {
+					return
+				}
+				mu.Lock()
+				assert.False(t, ports[port(ln)], "two live listeners on port %d", port(ln))
+				ports[port(ln)] = true
+				mu.Unlock()
+				ln.Close()
+				mu.Lock()
+				delete(ports, port(ln))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -19,8 +19,8 @@ func steer(syscall.RawConn, int) error {
 	return fmt.Errorf("%w (%s: no TCP MD5 keys to spread over sockets)", ErrMD5Unsupported, runtime.GOOS)
 }
 
-// checkGroup has nothing to check: no listener here has a group.
-func checkGroup(int, netip.AddrPort, int) error { return nil }
+// othersInGroup finds none: no listener here has a group.
+func othersInGroup(int, netip.AddrPort, int) (int, error) { return 0, nil }
 
 // keysFull reports false: no socket here takes keys at all.
 func keysFull(error) bool { return false }
