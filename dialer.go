@@ -121,7 +121,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
 	sign := func(_, address string, c syscall.RawConn) error {
-		if len(table.keys.keys) == 0 {
+		if table.keys.len() == 0 {
 			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)

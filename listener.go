@@ -81,12 +81,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())
 	}
-	hosts := 0
-	for id := range l.keys.keys {
-		if id.peer.IsSingleIP() {
-			hosts++
-		}
-	}
+	hosts := len(l.keys.hosts)
 	_, port, _ := net.SplitHostPort(address)
 	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
 		err := l.listenGroup(ctx, address, n)
@@ -313,7 +308,7 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	signed, err := acceptedSigned(s.rc, rc, len(s.keys.keys))
+	signed, err := acceptedSigned(s.rc, rc, s.keys.len())
 	if err != nil || signed || !l.allowUnsigned {
 		return err == nil && signed
 	}
@@ -351,22 +346,25 @@ func (l *Listener) SetKey(k Key) error {
 	if l.closed {
 		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
 	}
-	// At most double the group: by then every socket has been split once.
+	// Make room: a new host key whose socket holds keysPerSocket keys
+	// grows the group first, at most doubling it (by then every socket has
+	// been split once). The cap is for speed: if growing fails, a socket
+	// with room in its option memory still takes the key.
 	n := len(l.shards)
-	for grown := 0; ; grown++ {
-		if grown < n && l.crowded(k) {
-			if l.grow() == nil {
-				continue
-			}
-			// The cap is for speed: a socket with room in its option memory
-			// still takes the key.
+	for grown := 0; grown < n && l.crowded(k); grown++ {
+		if l.grow() != nil {
+			break
 		}
+	}
+	// Install. A socket whose option memory is full makes room the same
+	// way, if growing can move host keys off it.
+	for grown := 0; ; grown++ {
 		full, err := l.install(k)
 		if err == nil {
 			l.keys.set(k.clone())
 			return nil
 		}
-		if !keysFull(err) || full.hosts() == 0 || grown >= n {
+		if !keysFull(err) || len(full.keys.hosts) == 0 || grown >= n {
 			return err
 		}
 		if gerr := l.grow(); gerr != nil {
@@ -386,11 +384,11 @@ func (l *Listener) RemoveKey(k Key) error {
 	id := k.id()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.keys.keys[id]; !ok {
+	if _, ok := l.keys.get(id); !ok {
 		return nil
 	}
 	for _, s := range l.shards {
-		if _, ok := s.keys.keys[id]; ok {
+		if _, ok := s.keys.get(id); ok {
 			if err := removeKey(s.rc, s.family, k); err != nil {
 				return err
 			}
@@ -406,8 +404,8 @@ func (l *Listener) RemoveKey(k Key) error {
 func (l *Listener) Keys() []Key {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	out := make([]Key, 0, len(l.keys.keys))
-	for _, k := range l.keys.keys {
+	out := make([]Key, 0, l.keys.len())
+	for k := range l.keys.all() {
 		out = append(out, k.clone())
 	}
 	slices.SortFunc(out, func(a, b Key) int {
@@ -494,101 +492,3 @@ func (d *deadline) wait() <-chan struct{} {
 // [net.TCPListener.SyscallConn]: the first socket of the group. Keys set on
 // it directly bypass [Listener.Keys] and the Accept policy.
 func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.first.ln.SyscallConn() }
-
-// keyTable holds a listener's keys and answers, in time independent of
-// their number, whether one covers a peer address.
-type keyTable struct {
-	keys       map[keyID]Key
-	peers      map[netip.Prefix]int // keys per peer prefix, over interfaces
-	bits       [2][129]int          // peer prefixes per length: [0] IPv4, [1] IPv6
-	interfaces int                  // keys with an Ifindex
-}
-
-func (t *keyTable) set(k Key) {
-	if t.keys == nil {
-		t.keys = make(map[keyID]Key)
-		t.peers = make(map[netip.Prefix]int)
-	}
-	id := k.id()
-	if _, ok := t.keys[id]; !ok {
-		if t.peers[k.Peer] == 0 {
-			t.bits[family(k.Peer.Addr())][k.Peer.Bits()]++
-		}
-		t.peers[k.Peer]++
-		if k.Ifindex != 0 {
-			t.interfaces++
-		}
-	}
-	t.keys[id] = k
-}
-
-func (t *keyTable) remove(id keyID) {
-	if _, ok := t.keys[id]; !ok {
-		return
-	}
-	delete(t.keys, id)
-	if id.ifindex != 0 {
-		t.interfaces--
-	}
-	if t.peers[id.peer]--; t.peers[id.peer] == 0 {
-		delete(t.peers, id.peer)
-		t.bits[family(id.peer.Addr())][id.peer.Bits()]--
-	}
-}
-
-// covers reports whether a key covers peer addr reached through VRF
-// l3index (0: none): a key for any interface, or one for that VRF.
-func (t *keyTable) covers(addr netip.Addr, l3index int) bool {
-	f := family(addr)
-	for bits := addr.BitLen(); bits >= 0; bits-- {
-		if t.bits[f][bits] == 0 {
-			continue
-		}
-		p, err := addr.Prefix(bits)
-		if err != nil || t.peers[p] == 0 {
-			continue
-		}
-		if _, ok := t.keys[keyID{p, 0}]; ok {
-			return true
-		}
-		if _, ok := t.keys[keyID{p, l3index}]; ok && l3index != 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// best returns the keys that the kernel would choose among for peer addr
-// on a socket bound to VRF l3index (0: none): those whose prefix holds addr
-// with the longest prefix, for any interface or for that VRF.
-func (t *keyTable) best(addr netip.Addr, l3index int) []Key {
-	addr = addr.Unmap().WithZone("")
-	f := family(addr)
-	for bits := addr.BitLen(); bits >= 0; bits-- {
-		if t.bits[f][bits] == 0 {
-			continue
-		}
-		p, err := addr.Prefix(bits)
-		if err != nil || t.peers[p] == 0 {
-			continue
-		}
-		var out []Key
-		if k, ok := t.keys[keyID{p, 0}]; ok {
-			out = append(out, k)
-		}
-		if k, ok := t.keys[keyID{p, l3index}]; ok && l3index != 0 {
-			out = append(out, k)
-		}
-		if len(out) > 0 {
-			return out
-		}
-	}
-	return nil
-}
-
-func family(a netip.Addr) int {
-	if a.Is4() {
-		return 0
-	}
-	return 1
-}

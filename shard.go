@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 
 	"golang.org/x/net/bpf"
@@ -139,37 +141,13 @@ type shard struct {
 // bare returns k without its secret, as shards record it.
 func bare(k Key) Key { return Key{Peer: k.Peer, Ifindex: k.Ifindex} }
 
-// hosts counts the host keys installed on s, which growing the group can
-// move away.
-func (s *shard) hosts() int {
-	n := 0
-	for id := range s.keys.keys {
-		if id.peer.IsSingleIP() {
-			n++
-		}
-	}
-	return n
-}
-
-// listenShard makes one socket of a group: the caller's Control runs, then
-// SO_REUSEPORT is set, with steerN > 0 the steering program for that many
-// shards is attached, and the keys are installed, all before bind(2) and
-// listen(2). cfg has MPTCP off. With steerN 1 the program is optional: if
-// the kernel refuses it, *steered says so and growing attaches it later.
-func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, steerN int, steered *bool) (*shard, error) {
-	cfg.Control = chain(cfg.Control, func(_, _ string, c syscall.RawConn) error {
-		if err := joinGroup(c); err != nil {
-			return err
-		}
-		if steerN > 0 {
-			err := steer(c, steerN)
-			if err != nil && steerN > 1 {
-				return err
-			}
-			*steered = err == nil
-		}
-		return applyKeys(c, keys)
-	})
+// listenShard makes one socket of a group, with cfg (MPTCP off): before
+// bind(2) and listen(2), the caller's Control runs, SO_REUSEPORT is set,
+// then each of more, then the keys are installed.
+func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, more ...hook) (*shard, error) {
+	join := func(_, _ string, c syscall.RawConn) error { return joinGroup(c) }
+	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, keys) }
+	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if err != nil {
 		return nil, err
@@ -195,16 +173,11 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 // shardsFor returns the fewest shards whose fullest one holds its host keys
 // and every prefix key within keysPerSocket, by the placement shardOf makes.
 func shardsFor(t *keyTable) int {
-	var hosts []uint32
-	prefixes := 0
-	for id := range t.keys {
-		if id.peer.IsSingleIP() {
-			hosts = append(hosts, peerHash(id.peer.Addr()))
-		} else {
-			prefixes++
-		}
+	hosts := make([]uint32, 0, len(t.hosts))
+	for id := range t.hosts {
+		hosts = append(hosts, peerHash(id.peer.Addr()))
 	}
-	room := keysPerSocket() - prefixes
+	room := keysPerSocket() - len(t.prefixes)
 	if room <= 0 || len(hosts) <= room {
 		return 1
 	}
@@ -229,19 +202,14 @@ func shardsFor(t *keyTable) int {
 // placeKeys returns the keys of each of n shards: every prefix key, then
 // the host keys shardOf places there.
 func placeKeys(t *keyTable, n int) [][]Key {
-	var prefixes []Key
-	hosts := make([][]Key, n)
-	for id, k := range t.keys {
-		if id.peer.IsSingleIP() {
-			s := shardOf(peerHash(id.peer.Addr()), n)
-			hosts[s] = append(hosts[s], k)
-		} else {
-			prefixes = append(prefixes, k)
-		}
-	}
+	prefixes := slices.Collect(maps.Values(t.prefixes))
 	out := make([][]Key, n)
 	for i := range out {
-		out[i] = append(append(out[i], prefixes...), hosts[i]...)
+		out[i] = slices.Clone(prefixes)
+	}
+	for id, k := range t.hosts {
+		s := shardOf(peerHash(id.peer.Addr()), n)
+		out[s] = append(out[s], k)
 	}
 	return out
 }
@@ -255,14 +223,24 @@ func placeKeys(t *keyTable, n int) [][]Key {
 // if not.
 func (l *Listener) listenGroup(ctx context.Context, address string, n int) error {
 	perShard := placeKeys(&l.keys, n)
-	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], n, &l.steered)
+	// The first socket carries the program before it binds. A group of one
+	// works without: a kernel that refuses it fails only the first growth.
+	steerFirst := func(_, _ string, c syscall.RawConn) error {
+		err := steer(c, n)
+		l.steered = err == nil
+		if n == 1 {
+			return nil
+		}
+		return err
+	}
+	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], steerFirst)
 	if err != nil {
 		return err
 	}
 	l.shards = []*shard{first}
 	l.address = first.ln.Addr().String()
 	for i := 1; i < n; i++ {
-		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i], 0, nil)
+		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i])
 		if err != nil {
 			l.closeShards()
 			return err
@@ -319,7 +297,7 @@ func (l *Listener) install(k Key) (*shard, error) {
 	}
 	for i, s := range targets {
 		if err := setKey(s.rc, s.family, k); err != nil {
-			old, had := l.keys.keys[k.id()]
+			old, had := l.keys.get(k.id())
 			for _, done := range targets[:i] {
 				if had {
 					_ = setKey(done.rc, done.family, old)
@@ -341,11 +319,11 @@ func (l *Listener) crowded(k Key) bool {
 	if !k.Peer.IsSingleIP() {
 		return false
 	}
-	if _, ok := l.keys.keys[k.id()]; ok {
+	if _, ok := l.keys.get(k.id()); ok {
 		return false // a new secret for an installed key takes no room
 	}
 	s := l.shards[shardOf(peerHash(k.Peer.Addr()), len(l.shards))]
-	return len(s.keys.keys) >= keysPerSocket() && s.hosts() > 0
+	return s.keys.len() >= keysPerSocket() && len(s.keys.hosts) > 0
 }
 
 // grow adds a socket to the group. Going from n to n+1 shards, linear
@@ -366,19 +344,14 @@ func (l *Listener) grow() error {
 		l.steered = true
 	}
 	split := l.shards[n-1<<(bits.Len(uint(n))-1)]
-	var keys, moved []Key
-	for id, k := range l.keys.keys {
-		if !id.peer.IsSingleIP() {
-			keys = append(keys, k)
-		}
-	}
-	for id := range split.keys.keys {
-		k, ok := l.keys.keys[id]
-		if ok && id.peer.IsSingleIP() && shardOf(peerHash(id.peer.Addr()), n+1) == n {
+	keys := slices.Collect(maps.Values(l.keys.prefixes))
+	var moved []Key
+	for id := range split.keys.hosts {
+		if k, ok := l.keys.hosts[id]; ok && shardOf(peerHash(id.peer.Addr()), n+1) == n {
 			moved = append(moved, k)
 		}
 	}
-	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...), 0, nil)
+	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...))
 	if err != nil {
 		return err
 	}
