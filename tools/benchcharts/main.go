@@ -32,6 +32,7 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgsvg"
 )
 
 // The parts of a tcpmd5-bench report the charts need.
@@ -139,12 +140,47 @@ func run(in, dir, format string) error {
 			return fmt.Errorf("%s chart: %w", c.name, err)
 		}
 		name := filepath.Join(dir, c.name+"."+format)
-		if err := p.Save(6*vg.Inch, 3.6*vg.Inch, name); err != nil {
+		if err := save(p, name, format); err != nil {
 			return err
 		}
 		fmt.Println(name)
 	}
 	return nil
+}
+
+// save writes p to name. An SVG carries its fonts (Liberation, which the
+// plot module ships), so that it reads the same on a machine without them;
+// the other formats are drawn with them already.
+func save(p *plot.Plot, name, format string) error {
+	const w, h = 6 * vg.Inch, 3.6 * vg.Inch
+	if format != "svg" {
+		return p.Save(w, h, name)
+	}
+	c := vgsvg.NewWith(vgsvg.UseWH(w, h), vgsvg.EmbedFonts(true))
+	p.Draw(draw.New(c))
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if _, err := c.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// tidyTicks are plot.DefaultTicks labelled without trailing zeros: "1000",
+// "2.5", not "1000.00".
+type tidyTicks struct{}
+
+func (tidyTicks) Ticks(min, max float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(min, max)
+	for i, t := range ticks {
+		if t.Label != "" {
+			ticks[i].Label = strconv.FormatFloat(t.Value, 'f', -1, 64)
+		}
+	}
+	return ticks
 }
 
 func newPlot(r *report, title, ylabel string) *plot.Plot {
@@ -154,6 +190,7 @@ func newPlot(r *report, title, ylabel string) *plot.Plot {
 	p.Title.TextStyle.Font.Size = vg.Points(10)
 	p.Legend.TextStyle.Font.Size = vg.Points(10)
 	p.Y.Label.Text = ylabel
+	p.Y.Tick.Marker = tidyTicks{}
 	p.Y.Min = 0
 	p.Legend.Top = true
 	return p

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"image/png"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -35,6 +37,35 @@ func TestRunWritesCharts(t *testing.T) {
 		}
 		if n := strings.Count(svg, "<path"); n < 10 {
 			t.Errorf("%s.svg has %d paths, too few for a chart", name, n)
+		}
+		if !strings.Contains(svg, "@font-face") {
+			t.Errorf("%s.svg does not carry its fonts: it would read differently on a machine without them", name)
+		}
+		if m := regexp.MustCompile(`>-?[0-9]+\.0+<`).FindString(svg); m != "" {
+			t.Errorf("%s.svg has a tick label with trailing zeros: %s", name, m)
+		}
+	}
+}
+
+// TestRunWritesPNG draws the charts as PNG images, with the fonts the plot
+// module ships.
+func TestRunWritesPNG(t *testing.T) {
+	dir := t.TempDir()
+	if err := run("testdata/report.json", dir, "png"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"throughput", "setup", "accept", "setkey"} {
+		f, err := os.Open(filepath.Join(dir, name+".png"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := png.Decode(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s.png: %v", name, err)
+		}
+		if b := img.Bounds(); b.Dx() < 400 || b.Dy() < 200 {
+			t.Errorf("%s.png is %v, too small for a chart", name, b)
 		}
 	}
 }
