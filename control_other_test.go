@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux || tcpmd5stub
 
 package tcpmd5_test
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -249,161 +248,66 @@ func TestConcurrentKeyChanges(t *testing.T) {
 	require.Len(t, ln.Keys(), 1)
 }
 
-// TestAcceptOrderings forces each order of handshake, key change and
-// Accept: a connection is handed over if and only if the kernel verified
-// its handshake with a key, or it is unsigned from a peer that no key covers
-// when Accept runs and AllowUnsigned is set. An unsigned handshake that
-// completed before SetKey covered its peer waits in the accept queue
-// unsigned: Accept must reset it, whatever kind of key arrived and on
-// whichever socket of a group.
-func TestAcceptOrderings(t *testing.T) {
+// TestListenerKeyRotation changes a live listener's keys while sessions are
+// up: the established sessions keep working with the key of their
+// handshake, and every new handshake uses the keys installed at its time.
+func TestListenerKeyRotation(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
-	const peer = "127.0.25.9"
-	group := make([]tcpmd5.Key, 300) // more than one socket holds: a group
-	for i := range group {
-		group[i] = key(t, fmt.Sprintf("127.32.%d.%d", 1+i/250, 1+i%250), secretA)
-	}
-	tests := []struct {
-		name          string
-		lc            tcpmd5.ListenConfig
-		dial          tcpmd5.Key // the dialer's key; no Peer: unsigned
-		change        func(ln *tcpmd5.Listener) error
-		handedOver    bool
-		stillSignedAs string // after the change, the connection's secret
-	}{
-		{
-			name:   "unsigned, then a host key for the peer",
-			lc:     tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.25.1", secretA)}},
-			change: func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, peer, secretA)) },
-		},
-		{
-			name:   "unsigned, then a prefix key",
-			lc:     tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.25.1", secretA)}},
-			change: func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, "127.0.25.0/24", secretA)) },
-		},
-		{
-			name:   "unsigned, then a host key, on a group of sockets",
-			lc:     tcpmd5.ListenConfig{Keys: group},
-			change: func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, peer, secretA)) },
-		},
-		{
-			name:   "unsigned and allowed, then a key covers the peer",
-			lc:     tcpmd5.ListenConfig{AllowUnsigned: true},
-			change: func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, peer, secretA)) },
-		},
-		{
-			name:       "unsigned and allowed, no key covers the peer",
-			lc:         tcpmd5.ListenConfig{AllowUnsigned: true, Keys: []tcpmd5.Key{key(t, "127.0.25.1", secretA)}},
-			change:     func(ln *tcpmd5.Listener) error { return nil },
-			handedOver: true,
-		},
-		{
-			name:          "signed, then the key is removed",
-			lc:            tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, peer, secretA)}},
-			dial:          key(t, "127.0.0.1", secretA),
-			change:        func(ln *tcpmd5.Listener) error { return ln.RemoveKey(key(t, peer, secretA)) },
-			handedOver:    true,
-			stillSignedAs: secretA,
-		},
-		{
-			name:          "signed, then the secret changes",
-			lc:            tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.25.0/24", secretA)}},
-			dial:          key(t, "127.0.0.1", secretA),
-			change:        func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, "127.0.25.0/24", secretB)) },
-			handedOver:    true,
-			stillSignedAs: secretA,
-		},
-		{
-			name:          "signed on a group of sockets, then the group grows",
-			lc:            tcpmd5.ListenConfig{Keys: append([]tcpmd5.Key{key(t, peer, secretA)}, group...)},
-			dial:          key(t, "127.0.0.1", secretA),
-			change:        func(ln *tcpmd5.Listener) error { return growGroup(ln, 1000) },
-			handedOver:    true,
-			stillSignedAs: secretA,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			testenv.Netns(t)
-			ln := listen(t, &tt.lc, "tcp4", "127.0.0.1:0")
-			d := dialer(peer)
-			if tt.dial.Peer.IsValid() {
-				d.Keys = []tcpmd5.Key{tt.dial}
-			} else {
-				d.AllowUnsigned = true
-			}
-			client, err := d.Dial("tcp", ln.Addr().String()) // the kernel completes the handshake; nobody accepts yet
-			require.NoError(t, err)
-			defer client.Close()
-			require.NoError(t, tt.change(ln))
+	testenv.Netns(t)
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.4.1.0/24", secretA)}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	addr := ln.Addr().String()
+	withA, withB := key(t, "127.0.0.1", secretA), key(t, "127.0.0.1", secretB)
 
-			require.NoError(t, ln.SetDeadline(time.Now().Add(time.Second)))
-			c, err := ln.Accept()
-			if !tt.handedOver {
-				require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Accept handed over an unsigned connection from a covered peer")
-				assert.EqualValues(t, 1, ln.RefusedUnsigned())
-				require.NoError(t, client.SetReadDeadline(time.Now().Add(mustConnect)))
-				_, err = client.Read(make([]byte, 1))
-				require.ErrorIs(t, err, syscall.ECONNRESET)
-				return
-			}
-			require.NoError(t, err)
-			defer c.Close()
-			assert.Zero(t, ln.RefusedUnsigned())
-			assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
-			go func() { _, _ = io.Copy(c, c) }()
-			ping(t, client) // the connection works with the secret of its handshake
-		})
-	}
-}
-
-// growGroup adds n keys for peers of 127.33.0.0/16 to ln, which grows its
-// group of sockets to hold them.
-func growGroup(ln *tcpmd5.Listener, n int) error {
-	for i := range n {
-		k := tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 33, byte(i >> 8), byte(i)}), 32), Secret: []byte(secretB)}
-		if err := ln.SetKey(k); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// TestAcceptErrors: Accept fails as net.TCPListener's does, the same way
-// whether the listener has one socket or a group: a *net.OpError for
-// "accept" on the network it was made with, wrapping os.ErrDeadlineExceeded
-// after the deadline (even one set while Accept waits) and net.ErrClosed
-// after Close.
-func TestAcceptErrors(t *testing.T) {
-	requireMD5(t)
-	t.Parallel()
-	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.25.200", secretA)}}, "tcp4", "127.0.0.1:0")
-	requireAcceptError := func(want error) {
+	dialUp := func(src string, k tcpmd5.Key) net.Conn {
 		t.Helper()
-		_, err := ln.Accept()
-		require.ErrorIs(t, err, want)
-		var oe *net.OpError
-		require.ErrorAs(t, err, &oe)
-		assert.Equal(t, "accept", oe.Op)
-		assert.Equal(t, "tcp4", oe.Net)
-		assert.Equal(t, ln.Addr().String(), oe.Addr.String())
+		c, err := dialer(src, k).Dial("tcp", addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		ping(t, c)
+		return c
 	}
-	for _, grown := range []bool{false, true} {
-		if grown {
-			require.NoError(t, growGroup(ln, 300))
-		}
-		require.NoError(t, ln.SetDeadline(time.Now().Add(-time.Second)))
-		requireAcceptError(os.ErrDeadlineExceeded)
-		require.NoError(t, ln.SetDeadline(time.Time{}))
-		go func() {
-			time.Sleep(50 * time.Millisecond)
-			_ = ln.SetDeadline(time.Now()) // wakes the Accept below
-		}()
-		requireAcceptError(os.ErrDeadlineExceeded)
-		require.NoError(t, ln.SetDeadline(time.Time{}))
+	refused := func(src string, k tcpmd5.Key, counter string) {
+		t.Helper()
+		dropDial(t, dialer(src, k), "tcp", addr, counter)
 	}
-	require.NoError(t, ln.Close())
-	requireAcceptError(net.ErrClosed)
+
+	oldA := dialUp("127.4.1.1", withA)
+
+	// A new secret for the whole range: the old session goes on, new
+	// handshakes need the new secret.
+	require.NoError(t, ln.SetKey(key(t, "127.4.1.0/24", secretB)))
+	ping(t, oldA)
+	refused("127.4.1.2", withA, netstat.MD5Failure)
+	newB := dialUp("127.4.1.2", withB)
+
+	// A more specific key wins for its host only.
+	require.NoError(t, ln.SetKey(key(t, "127.4.1.3", secretA)))
+	dialUp("127.4.1.3", withA)
+	refused("127.4.1.3", withB, netstat.MD5Failure)
+	dialUp("127.4.1.4", withB)
+
+	// Removing the range: its sessions go on; its peers can no longer
+	// connect, signed (the kernel drops the SYN) or unsigned (Accept resets
+	// the connection and counts it).
+	require.NoError(t, ln.RemoveKey(tcpmd5.Key{Peer: netip.MustParsePrefix("127.4.1.0/24")}))
+	assert.Equal(t, []tcpmd5.Key{key(t, "127.4.1.3", secretA)}, ln.Keys())
+	ping(t, oldA)
+	ping(t, newB)
+	refused("127.4.1.5", withB, netstat.MD5Unexpected)
+	refusedBefore := ln.RefusedUnsigned()
+	// The kernel completes the unsigned handshake; Accept then resets the
+	// connection, which the dialer sees at connect or at its first read.
+	c, err := dialer("127.4.1.5").Dial("tcp", addr)
+	if err == nil {
+		defer c.Close()
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err = c.Read(make([]byte, 1))
+		require.Error(t, err, "the listener handed over a connection no key covers")
+	}
+	var ne net.Error
+	assert.False(t, errors.As(err, &ne) && ne.Timeout(), "want a reset or EOF, got %v", err)
+	assert.Equal(t, refusedBefore+1, ln.RefusedUnsigned())
+	ping(t, oldA)
 }

@@ -1,3 +1,5 @@
+//go:build !tcpmd5stub
+
 package tcpmd5
 
 import (

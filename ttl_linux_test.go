@@ -14,10 +14,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
-	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
-
-const minTTLDrop = "TCPMinTTLDrop"
 
 // On loopback a segment arrives with the TTL it was sent with, so a
 // listener that wants the peer at most 1 hop away (TTL 255) drops what a
@@ -66,10 +63,10 @@ func TestTTLSecurityOnLoopback(t *testing.T) {
 
 			before := counters(t)
 			c, err := d.Dial("tcp", target)
-			moved := before.Delta(counters(t), minTTLDrop)[minTTLDrop]
+			moved := before.Delta(counters(t), netstat.MinTTLDrop)[netstat.MinTTLDrop]
 			if tt.dropped {
 				requireRefused(t, c, err)
-				assert.Positive(t, moved, "%s did not move", minTTLDrop)
+				assert.Positive(t, moved, "%s did not move", netstat.MinTTLDrop)
 				return
 			}
 			require.NoError(t, err)
@@ -113,7 +110,7 @@ func TestTTLSecurityEstablished(t *testing.T) {
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
 	_, err = c.Read(make([]byte, 4))
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the echo server must not have seen the low-TTL segment")
-	assert.Positive(t, before.Delta(counters(t), minTTLDrop)[minTTLDrop])
+	assert.Positive(t, before.Delta(counters(t), netstat.MinTTLDrop)[netstat.MinTTLDrop])
 
 	setIPOpt(t, tc, unix.IPPROTO_IP, unix.IP_TTL, 255)
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
@@ -132,76 +129,6 @@ func TestTTLSecurityRange(t *testing.T) {
 		_, err = d.Dial("tcp", "127.0.0.1:9")
 		require.ErrorContains(t, err, "give 1 to 255 hops")
 	}
-}
-
-// TestTTLSecurityHops puts a router between a and b: r is one hop from b,
-// a two. A listener on b that allows 1 hop takes r and refuses a; one that
-// allows 2 takes both. IPv4 and IPv6.
-func TestTTLSecurityHops(t *testing.T) {
-	requireMD5(t)
-	t.Parallel()
-	_, a, b, r := testnet.Routed(t)
-	for _, v6 := range []bool{false, true} {
-		server := b.Addr4
-		if v6 {
-			server = b.Addr6
-		}
-		for _, hops := range []int{1, 2} {
-			if v6 && !server.IsValid() {
-				t.Run("IPv6", func(t *testing.T) { requireIPv6(t) }) // says why the IPv6 half does not run
-				break
-			}
-			var ln *tcpmd5.Listener
-			require.NoError(t, b.Host.Do(func() error {
-				var err error
-				ln, err = (&tcpmd5.ListenConfig{TTLSecurity: hops, AllowUnsigned: true}).Listen(t.Context(), "tcp", ":0")
-				return err
-			}))
-			serveEcho(t, ln)
-			target := net.JoinHostPort(server.String(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
-			for _, from := range []struct {
-				name    string
-				host    *testnet.Host
-				refused bool
-			}{{"router, 1 hop", r, false}, {"host behind the router, 2 hops", a.Host, hops < 2}} {
-				t.Run(net.JoinHostPort(server.String(), "")+" "+strconv.Itoa(hops)+" hops, from "+from.name, func(t *testing.T) {
-					before := nsCounters(t, b.Host)
-					var c net.Conn
-					err := from.host.Do(func() error {
-						d := &tcpmd5.Dialer{TTLSecurity: hops}
-						d.Timeout = mustConnect
-						if from.refused {
-							d.Timeout = refuseAfter
-						}
-						var err error
-						c, err = d.Dial("tcp", target)
-						return err
-					})
-					moved := before.Delta(nsCounters(t, b.Host), minTTLDrop)[minTTLDrop]
-					if from.refused {
-						requireRefused(t, c, err)
-						assert.Positive(t, moved)
-						return
-					}
-					require.NoError(t, err)
-					defer c.Close()
-					ping(t, c)
-				})
-			}
-			ln.Close()
-		}
-	}
-}
-
-func nsCounters(t *testing.T, h *testnet.Host) netstat.Counters {
-	t.Helper()
-	var c netstat.Counters
-	require.NoError(t, h.Do(func() error {
-		var err error
-		c, err = netstat.Read()
-		return err
-	}))
-	return c
 }
 
 func setIPOpt(t *testing.T, c *net.TCPConn, level, opt, v int) {

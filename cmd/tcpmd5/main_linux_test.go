@@ -21,6 +21,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/bgp"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
@@ -231,7 +232,7 @@ func TestProbeVerdicts(t *testing.T) {
 			peer: func(t *testing.T) string {
 				return listen(t, echo, key(t, ourAddr, secretA)).Addr().String()
 			},
-			secret: secretB, verdict: "key-mismatch", code: 1, counter: "TCPMD5Failure", unsigned: "no answer either",
+			secret: secretB, verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure, unsigned: "no answer either",
 			text: "its key for our address 127.3.0.2 differs from ours",
 		},
 		{
@@ -239,7 +240,7 @@ func TestProbeVerdicts(t *testing.T) {
 			peer: func(t *testing.T) string {
 				return listen(t, echo, key(t, otherAddr, secretA)).Addr().String()
 			},
-			secret: secretA, verdict: "peer-has-no-key", code: 1, counter: "TCPMD5Unexpected", unsigned: "connected",
+			secret: secretA, verdict: "peer-has-no-key", code: 1, counter: netstat.MD5Unexpected, unsigned: "connected",
 			text: "it holds no key for our address 127.3.0.2",
 		},
 		{

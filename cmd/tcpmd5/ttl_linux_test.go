@@ -29,14 +29,12 @@ const (
 	ttlOurs = "127.3.128.2"
 )
 
-const minTTLDrop = "TCPMinTTLDrop"
-
 // minTTLDrops reads TCPMinTTLDrop in the calling thread's namespace.
 func minTTLDrops(t *testing.T) uint64 {
 	t.Helper()
 	c, err := netstat.Read()
 	require.NoError(t, err)
-	return c[minTTLDrop]
+	return c[netstat.MinTTLDrop]
 }
 
 func TestTTLSecurityListenDial(t *testing.T) {
@@ -78,7 +76,7 @@ func TestTTLSecurityListenDial(t *testing.T) {
 	assert.Contains(t, refused.stderr, "or the peer has TTL security on")
 	assert.Contains(t, refused.stderr, "dial with -ttl-security N")
 	assert.Empty(t, refused.stdout)
-	assert.Positive(t, minTTLDrops(t)-before, "%s did not move: the listener did not drop the SYN for its TTL", minTTLDrop)
+	assert.Positive(t, minTTLDrops(t)-before, "%s did not move: the listener did not drop the SYN for its TTL", netstat.MinTTLDrop)
 
 	r := run(t, "from the dialer\n", []string{"TCPMD5_SECRET=" + secretA}, "dial", "-ttl-security", "1", "-source", ttlOurs, addr)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -114,19 +112,19 @@ func TestProbeTTLSecurity(t *testing.T) {
 		},
 		{
 			name: "peer at 1 hop, probe without", peerHops: 1, secret: secretA,
-			verdict: "ttl-dropped", code: 1, counter: minTTLDrop,
+			verdict: "ttl-dropped", code: 1, counter: netstat.MinTTLDrop,
 			text:      "the peer has TTL security (RFC 5082 GTSM) on and dropped our SYN, sent with the default TTL: probe with -ttl-security",
 			signedErr: "no answer to a signed SYN",
 		},
 		{
 			name: "probe at 1 hop, peer without", probeHops: 1, secret: secretA,
-			verdict: "ttl-dropped", code: 1, counter: minTTLDrop,
+			verdict: "ttl-dropped", code: 1, counter: netstat.MinTTLDrop,
 			text:      "the peer does not send so (its TTL security is off)",
 			signedErr: "with TTL security, also that the peer sends with TTL 255 from at most 1 hops",
 		},
 		{
 			name: "both sides at 1 hop, wrong key", peerHops: 1, probeHops: 1, secret: secretB,
-			verdict: "key-mismatch", code: 1, counter: "TCPMD5Failure",
+			verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure,
 			text:      "its key for our address " + ttlOurs + " differs from ours",
 			signedErr: "with TTL security, also that the peer sends with TTL 255 from at most 1 hops",
 		},

@@ -11,10 +11,6 @@ import (
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 )
 
-// minTTLDrop is the kernel counter of segments dropped for a TTL below the
-// socket's IP_MINTTL or IPV6_MINHOPCOUNT.
-const minTTLDrop = "TCPMinTTLDrop"
-
 // ttlSecurity reports whether sockets here can drop segments by their TTL
 // (RFC 5082 GTSM): it opens listeners with TTL security of 1 hop on
 // loopback, IPv4 and, where the host has it, IPv6.
@@ -85,11 +81,11 @@ func ttlRefused(ctx context.Context, addr string, refusal time.Duration) Result 
 	if err != nil {
 		return r
 	}
-	if n := before.Delta(after, minTTLDrop)[minTTLDrop]; n > 0 {
-		r.Detail += fmt.Sprintf(" (%s +%d)", minTTLDrop, n)
+	if n := before.Delta(after, netstat.MinTTLDrop)[netstat.MinTTLDrop]; n > 0 {
+		r.Detail += fmt.Sprintf(" (%s +%d)", netstat.MinTTLDrop, n)
 	} else {
 		r.Status, r.Value = StatusFail, "no answer"
-		r.Detail = "the dial timed out, but the kernel counted no " + minTTLDrop + ": something else dropped the SYN"
+		r.Detail = "the dial timed out, but the kernel counted no " + netstat.MinTTLDrop + ": something else dropped the SYN"
 	}
 	return r
 }

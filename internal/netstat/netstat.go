@@ -21,6 +21,10 @@ const (
 	MD5Failure    = "TCPMD5Failure"
 )
 
+// MinTTLDrop counts segments dropped because they arrived with a TTL (hop
+// limit) below their socket's minimum: TTL security (RFC 5082 GTSM).
+const MinTTLDrop = "TCPMinTTLDrop"
+
 // SynRetrans counts SYNs the kernel sent again because no answer came in
 // time: a handshake that needed it lost its first SYN.
 const SynRetrans = "TCPSynRetrans"

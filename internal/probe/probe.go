@@ -46,12 +46,8 @@ const (
 	TTLDropped Verdict = "ttl-dropped"
 )
 
-// MinTTLDrop is the kernel counter of segments dropped because they arrived
-// with a TTL or hop limit below the socket's IP_MINTTL or IPV6_MINHOPCOUNT.
-const MinTTLDrop = "TCPMinTTLDrop"
-
 // watched are the counters a probe reads when the peer is on this host.
-var watched = append(append([]string(nil), netstat.MD5Counters...), MinTTLDrop)
+var watched = append(append([]string(nil), netstat.MD5Counters...), netstat.MinTTLDrop)
 
 // Config is what to probe and how.
 type Config struct {
@@ -112,7 +108,7 @@ var CounterMeaning = map[string]string{
 	netstat.MD5Failure:    "a signature did not verify: the peer holds a key for our address, with another secret",
 	netstat.MD5Unexpected: "a signed segment arrived where no key was expected: the peer holds no key for our address",
 	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: the peer answered without a signature, so it holds no key for our address",
-	MinTTLDrop:            "a segment arrived with a TTL below its socket's minimum: one side has TTL security (RFC 5082 GTSM) on and the other does not send with TTL 255",
+	netstat.MinTTLDrop:    "a segment arrived with a TTL below its socket's minimum: one side has TTL security (RFC 5082 GTSM) on and the other does not send with TTL 255",
 }
 
 // Run probes c.Address. It returns an error only when the probe could not
@@ -172,7 +168,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		r.Verdict, r.Summary = closedOrUnreachable(err)
 		return r, nil
 	}
-	if r.Counters[MinTTLDrop] > 0 {
+	if r.Counters[netstat.MinTTLDrop] > 0 {
 		// The kernel dropped a segment for its TTL before it looked at
 		// the signature: an unsigned attempt would tell nothing more.
 		r.Verdict = TTLDropped

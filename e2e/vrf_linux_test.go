@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"errors"
@@ -16,6 +16,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -63,7 +64,7 @@ func newVRFNet(t *testing.T) vrfNet {
 
 // vrfKey is a host key for a through the interface ifindex only.
 func vrfKey(a netip.Addr, secret string, ifindex int) tcpmd5.Key {
-	k := hostKeyOf(a, secret)
+	k := testkit.HostKey(a, secret)
 	k.Ifindex = ifindex
 	return k
 }
@@ -73,21 +74,21 @@ func vrfKey(a netip.Addr, secret string, ifindex int) tcpmd5.Key {
 // the default VRF is refused signed (the kernel holds no key for it there:
 // TCPMD5Unexpected) and unsigned (the Listener's policy resets it).
 func TestInterfaceKeyListener(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	v := newVRFNet(t)
-	ln := listenIn(t, v.us, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{vrfKey(vrfPeer, secretA, v.vrf)}}, "tcp4", ":0")
-	serveEcho(t, ln)
+	ln := listenIn(t, v.us, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{vrfKey(vrfPeer, testkit.SecretA, v.vrf)}}, "tcp4", ":0")
+	testkit.ServeEcho(t, ln)
 	target := net.JoinHostPort(vrfUs.String(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
 
-	c, err := dialIn(v.in, netDialer(hostKeyOf(vrfUs, secretA)), "tcp4", target)
+	c, err := dialIn(v.in, netDialer(testkit.HostKey(vrfUs, testkit.SecretA)), "tcp4", target)
 	require.NoError(t, err, "the peer in the VRF, signing with the VRF's key")
-	ping(t, c)
+	testkit.Ping(t, c)
 	c.Close()
 
 	before := countersIn(t, v.us)
-	c, err = dialIn(v.out, refusing(netDialer(hostKeyOf(vrfUs, secretA))), "tcp4", target)
-	requireRefused(t, c, err)
+	c, err = dialIn(v.out, refusing(netDialer(testkit.HostKey(vrfUs, testkit.SecretA))), "tcp4", target)
+	testkit.RequireRefused(t, c, err)
 	assert.Positive(t, before.Delta(countersIn(t, v.us), netstat.MD5Unexpected)[netstat.MD5Unexpected],
 		"a signed SYN from the same address outside the VRF must be dropped as unexpected")
 
@@ -95,11 +96,11 @@ func TestInterfaceKeyListener(t *testing.T) {
 	c, err = dialIn(v.out, netDialer(), "tcp4", target)
 	if err == nil { // the reset may come before or after connect returns
 		defer c.Close()
-		require.NoError(t, c.SetReadDeadline(time.Now().Add(mustConnect)))
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(testkit.MustConnect)))
 		_, err = c.Read(make([]byte, 1))
 	}
 	require.ErrorIs(t, err, syscall.ECONNRESET, "an unsigned peer outside the VRF must be reset, not taken for the keyed one")
-	require.Eventually(t, func() bool { return ln.RefusedUnsigned() == refused+1 }, mustConnect, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return ln.RefusedUnsigned() == refused+1 }, testkit.MustConnect, 10*time.Millisecond)
 }
 
 // TestInterfaceKeyDialer gives a Dialer a key for 192.0.2.2 through the VRF
@@ -108,7 +109,7 @@ func TestInterfaceKeyListener(t *testing.T) {
 // AllowUnsigned, dials unsigned and the peer there, which holds a key for
 // us, drops the SYN (TCPMD5NotFound).
 func TestInterfaceKeyDialer(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	v := newVRFNet(t)
 	const port = "1790"
@@ -118,11 +119,11 @@ func TestInterfaceKeyDialer(t *testing.T) {
 		h  *testnet.Host
 		ln **tcpmd5.Listener
 	}{{v.in, &inAccepted}, {v.out, &outAccepted}} {
-		*p.ln = listenIn(t, p.h, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{hostKeyOf(vrfUs, secretA)}}, "tcp4", target)
-		serveEcho(t, *p.ln)
+		*p.ln = listenIn(t, p.h, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.HostKey(vrfUs, testkit.SecretA)}}, "tcp4", target)
+		testkit.ServeEcho(t, *p.ln)
 	}
 
-	d := netDialer(vrfKey(vrfPeer, secretA, v.vrf))
+	d := netDialer(vrfKey(vrfPeer, testkit.SecretA, v.vrf))
 	d.Control = func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), "blue") }); err != nil {
@@ -132,17 +133,17 @@ func TestInterfaceKeyDialer(t *testing.T) {
 	}
 	c, err := dialIn(v.us, d, "tcp4", target)
 	require.NoError(t, err, "bound to the VRF, the Dialer signs with the VRF's key")
-	ping(t, c)
+	testkit.Ping(t, c)
 	c.Close()
 
-	unbound := netDialer(vrfKey(vrfPeer, secretA, v.vrf))
+	unbound := netDialer(vrfKey(vrfPeer, testkit.SecretA, v.vrf))
 	_, err = dialIn(v.us, unbound, "tcp4", target)
 	require.ErrorIs(t, err, tcpmd5.ErrNoKey, "outside the VRF no key applies")
 
 	unbound.AllowUnsigned = true
 	before := countersIn(t, v.out)
 	c, err = dialIn(v.us, refusing(unbound), "tcp4", target)
-	requireRefused(t, c, err)
+	testkit.RequireRefused(t, c, err)
 	var ne net.Error
 	require.True(t, errors.As(err, &ne))
 	assert.NotContains(t, err.Error(), "same key", "an unsigned dial is not described as signed")

@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"net"
@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -19,7 +20,7 @@ import (
 // The same capture of an unsigned connection finds no such option, which
 // shows the check can fail.
 func TestEverySegmentIsSigned(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	for _, family := range []string{"IPv4", "IPv6"} {
 		for _, signed := range []bool{true, false} {
@@ -30,7 +31,7 @@ func TestEverySegmentIsSigned(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
 				if family == "IPv6" {
-					requireIPv6(t)
+					testkit.RequireIPv6(t)
 				}
 				client, server := testnet.Pair(t)
 				caddr, saddr := client.Addr4, server.Addr4
@@ -40,13 +41,13 @@ func TestEverySegmentIsSigned(t *testing.T) {
 				lc := &tcpmd5.ListenConfig{AllowUnsigned: !signed}
 				var d *tcpmd5.Dialer
 				if signed {
-					lc.Keys = []tcpmd5.Key{{Peer: netip.PrefixFrom(caddr, caddr.BitLen()), Secret: []byte(secretA)}}
-					d = netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(saddr, saddr.BitLen()), Secret: []byte(secretA)})
+					lc.Keys = []tcpmd5.Key{{Peer: netip.PrefixFrom(caddr, caddr.BitLen()), Secret: []byte(testkit.SecretA)}}
+					d = netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(saddr, saddr.BitLen()), Secret: []byte(testkit.SecretA)})
 				} else {
 					d = netDialer()
 				}
 				ln := listenIn(t, server.Host, lc, "tcp", net.JoinHostPort(saddr.String(), "0"))
-				serveEcho(t, ln)
+				testkit.ServeEcho(t, ln)
 				capture := client.Capture(t)
 
 				c, err := dialIn(client.Host, d, "tcp", ln.Addr().String())
@@ -54,7 +55,7 @@ func TestEverySegmentIsSigned(t *testing.T) {
 				local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 				remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 				for range 3 {
-					ping(t, c)
+					testkit.Ping(t, c)
 				}
 				require.NoError(t, c.Close())
 

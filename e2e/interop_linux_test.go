@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -55,7 +56,7 @@ protocol bgp peer {
 // connection, whichever side connects; with another password no connection
 // forms, and the receiver's TCPMD5Failure counter shows why.
 func TestBIRDInterop(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	for _, family := range []string{"IPv4", "IPv6"} {
 		addrs := func(i *testnet.Iface) netip.Addr {
@@ -67,13 +68,13 @@ func TestBIRDInterop(t *testing.T) {
 		t.Run(family+"/BIRD dials our Listener", func(t *testing.T) {
 			t.Parallel()
 			if family == "IPv6" {
-				requireIPv6(t)
+				testkit.RequireIPv6(t)
 			}
 			us, peer := testnet.Pair(t)
-			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
+			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
 			capture := us.Capture(t)
-			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, false))
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretA, false))
 
 			require.NoError(t, ln.SetDeadline(time.Now().Add(15*time.Second)))
 			c, err := ln.Accept()
@@ -97,13 +98,13 @@ func TestBIRDInterop(t *testing.T) {
 		t.Run(family+"/our Dialer reaches BIRD", func(t *testing.T) {
 			t.Parallel()
 			if family == "IPv6" {
-				requireIPv6(t)
+				testkit.RequireIPv6(t)
 			}
 			us, peer := testnet.Pair(t)
-			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretA, true))
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretA, true))
 			waitListening(t, peer.Host, bgpPort)
 
-			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)})
+			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)})
 			c, err := dialIn(us.Host, d, "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
 			require.NoError(t, err)
 			defer c.Close()
@@ -113,13 +114,13 @@ func TestBIRDInterop(t *testing.T) {
 		t.Run(family+"/BIRD with another password is dropped", func(t *testing.T) {
 			t.Parallel()
 			if family == "IPv6" {
-				requireIPv6(t)
+				testkit.RequireIPv6(t)
 			}
 			us, peer := testnet.Pair(t)
-			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)}}}
+			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
 			before := countersIn(t, us.Host)
-			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretB, false))
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretB, false))
 
 			// BIRD's SYN arrives and fails verification...
 			waitCounter(t, us.Host, before, netstat.MD5Failure, 15*time.Second)
@@ -138,18 +139,18 @@ func TestBIRDInterop(t *testing.T) {
 		t.Run(family+"/our Dialer with another password is dropped by BIRD", func(t *testing.T) {
 			t.Parallel()
 			if family == "IPv6" {
-				requireIPv6(t)
+				testkit.RequireIPv6(t)
 			}
 			us, peer := testnet.Pair(t)
-			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), secretB, true))
+			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretB, true))
 			waitListening(t, peer.Host, bgpPort)
 			before := countersIn(t, peer.Host)
 
-			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(secretA)})
+			d := netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)})
 			c, err := dialIn(us.Host, refusing(d), "tcp", net.JoinHostPort(addrs(peer).String(), bgpPortS))
-			requireRefused(t, c, err)
+			testkit.RequireRefused(t, c, err)
 			assert.Contains(t, err.Error(), "holds the same key for")
-			assert.NotContains(t, err.Error(), secretA)
+			assert.NotContains(t, err.Error(), testkit.SecretA)
 			moved := before.Delta(countersIn(t, peer.Host), netstat.MD5Counters...)
 			assert.Positive(t, moved[netstat.MD5Failure], "BIRD's kernel did not count our SYN as a failed signature: %v", moved)
 		})

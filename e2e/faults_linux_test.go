@@ -1,13 +1,9 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
-	"os"
-	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +15,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -28,14 +25,14 @@ import (
 // work again afterwards. The cases run one at a time, and not in parallel
 // with other tests, so that the leak counts are theirs alone.
 func TestFaults(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	testenv.RequireRoot(t)
 
 	t.Run("peer link goes down", func(t *testing.T) {
-		requireNoLeaks(t)
+		testkit.RequireNoLeaks(t)
 		us, peer := testnet.Pair(t)
-		ln := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{hostKeyOf(us.Addr4, secretA)}}, "tcp4", net.JoinHostPort(peer.Addr4.String(), "0"))
-		d := userTimeoutDialer(hostKeyOf(peer.Addr4, secretA))
+		ln := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.HostKey(us.Addr4, testkit.SecretA)}}, "tcp4", net.JoinHostPort(peer.Addr4.String(), "0"))
+		d := userTimeoutDialer(testkit.HostKey(peer.Addr4, testkit.SecretA))
 		client, server := connPair(t, us.Host, d, ln)
 		exchange(t, client, server, "fake-before")
 
@@ -47,16 +44,16 @@ func TestFaults(t *testing.T) {
 		peer.SetUp(t, true)
 		client, server = connPair(t, us.Host, d, ln)
 		exchange(t, client, server, "fake-after")
-		c, err := dialIn(us.Host, refusing(netDialer(hostKeyOf(peer.Addr4, secretB))), "tcp4", ln.Addr().String())
-		requireRefused(t, c, err)
+		c, err := dialIn(us.Host, refusing(netDialer(testkit.HostKey(peer.Addr4, testkit.SecretB))), "tcp4", ln.Addr().String())
+		testkit.RequireRefused(t, c, err)
 	})
 
 	t.Run("peer namespace deleted", func(t *testing.T) {
-		requireNoLeaks(t)
+		testkit.RequireNoLeaks(t)
 		us, peer := testnet.Pair(t)
-		testnet.StartBIRD(t, peer.Host, birdConfig(peer.Addr4, us.Addr4, secretA, true))
+		testnet.StartBIRD(t, peer.Host, birdConfig(peer.Addr4, us.Addr4, testkit.SecretA, true))
 		waitListening(t, peer.Host, bgpPort)
-		d := userTimeoutDialer(hostKeyOf(peer.Addr4, secretA))
+		d := userTimeoutDialer(testkit.HostKey(peer.Addr4, testkit.SecretA))
 		address := net.JoinHostPort(peer.Addr4.String(), bgpPortS)
 		c, err := dialIn(us.Host, d, "tcp4", address)
 		require.NoError(t, err)
@@ -85,13 +82,13 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("listener reopened over TIME_WAIT", func(t *testing.T) {
-		requireNoLeaks(t)
+		testkit.RequireNoLeaks(t)
 		us, peer := testnet.Pair(t)
-		keys := []tcpmd5.Key{hostKeyOf(us.Addr4, secretA)}
+		keys := []tcpmd5.Key{testkit.HostKey(us.Addr4, testkit.SecretA)}
 		ln := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", net.JoinHostPort(peer.Addr4.String(), "0"))
 		address := ln.Addr().String()
 		port := ln.Addr().(*net.TCPAddr).Port
-		d := netDialer(hostKeyOf(peer.Addr4, secretA))
+		d := netDialer(testkit.HostKey(peer.Addr4, testkit.SecretA))
 		for range 3 {
 			client, server := connPair(t, us.Host, d, ln)
 			exchange(t, client, server, "fake-before-close")
@@ -107,15 +104,15 @@ func TestFaults(t *testing.T) {
 		})
 
 		ln2 := listenIn(t, peer.Host, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", address)
-		serveEcho(t, ln2)
+		testkit.ServeEcho(t, ln2)
 		c, err := dialIn(us.Host, d, "tcp4", address)
 		require.NoError(t, err, "a signed dial to the reopened listener")
 		defer c.Close()
-		ping(t, c)
-		c2, err := dialIn(us.Host, refusing(netDialer(hostKeyOf(peer.Addr4, secretB))), "tcp4", address)
-		requireRefused(t, c2, err)
+		testkit.Ping(t, c)
+		c2, err := dialIn(us.Host, refusing(netDialer(testkit.HostKey(peer.Addr4, testkit.SecretB))), "tcp4", address)
+		testkit.RequireRefused(t, c2, err)
 		c3, err := dialIn(us.Host, refusing(netDialer()), "tcp4", address)
-		requireRefused(t, c3, err)
+		testkit.RequireRefused(t, c3, err)
 	})
 }
 
@@ -152,45 +149,4 @@ func requireOpError(t testing.TB, err error) {
 	t.Helper()
 	var oe *net.OpError
 	require.ErrorAs(t, err, &oe, "%v (%T) is not a *net.OpError", err, err)
-}
-
-func hostKeyOf(a netip.Addr, secret string) tcpmd5.Key {
-	return tcpmd5.Key{Peer: netip.PrefixFrom(a, a.BitLen()), Secret: []byte(secret)}
-}
-
-// requireNoLeaks fails t if, once everything t set up is cleaned up, the
-// process holds more sockets or goroutines than it does now. Call it first,
-// so that its check runs after every other cleanup. It counts sockets, not
-// every file descriptor, because os/exec, which builds the test networks,
-// keeps pipes of its own for a while.
-func requireNoLeaks(t *testing.T) {
-	t.Helper()
-	sockets, goroutines := socketCount(t), runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			nf, ng := socketCount(t), runtime.NumGoroutine()
-			if nf <= sockets && ng <= goroutines {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("leaked %d sockets and %d goroutines", nf-sockets, ng-goroutines)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
-
-func socketCount(t testing.TB) int {
-	t.Helper()
-	es, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	n := 0
-	for _, e := range es {
-		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
-			n++
-		}
-	}
-	return n
 }

@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"io"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -25,7 +26,7 @@ import (
 // server's kernel drops the segment (TCPMD5NotFound), the connection
 // survives, and the next exchange carries only genuine bytes.
 func TestSpoofedSegments(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	const injected = "fake-injected-data"
 	for _, family := range []string{"IPv4", "IPv6"} {
@@ -38,7 +39,7 @@ func TestSpoofedSegments(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					t.Parallel()
 					if family == "IPv6" {
-						requireIPv6(t)
+						testkit.RequireIPv6(t)
 					}
 					n, a, b, r := testnet.Routed(t)
 					attacker := n.Attach(n.Host("m"), r)
@@ -50,8 +51,8 @@ func TestSpoofedSegments(t *testing.T) {
 					lc := &tcpmd5.ListenConfig{AllowUnsigned: !signed}
 					d := netDialer()
 					if signed {
-						lc.Keys = []tcpmd5.Key{{Peer: netip.PrefixFrom(caddr, caddr.BitLen()), Secret: []byte(secretA)}}
-						d = netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(saddr, saddr.BitLen()), Secret: []byte(secretA)})
+						lc.Keys = []tcpmd5.Key{{Peer: netip.PrefixFrom(caddr, caddr.BitLen()), Secret: []byte(testkit.SecretA)}}
+						d = netDialer(tcpmd5.Key{Peer: netip.PrefixFrom(saddr, saddr.BitLen()), Secret: []byte(testkit.SecretA)})
 					}
 					ln := listenIn(t, b.Host, lc, "tcp", net.JoinHostPort(saddr.String(), "0"))
 					client, server := connPair(t, a.Host, d, ln)

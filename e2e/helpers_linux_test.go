@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
@@ -43,14 +44,14 @@ func dialIn(h *testnet.Host, d *tcpmd5.Dialer, network, address string) (c net.C
 // netDialer returns a Dialer with keys, for dials that must succeed.
 func netDialer(keys ...tcpmd5.Key) *tcpmd5.Dialer {
 	d := &tcpmd5.Dialer{Keys: keys}
-	d.Timeout = mustConnect
+	d.Timeout = testkit.MustConnect
 	return d
 }
 
 // refusing returns d with the timeout after which a test calls a dial
 // refused.
 func refusing(d *tcpmd5.Dialer) *tcpmd5.Dialer {
-	d.Timeout = refuseAfter
+	d.Timeout = testkit.RefuseAfter
 	return d
 }
 

@@ -1,4 +1,4 @@
-package tcpmd5_test
+package e2e_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 )
 
 // TestLoad runs 200 signed sessions that move data through an echo server
@@ -26,22 +27,22 @@ import (
 // unchanged, every new session must connect, and the kernel must drop no
 // segment for its signature.
 func TestLoad(t *testing.T) {
-	requireMD5(t)
+	testkit.RequireMD5(t)
 	t.Parallel()
 	testenv.Netns(t)
 	const (
 		sessions = 200
 		runFor   = time.Second
 	)
-	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.4.0.0/16", secretA)}}, "tcp4", "127.0.0.1:0")
-	serveEcho(t, ln)
+	ln := testkit.Listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.Key(t, "127.4.0.0/16", testkit.SecretA)}}, "tcp4", "127.0.0.1:0")
+	testkit.ServeEcho(t, ln)
 	addr := ln.Addr().String()
-	server := key(t, "127.0.0.1", secretA)
-	before := counters(t)
+	server := testkit.Key(t, "127.0.0.1", testkit.SecretA)
+	before := testkit.Counters(t)
 
 	conns := make([]net.Conn, sessions)
 	for i := range conns {
-		c, err := dialer(fmt.Sprintf("127.4.%d.%d", 3+i/250, 1+i%250), server).Dial("tcp", addr)
+		c, err := testkit.Dialer(fmt.Sprintf("127.4.%d.%d", 3+i/250, 1+i%250), server).Dial("tcp", addr)
 		require.NoError(t, err, "session %d", i)
 		t.Cleanup(func() { c.Close() })
 		conns[i] = c
@@ -87,12 +88,12 @@ func TestLoad(t *testing.T) {
 	// Key churn on the live listener: a prefix that overlaps the sessions'
 	// with the same secret, and hosts outside them with another.
 	var churn atomic.Int64
-	overlap := key(t, "127.4.3.0/24", secretA)
+	overlap := testkit.Key(t, "127.4.3.0/24", testkit.SecretA)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for n := 0; time.Now().Before(stop); n++ {
-			other := tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 4, 200, byte(n)}), 32), Secret: []byte(secretB)}
+			other := tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 4, 200, byte(n)}), 32), Secret: []byte(testkit.SecretB)}
 			for _, op := range []func() error{
 				func() error { return ln.SetKey(other) },
 				func() error { return ln.SetKey(overlap) },
@@ -112,9 +113,9 @@ func TestLoad(t *testing.T) {
 	// test's namespace.
 	dials := 0
 	for ; time.Now().Before(stop); dials++ {
-		c, err := dialer(fmt.Sprintf("127.4.%d.%d", 10+dials/250, 1+dials%250), server).Dial("tcp", addr)
+		c, err := testkit.Dialer(fmt.Sprintf("127.4.%d.%d", 10+dials/250, 1+dials%250), server).Dial("tcp", addr)
 		require.NoError(t, err, "new session %d during key churn", dials)
-		ping(t, c)
+		testkit.Ping(t, c)
 		c.Close()
 	}
 	wg.Wait()
@@ -128,11 +129,11 @@ func TestLoad(t *testing.T) {
 		assert.Positive(t, n, "session %d moved no data", i)
 		total += n
 	}
-	drops := before.Delta(counters(t), netstat.MD5Counters...)
+	drops := before.Delta(testkit.Counters(t), netstat.MD5Counters...)
 	for _, n := range netstat.MD5Counters {
 		assert.Zero(t, drops[n], "%s moved under load", n)
 	}
-	assert.Equal(t, []tcpmd5.Key{key(t, "127.4.0.0/16", secretA)}, ln.Keys())
+	assert.Equal(t, []tcpmd5.Key{testkit.Key(t, "127.4.0.0/16", testkit.SecretA)}, ln.Keys())
 	t.Logf("%d sessions echoed %d MiB in %v; %d key changes and %d new sessions meanwhile",
 		sessions, total>>20, runFor, churn.Load(), dials)
 }
