@@ -65,12 +65,17 @@ func TestBIRDInterop(t *testing.T) {
 			}
 			return i.Addr4
 		}
-		t.Run(family+"/BIRD dials our Listener", func(t *testing.T) {
+		// pair makes a subtest's two hosts, on a kernel with the family.
+		pair := func(t *testing.T) (us, peer *testnet.Iface) {
+			t.Helper()
 			t.Parallel()
 			if family == "IPv6" {
 				testkit.RequireIPv6(t)
 			}
-			us, peer := testnet.Pair(t)
+			return testnet.Pair(t)
+		}
+		t.Run(family+"/BIRD dials our Listener", func(t *testing.T) {
+			us, peer := pair(t)
 			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
 			capture := us.Capture(t)
@@ -96,11 +101,7 @@ func TestBIRDInterop(t *testing.T) {
 			assert.Equal(t, testnet.SYN, int(segs[0].Flags), "the capture starts with BIRD's SYN: %v", segs[0])
 		})
 		t.Run(family+"/our Dialer reaches BIRD", func(t *testing.T) {
-			t.Parallel()
-			if family == "IPv6" {
-				testkit.RequireIPv6(t)
-			}
-			us, peer := testnet.Pair(t)
+			us, peer := pair(t)
 			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretA, true))
 			waitListening(t, peer.Host, bgpPort)
 
@@ -112,11 +113,7 @@ func TestBIRDInterop(t *testing.T) {
 			assert.Equal(t, uint16(birdAS), open.AS)
 		})
 		t.Run(family+"/BIRD with another password is dropped", func(t *testing.T) {
-			t.Parallel()
-			if family == "IPv6" {
-				testkit.RequireIPv6(t)
-			}
-			us, peer := testnet.Pair(t)
+			us, peer := pair(t)
 			lc := &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: netip.PrefixFrom(addrs(peer), addrs(peer).BitLen()), Secret: []byte(testkit.SecretA)}}}
 			ln := listenIn(t, us.Host, lc, "tcp", net.JoinHostPort(addrs(us).String(), bgpPortS))
 			before := countersIn(t, us.Host)
@@ -137,11 +134,7 @@ func TestBIRDInterop(t *testing.T) {
 			assert.Zero(t, ln.RefusedUnsigned(), "BIRD's SYN was signed, so nothing should reach Accept")
 		})
 		t.Run(family+"/our Dialer with another password is dropped by BIRD", func(t *testing.T) {
-			t.Parallel()
-			if family == "IPv6" {
-				testkit.RequireIPv6(t)
-			}
-			us, peer := testnet.Pair(t)
+			us, peer := pair(t)
 			testnet.StartBIRD(t, peer.Host, birdConfig(addrs(peer), addrs(us), testkit.SecretB, true))
 			waitListening(t, peer.Host, bgpPort)
 			before := countersIn(t, peer.Host)
