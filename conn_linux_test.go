@@ -278,12 +278,8 @@ func TestListenersArePlainTCP(t *testing.T) {
 func TestOptionMemoryFull(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
-	var nlc net.ListenConfig
-	nlc.SetMultipathTCP(false)
-	nl, err := nlc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer nl.Close()
-	tl := nl.(*net.TCPListener)
+	tl := plainListener(t, "127.0.0.1:0", nil)
+	var err error
 	n := 0
 	for ; n < 1<<16; n++ {
 		err = tcpmd5.SetKeys(tl, tcpmd5.Key{Peer: hostPrefix(n), Secret: []byte(secretA)})
@@ -314,12 +310,7 @@ func TestIfindexKeyNeedsVRF(t *testing.T) {
 func TestSetKeys(t *testing.T) {
 	requireMD5(t)
 	t.Parallel()
-	var nlc net.ListenConfig
-	nlc.SetMultipathTCP(false)
-	nl, err := nlc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	tl := nl.(*net.TCPListener)
-	t.Cleanup(func() { tl.Close() })
+	tl := plainListener(t, "127.0.0.1:0", nil)
 	serveEcho(t, tl)
 	addr := tl.Addr().String()
 	lo, err := net.InterfaceByName("lo")

@@ -1,6 +1,8 @@
 package tcpmd5_test
 
 import (
+	"context"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -59,6 +61,20 @@ func sockopt(t testing.TB, s syscall.Conn, level, opt int) int {
 	require.NoError(t, rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), level, opt) }))
 	require.NoError(t, serr)
 	return v
+}
+
+// plainListener listens with a net.ListenConfig, MPTCP off so that the
+// socket takes keys, on address, with control as its Control hook (may be
+// nil), and closes it when t ends.
+func plainListener(t testing.TB, address string, control func(string, string, syscall.RawConn) error) *net.TCPListener {
+	t.Helper()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	lc.Control = control
+	ln, err := lc.Listen(context.Background(), "tcp4", address)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
 }
 
 // hostPrefix returns the n-th host of 127.128.0.0/9, an address range only

@@ -99,12 +99,7 @@ func singleSocket(b *testing.B, keys []tcpmd5.Key) *net.TCPListener {
 			testenv.Missing(b, "cannot raise net.core.optmem_max in a network namespace (per namespace since Linux 6.9): "+err.Error(), "run the benchmark as root on Linux 6.9 or later")
 		}
 	}
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(b, err)
-	b.Cleanup(func() { ln.Close() })
-	tl := ln.(*net.TCPListener)
+	tl := plainListener(b, "127.0.0.1:0", nil)
 	require.NoError(b, tcpmd5.SetKeys(tl, keys...))
 	return tl
 }

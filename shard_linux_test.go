@@ -385,20 +385,14 @@ func TestSameUserSocketGetsNoSYN(t *testing.T) {
 // reuseport group of a listener there.
 func joinGroup(t testing.TB, address string) *net.TCPListener {
 	t.Helper()
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	lc.Control = func(_, _ string, c syscall.RawConn) error {
+	return plainListener(t, address, func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		if err != nil {
 			return err
 		}
 		return serr
-	}
-	intruder, err := lc.Listen(context.Background(), "tcp4", address)
-	require.NoError(t, err, "the kernel let no same-user socket join; nothing to check")
-	t.Cleanup(func() { intruder.Close() })
-	return intruder.(*net.TCPListener)
+	})
 }
 
 // requireNoSYN requires that no connection reached the foreign socket.

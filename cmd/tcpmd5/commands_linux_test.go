@@ -172,15 +172,9 @@ func TestListenDialRoundTrip(t *testing.T) {
 	// Each side holds the other's address with the same secret.
 	file := keyFile(t, 0o600, ourAddr+" "+secretA+"\n"+peerAddr+" "+secretA+"\n")
 
-	ln := exec.Command(binary, "listen", "-key-file", file, peerAddr+":0")
-	ln.Stdin = strings.NewReader("from the listener\n")
-	var lnOut bytes.Buffer
-	ln.Stdout = &lnOut
-	lnErr, err := ln.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, ln.Start())
-	t.Cleanup(func() { _ = ln.Process.Kill(); _ = ln.Wait() })
-	addr := listeningOn(t, lnErr)
+	ln := startListen(t, "from the listener\n", "-key-file", file, peerAddr+":0")
+	require.Contains(t, ln.line, " with 2 keys")
+	addr := ln.addr
 
 	// Not in subtests: the commands must start from this goroutine, the
 	// one in the namespace.
@@ -200,41 +194,61 @@ func TestListenDialRoundTrip(t *testing.T) {
 	assert.Equal(t, "from the listener\n", r.stdout)
 	assert.Contains(t, r.stderr, "connected to "+addr)
 
-	requireListenExits(t, ln, lnErr)
-	assert.Equal(t, "from the dialer\n", lnOut.String())
+	ln.requireExit(t)
+	assert.Equal(t, "from the dialer\n", ln.stdout.String())
 }
 
-// requireListenExits waits for the listen command to exit, cleanly, once its
-// one connection has ended, draining the rest of its stderr.
-func requireListenExits(t *testing.T, ln *exec.Cmd, stderr io.Reader) {
+// listenCmd is a running "tcpmd5 listen".
+type listenCmd struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr io.Reader
+	line   string // its first line on stderr, "listening on ADDR ..."
+	addr   string
+}
+
+// startListen runs "tcpmd5 listen" with args and stdin, from the calling
+// goroutine's namespace, and waits for its "listening on ADDR" line.
+func startListen(t *testing.T, stdin string, args ...string) *listenCmd {
+	t.Helper()
+	l := &listenCmd{cmd: exec.Command(binary, append([]string{"listen"}, args...)...)}
+	l.cmd.Stdin = strings.NewReader(stdin)
+	l.cmd.Stdout = &l.stdout
+	var err error
+	l.stderr, err = l.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, l.cmd.Start())
+	t.Cleanup(func() { _ = l.cmd.Process.Kill(); _ = l.cmd.Wait() })
+	lines := make(chan string, 1)
+	r := bufio.NewReader(l.stderr)
+	go func() {
+		line, _ := r.ReadString('\n')
+		lines <- line
+	}()
+	l.stderr = r
+	select {
+	case l.line = <-lines:
+		requireNoSecret(t, l.line)
+		m := regexp.MustCompile(`listening on (\S+) `).FindStringSubmatch(l.line)
+		require.NotNil(t, m, "listen said %q", l.line)
+		l.addr = m[1]
+	case <-time.After(10 * time.Second):
+		t.Fatal("listen did not start")
+	}
+	return l
+}
+
+// requireExit waits for the listen command to exit, cleanly, once its
+// connection has ended.
+func (l *listenCmd) requireExit(t *testing.T) {
 	t.Helper()
 	done := make(chan error, 1)
-	go func() { _, _ = io.Copy(io.Discard, stderr); done <- ln.Wait() }()
+	go func() { _, _ = io.Copy(io.Discard, l.stderr); done <- l.cmd.Wait() }()
 	select {
 	case err := <-done:
 		require.NoError(t, err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("listen did not exit after the connection ended")
-	}
-}
-
-// listeningOn reads listen's stderr up to its "listening on ADDR" line.
-func listeningOn(t *testing.T, stderr io.Reader) string {
-	t.Helper()
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stderr).ReadString('\n')
-		lines <- line
-	}()
-	select {
-	case line := <-lines:
-		requireNoSecret(t, line)
-		m := regexp.MustCompile(`listening on (\S+) with 2 keys`).FindStringSubmatch(line)
-		require.NotNil(t, m, "listen said %q", line)
-		return m[1]
-	case <-time.After(10 * time.Second):
-		t.Fatal("listen did not start")
-		return ""
 	}
 }
 

@@ -1,15 +1,11 @@
 package main_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -43,28 +39,9 @@ func TestTTLSecurityListenDial(t *testing.T) {
 	testenv.Netns(t)
 	file := keyFile(t, 0o600, ttlOurs+" "+secretA+"\n"+ttlPeer+" "+secretA+"\n")
 
-	ln := exec.Command(binary, "listen", "-ttl-security", "1", "-key-file", file, ttlPeer+":0")
-	ln.Stdin = strings.NewReader("from the listener\n")
-	var lnOut bytes.Buffer
-	ln.Stdout = &lnOut
-	lnErr, err := ln.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, ln.Start())
-	t.Cleanup(func() { _ = ln.Process.Kill(); _ = ln.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(lnErr).ReadString('\n')
-		lines <- line
-	}()
-	var addr string
-	select {
-	case line := <-lines:
-		m := regexp.MustCompile(`listening on (\S+) with 2 keys, TTL security of 1 hop\n`).FindStringSubmatch(line)
-		require.NotNil(t, m, "listen said %q", line)
-		addr = m[1]
-	case <-time.After(10 * time.Second):
-		t.Fatal("listen did not start")
-	}
+	ln := startListen(t, "from the listener\n", "-ttl-security", "1", "-key-file", file, ttlPeer+":0")
+	require.Regexp(t, `with 2 keys, TTL security of 1 hop\n$`, ln.line)
+	addr := ln.addr
 
 	// Not in subtests: the commands must start from this goroutine, the
 	// one in the namespace. First a dial with the right key but the
@@ -84,8 +61,8 @@ func TestTTLSecurityListenDial(t *testing.T) {
 	assert.Contains(t, r.stderr, "connected to "+addr+" from "+ttlOurs)
 	assert.Contains(t, r.stderr, ", TTL security of 1 hop\n")
 
-	requireListenExits(t, ln, lnErr)
-	assert.Equal(t, "from the dialer\n", lnOut.String())
+	ln.requireExit(t)
+	assert.Equal(t, "from the dialer\n", ln.stdout.String())
 }
 
 // TestProbeTTLSecurity probes peers with and without TTL security, with
