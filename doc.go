@@ -14,7 +14,9 @@
 // Keys change on a live listener with [Listener.SetKey] and
 // [Listener.RemoveKey]. A Listener holds any number of keys: past 128 on one
 // socket it spreads them over a SO_REUSEPORT group of sockets steered by
-// source address, so route servers need no net.core.optmem_max change.
+// source address, so route servers need no net.core.optmem_max change; it
+// never grows that group over a socket of another program bound to the
+// same address.
 // [Control] composes keys into a Control hook of your own, and [SetKeys]
 // puts them on a socket made elsewhere.
 //
@@ -25,10 +27,14 @@
 // # Refusing unsigned peers
 //
 // The kernel verifies signatures only for peers a key covers; any other peer
-// may connect unsigned. A [Listener] therefore closes, at Accept, connections
-// from peers that no installed key covers, unless [ListenConfig.AllowUnsigned]
-// is set. A [Dialer] with keys refuses to dial a destination that none of
-// them covers ([ErrNoKey]) unless [Dialer.AllowUnsigned] is set.
+// may connect unsigned. A [Listener] therefore hands over only connections
+// whose handshake the kernel verified with a key (it asks the kernel, so a
+// handshake that completed unsigned just before [Listener.SetKey] covered
+// its peer is refused too), and closes the others at Accept, unless
+// [ListenConfig.AllowUnsigned] is set and no key covers the peer. A [Dialer]
+// with keys refuses to dial a destination that none of them covers
+// ([ErrNoKey]) unless [Dialer.AllowUnsigned] is set, and its DialUDP,
+// DialIP and DialUnix, which no key can protect, fail.
 //
 // A peer with a different key, or none, drops signed segments in silence, so
 // a mismatch shows up as a dial timeout. Such errors say so in their text and
