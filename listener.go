@@ -81,6 +81,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())
 	}
+	l.keyed = len(keys) > 0
 	hosts := len(l.keys.hosts)
 	_, port, _ := net.SplitHostPort(address)
 	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
@@ -172,6 +173,7 @@ type Listener struct {
 
 	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
 	keys    keyTable     // every key, with its secret
+	keyed   bool         // a key was ever installed: only then can a connection be signed
 	shards  []*shard     // the group, in the order the sockets joined it
 	steered bool         // the steering program is attached to the group
 	closed  bool
@@ -308,9 +310,14 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	signed, err := acceptedSigned(s.rc, rc, s.keys.len())
-	if err != nil || signed || !l.allowUnsigned {
-		return err == nil && signed
+	signed := false
+	if l.keyed { // else nothing could have signed it, and no syscall need say so
+		if signed, err = acceptedSigned(s.rc, rc, s.keys.len()); err != nil {
+			return false
+		}
+	}
+	if signed || !l.allowUnsigned {
+		return signed
 	}
 	l3index := 0
 	if l.keys.interfaces > 0 {
@@ -362,6 +369,7 @@ func (l *Listener) SetKey(k Key) error {
 		full, err := l.install(k)
 		if err == nil {
 			l.keys.set(k.clone())
+			l.keyed = true
 			return nil
 		}
 		if !keysFull(err) || len(full.keys.hosts) == 0 || grown >= n {
