@@ -270,11 +270,11 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		}
 		return fmt.Errorf("%w (key for %s: the kernel lacks CONFIG_TCP_MD5SIG or runs in a sandbox without it: %w)", ErrMD5Unsupported, peer, serr)
 	case errors.Is(err, unix.ENOMEM):
-		optmem, perSocket := "unknown", "a few hundred"
+		limit := "net.core.optmem_max"
 		if n, rerr := optmemMax(); rerr == nil {
-			optmem, perSocket = strconv.Itoa(n), strconv.Itoa(n/keyBytes)
+			limit = fmt.Sprintf("net.core.optmem_max is %d bytes, about %d keys", n, n/keyBytes)
 		}
-		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (net.core.optmem_max is %s bytes, about %s keys); raise it, or let a Listener spread host keys over more sockets: %w", peer, optmem, perSocket, serr)
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (%s); raise it, or let a Listener spread host keys over more sockets: %w", peer, limit, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0 && !interfaceExists(k.Ifindex):
 		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace; give the index of a VRF device: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:

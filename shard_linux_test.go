@@ -442,16 +442,25 @@ func TestForeignSocketNeverTakesSYNs(t *testing.T) {
 			sockets := listeningSockets(t, port(ln))
 			intruder := joinGroup(t, ln.Addr().String())
 
+			total := tt.atListen
 			for _, k := range peerKeys(addr, tt.atListen, tt.atListen+tt.add) {
-				require.NoError(t, ln.SetKey(k))
+				err := ln.SetKey(k)
+				if err != nil {
+					// The sockets are full (older kernels hold about 150
+					// keys a socket) and the group may not grow: the
+					// error says why.
+					require.ErrorIs(t, err, syscall.ENOMEM)
+					require.ErrorContains(t, err, "other sockets joined the listener's group")
+					break
+				}
+				total++
 			}
 			assert.Equal(t, sockets+1, listeningSockets(t, port(ln)), "the group grew over the foreign socket")
-			total := tt.atListen + tt.add
 			failed := dialAll(addr, total, ln.Addr().String(), nil, enter)
 			assert.Empty(t, failed)
 			require.Eventually(t, func() bool { return accepted.Load() == int64(total) }, mustConnect, 10*time.Millisecond)
 			requireNoSYN(t, intruder)
-			t.Logf("%d keys on %d sockets beside a foreign one", total, sockets)
+			t.Logf("%d of %d keys on %d sockets beside a foreign one", total, tt.atListen+tt.add, sockets)
 		})
 	}
 	t.Run("foreign socket first", func(t *testing.T) {
