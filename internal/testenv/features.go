@@ -21,10 +21,13 @@ const (
 	VRF   Feature = "vrf"   // VRF devices (CONFIG_NET_VRF), which interface keys need
 	MPTCP Feature = "mptcp" // IPPROTO_MPTCP sockets (CONFIG_MPTCP, net.mptcp.enabled)
 	IPv6  Feature = "ipv6"  // IPv6 sockets on ::1 (no ipv6.disable=1, the ipv6 module loaded)
+	// Tracepoints: tcp:tcp_hash_md5_mismatch (Linux 6.11+, tracing and perf
+	// events built in) read through perf_event_open(2).
+	Tracepoints Feature = "tracepoints"
 )
 
 // Features lists every Feature, in the order reports print them.
-var Features = []Feature{MD5, AO, VRF, MPTCP, IPv6}
+var Features = []Feature{MD5, AO, VRF, MPTCP, IPv6, Tracepoints}
 
 // expectVar names the features the kernel under test was built or booted
 // with, comma-separated; tools/kernels/run sets it for each kernel.
@@ -91,6 +94,8 @@ func describe(f Feature) string {
 		return "CONFIG_MPTCP and net.mptcp.enabled=1"
 	case IPv6:
 		return "IPv6 on loopback"
+	case Tracepoints:
+		return "tcp:tcp_hash_* tracepoints, Linux 6.11+ with CONFIG_EVENT_TRACING and CONFIG_PERF_EVENTS"
 	}
 	return string(f)
 }
@@ -103,11 +108,11 @@ func Report() string {
 		r := probeFeature(f)
 		switch {
 		case r.present:
-			fmt.Fprintf(&b, "%-6s yes\n", f)
+			fmt.Fprintf(&b, "%-12s yes\n", f)
 		case r.err != nil:
-			fmt.Fprintf(&b, "%-6s unknown: %v\n", f, r.err)
+			fmt.Fprintf(&b, "%-12s unknown: %v\n", f, r.err)
 		default:
-			fmt.Fprintf(&b, "%-6s no: %s\n", f, r.absent)
+			fmt.Fprintf(&b, "%-12s no: %s\n", f, r.absent)
 		}
 	}
 	return b.String()

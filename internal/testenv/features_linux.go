@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5/internal/tracepoint"
 )
 
 // tcpAOAddKey is TCP_AO_ADD_KEY of linux/tcp.h, which x/sys does not name.
@@ -58,6 +60,23 @@ func probeKernel(f Feature) probeResult {
 		return probeResult{present: true}
 	case VRF:
 		return probeVRF()
+	case Tracepoints:
+		f, err := tracepoint.Load("tcp", "tcp_hash_md5_mismatch")
+		if errors.Is(err, tracepoint.ErrNoTracepoint) {
+			return probeResult{absent: err.Error()}
+		}
+		if err != nil {
+			return probeResult{err: err}
+		}
+		r, err := tracepoint.Open(f, "", 1)
+		switch {
+		case errors.Is(err, tracepoint.ErrNoTracepoint):
+			return probeResult{absent: err.Error()}
+		case err != nil:
+			return probeResult{err: err}
+		}
+		r.Close()
+		return probeResult{present: true}
 	}
 	return probeResult{err: fmt.Errorf("no probe for %q", f)}
 }

@@ -1,0 +1,221 @@
+package tracepoint
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Dir is where tracefs is mounted.
+const Dir = "/sys/kernel/tracing"
+
+// ErrNoTracepoint reports that the kernel has no such tracepoint: too old
+// (the tcp_hash_* events came with Linux 6.11), built without it, or without
+// tracing at all.
+var ErrNoTracepoint = errors.New("tracepoint: the kernel has no such tracepoint")
+
+// ErrPermission reports that perf_event_open(2) refused: reading
+// tracepoints needs CAP_PERFMON (or CAP_SYS_ADMIN, root).
+var ErrPermission = errors.New("tracepoint: reading tracepoints needs CAP_PERFMON or root")
+
+// Load reads the format of tracepoint system:name from tracefs, mounting
+// tracefs at Dir first if it is not there.
+func Load(system, name string) (Format, error) {
+	path := filepath.Join(Dir, "events", system, name, "format")
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(filepath.Join(Dir, "events")); errors.Is(serr, os.ErrNotExist) {
+			if merr := unix.Mount("nodev", Dir, "tracefs", 0, ""); merr == nil {
+				f, err = os.Open(path)
+			}
+		}
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return Format{}, fmt.Errorf("%w: %s:%s (%s)", ErrNoTracepoint, system, name, path)
+	case errors.Is(err, os.ErrPermission):
+		return Format{}, fmt.Errorf("%w: reading %s: %w", ErrPermission, path, err)
+	case err != nil:
+		return Format{}, fmt.Errorf("tracepoint: %w", err)
+	}
+	defer f.Close()
+	return ParseFormat(f)
+}
+
+// Reader reads the records of one tracepoint from a ring buffer per CPU.
+// Its methods are not safe for concurrent use, but Lost is.
+type Reader struct {
+	rings []*ring
+	polls []unix.PollFd
+	lost  atomic.Uint64
+}
+
+// ring is one CPU's perf event and its ring buffer.
+type ring struct {
+	fd   int
+	mem  []byte                  // the mapping: the control page, then the data
+	meta *unix.PerfEventMmapPage // the control page
+	data []byte                  // the data, a power of two of pages
+}
+
+// Open starts reading records of tracepoint f on every CPU, pagesPerCPU
+// pages (a power of two) of ring buffer each, with filter, if not empty,
+// applied in the kernel (PERF_EVENT_IOC_SET_FILTER, tracefs filter syntax,
+// as in "dport == 179").
+func Open(f Format, filter string, pagesPerCPU int) (*Reader, error) {
+	if pagesPerCPU <= 0 || pagesPerCPU&(pagesPerCPU-1) != 0 {
+		return nil, fmt.Errorf("tracepoint: %d pages a CPU: want a power of two", pagesPerCPU)
+	}
+	r := &Reader{}
+	for cpu := range runtime.NumCPU() {
+		rg, err := openRing(f, cpu, filter, pagesPerCPU)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		r.rings = append(r.rings, rg)
+		r.polls = append(r.polls, unix.PollFd{Fd: int32(rg.fd), Events: unix.POLLIN})
+	}
+	return r, nil
+}
+
+func openRing(f Format, cpu int, filter string, pages int) (*ring, error) {
+	attr := unix.PerfEventAttr{
+		Type:        unix.PERF_TYPE_TRACEPOINT,
+		Config:      f.ID,
+		Sample:      1, // every event
+		Sample_type: unix.PERF_SAMPLE_RAW,
+		Bits:        unix.PerfBitDisabled,
+		Wakeup:      1, // poll wakes for every record
+	}
+	attr.Size = uint32(unsafe.Sizeof(attr))
+	fd, err := unix.PerfEventOpen(&attr, -1, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
+	if err != nil {
+		err = os.NewSyscallError("perf_event_open", err)
+		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("%w (or a lower kernel.perf_event_paranoid): %w", ErrPermission, err)
+		}
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOSYS) {
+			return nil, fmt.Errorf("%w: %s (perf events): %w", ErrNoTracepoint, f.Name, err)
+		}
+		return nil, fmt.Errorf("tracepoint: %s on CPU %d: %w", f.Name, cpu, err)
+	}
+	rg := &ring{fd: fd}
+	fail := func(err error) (*ring, error) {
+		rg.close()
+		return nil, err
+	}
+	if filter != "" {
+		b, err := unix.BytePtrFromString(filter)
+		if err != nil {
+			return fail(fmt.Errorf("tracepoint: filter %q: %w", filter, err))
+		}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.PERF_EVENT_IOC_SET_FILTER, uintptr(unsafe.Pointer(b))); errno != 0 {
+			return fail(fmt.Errorf("tracepoint: filter %q for %s: %w", filter, f.Name, os.NewSyscallError("ioctl", errno)))
+		}
+	}
+	page := os.Getpagesize()
+	rg.mem, err = unix.Mmap(fd, 0, page*(1+pages), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail(fmt.Errorf("tracepoint: mapping the ring buffer: %w", os.NewSyscallError("mmap", err)))
+	}
+	rg.meta = (*unix.PerfEventMmapPage)(unsafe.Pointer(&rg.mem[0]))
+	rg.data = rg.mem[page:]
+	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_ENABLE, 0); err != nil {
+		return fail(fmt.Errorf("tracepoint: enabling %s: %w", f.Name, os.NewSyscallError("ioctl", err)))
+	}
+	return rg, nil
+}
+
+// Read waits up to timeout for records and returns the raw payloads of
+// those that arrived, on any CPU, each laid out as the Format says. Records
+// the kernel dropped because a ring was full are counted in Lost.
+func (r *Reader) Read(timeout time.Duration) ([][]byte, error) {
+	var out [][]byte
+	for _, rg := range r.rings {
+		out = rg.drain(out, &r.lost)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	ms := int(timeout / time.Millisecond)
+	if _, err := unix.Poll(r.polls, ms); err != nil && !errors.Is(err, unix.EINTR) {
+		return nil, fmt.Errorf("tracepoint: %w", os.NewSyscallError("poll", err))
+	}
+	for _, rg := range r.rings {
+		out = rg.drain(out, &r.lost)
+	}
+	return out, nil
+}
+
+// Lost returns how many records the kernel dropped because a ring buffer
+// was full, since Open.
+func (r *Reader) Lost() uint64 { return r.lost.Load() }
+
+// Close stops reading and releases every ring.
+func (r *Reader) Close() error {
+	for _, rg := range r.rings {
+		rg.close()
+	}
+	r.rings, r.polls = nil, nil
+	return nil
+}
+
+func (rg *ring) close() {
+	if rg.mem != nil {
+		_ = unix.Munmap(rg.mem)
+		rg.mem = nil
+	}
+	_ = unix.Close(rg.fd)
+}
+
+// drain appends the payloads of the ring's records to out and hands their
+// space back to the kernel.
+func (rg *ring) drain(out [][]byte, lost *atomic.Uint64) [][]byte {
+	head := atomic.LoadUint64(&rg.meta.Data_head) // the load is the read barrier the kernel pairs with
+	tail := rg.meta.Data_tail
+	size := uint64(len(rg.data))
+	for tail < head {
+		hdr := rg.bytes(tail, 8)
+		typ := binary.NativeEndian.Uint32(hdr[0:4])
+		length := uint64(binary.NativeEndian.Uint16(hdr[6:8]))
+		if length < 8 || length > size {
+			break // cannot happen with a sane kernel; stop rather than loop
+		}
+		rec := rg.bytes(tail+8, length-8)
+		switch typ {
+		case unix.PERF_RECORD_SAMPLE: // u32 size, then the raw payload
+			if len(rec) >= 4 {
+				n := uint64(binary.NativeEndian.Uint32(rec[0:4]))
+				if 4+n <= uint64(len(rec)) {
+					out = append(out, rec[4:4+n])
+				}
+			}
+		case unix.PERF_RECORD_LOST: // u64 id, u64 lost
+			if len(rec) >= 16 {
+				lost.Add(binary.NativeEndian.Uint64(rec[8:16]))
+			}
+		}
+		tail += length
+	}
+	atomic.StoreUint64(&rg.meta.Data_tail, tail)
+	return out
+}
+
+// bytes copies n bytes of the ring from position pos, across its end.
+func (rg *ring) bytes(pos, n uint64) []byte {
+	size := uint64(len(rg.data))
+	b := make([]byte, n)
+	start := pos % size
+	c := copy(b, rg.data[start:min(start+n, size)])
+	copy(b[c:], rg.data)
+	return b
+}
