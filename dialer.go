@@ -66,11 +66,8 @@ func (d *Dialer) keyTable() *dialTable {
 	if t, ok := d.table.Load().(*dialTable); ok && len(t.src) == len(keys) && (len(keys) == 0 || &t.src[0] == &keys[0]) {
 		return t
 	}
-	t := &dialTable{src: keys}
-	normalized, err := normalizeKeys(keys)
-	if err != nil {
-		t.err = err
-	}
+	normalized, err := normalizeKeys(keys) // nil on error: the table then holds none
+	t := &dialTable{src: keys, err: err}
 	for _, k := range normalized { // a later key replaces an earlier one, as in the kernel
 		t.keys.set(k.clone())
 	}
@@ -100,13 +97,11 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	if local != nil {
 		nd.LocalAddr = local
 	}
-	if len(d.Keys) == 0 && d.TTLSecurity == 0 {
+	if !d.protects() {
 		return nd.DialContext(ctx, network, address)
 	}
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-	default:
-		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	if err := checkTCP("dial", network); err != nil {
+		return nil, err
 	}
 	table := d.keyTable()
 	err := table.err
@@ -174,10 +169,8 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 // [net.Dialer.DialTCP], with every segment signed as [Dialer.DialContext]
 // signs them.
 func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-	default:
-		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	if err := checkTCP("dial", network); err != nil {
+		return nil, err
 	}
 	var local net.Addr
 	if laddr.IsValid() {
@@ -222,13 +215,17 @@ func (d *Dialer) DialUnix(ctx context.Context, network string, laddr, raddr *net
 // those of a Dialer without keys or TTL security, as [net.Dialer] allows;
 // keyed connections are always plain TCP.
 func (d *Dialer) MultipathTCP() bool {
-	return len(d.Keys) == 0 && d.TTLSecurity == 0 && d.Dialer.MultipathTCP()
+	return !d.protects() && d.Dialer.MultipathTCP()
 }
+
+// protects reports whether d has keys or TTL security: then it dials
+// plain TCP only, with them.
+func (d *Dialer) protects() bool { return len(d.Keys) > 0 || d.TTLSecurity != 0 }
 
 // unprotected returns the error of a dial that cannot carry the Dialer's
 // keys or TTL security, or nil for a Dialer that has neither.
 func (d *Dialer) unprotected(method, network string) error {
-	if len(d.Keys) == 0 && d.TTLSecurity == 0 {
+	if !d.protects() {
 		return nil
 	}
 	return &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tcpmd5: %s cannot carry TCP MD5 keys or TTL security, which protect TCP only; use DialContext or DialTCP, or a net.Dialer for %s", method, network)}

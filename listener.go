@@ -61,10 +61,8 @@ type ListenConfig struct {
 // of SO_REUSEPORT sockets bound to the same address, each with its share of
 // the keys before it listens; see [Listener].
 func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*Listener, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-	default:
-		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
+	if err := checkTCP("listen", network); err != nil {
+		return nil, err
 	}
 	keys, err := normalizeKeys(lc.Keys)
 	if err == nil {
@@ -299,15 +297,6 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 	if err != nil {
 		return false
 	}
-	ta, ok := c.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return false
-	}
-	addr, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return false
-	}
-	addr = addr.Unmap()
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	signed := false
@@ -319,13 +308,21 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 	if signed || !l.allowUnsigned {
 		return signed
 	}
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	addr, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return false
+	}
 	l3index := 0
 	if l.keys.interfaces > 0 {
 		if l3index, err = boundIfindex(rc); err != nil {
 			return false
 		}
 	}
-	return !l.keys.covers(addr, l3index)
+	return !l.keys.covers(addr, l3index) // covers unmaps a v4-mapped peer
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -337,12 +334,9 @@ func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 // host key costs one setsockopt(2) call on the socket that holds its peer,
 // however many keys are installed; a prefix key costs one on every socket
 // of the group; and a key that finds its socket full grows the group first,
-// which moves some host keys to the new socket.
-//
-// A prefix key goes on every socket of the listener's group. When a socket
-// is full, SetKey adds one to the group first (see [Listener]); it returns
-// the kernel's ENOMEM only when that cannot help, such as for a prefix key
-// on a socket holding nothing but prefix keys.
+// which moves some host keys to the new socket (see [Listener]). It returns
+// the kernel's ENOMEM only when growing cannot help, such as for a prefix
+// key on a socket holding nothing but prefix keys.
 func (l *Listener) SetKey(k Key) error {
 	k, err := k.normalize()
 	if err != nil {

@@ -233,6 +233,16 @@ func Control(keys ...Key) func(network, address string, c syscall.RawConn) error
 	}
 }
 
+// checkTCP refuses networks other than TCP's, as the net package does, with
+// the error of operation op ("dial", "listen").
+func checkTCP(op, network string) error {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+		return nil
+	}
+	return &net.OpError{Op: op, Net: network, Err: net.UnknownNetworkError(network)}
+}
+
 // hook is the shape of [net.ListenConfig.Control] and [net.Dialer.Control].
 type hook = func(network, address string, c syscall.RawConn) error
 
