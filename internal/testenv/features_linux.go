@@ -68,7 +68,7 @@ func probeKernel(f Feature) probeResult {
 		if err != nil {
 			return probeResult{err: err}
 		}
-		r, err := tracepoint.Open(f, "", 1)
+		r, err := tracepoint.Open("", 1, f)
 		switch {
 		case errors.Is(err, tracepoint.ErrNoTracepoint):
 			return probeResult{absent: err.Error()}

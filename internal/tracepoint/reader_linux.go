@@ -33,7 +33,11 @@ func Load(system, name string) (Format, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, serr := os.Stat(filepath.Join(Dir, "events")); errors.Is(serr, os.ErrNotExist) {
-			if merr := unix.Mount("nodev", Dir, "tracefs", 0, ""); merr == nil {
+			merr := unix.Mount("nodev", Dir, "tracefs", 0, "")
+			if errors.Is(merr, unix.EPERM) {
+				return Format{}, fmt.Errorf("%w: mounting tracefs at %s: %w", ErrPermission, Dir, os.NewSyscallError("mount", merr))
+			}
+			if merr == nil {
 				f, err = os.Open(path)
 			}
 		}
@@ -58,36 +62,41 @@ type Reader struct {
 	lost  atomic.Uint64
 }
 
-// ring is one CPU's perf event and its ring buffer.
+// ring is one CPU's perf events and the ring buffer they share.
 type ring struct {
-	fd   int
+	fds  []int                   // one a tracepoint; the first owns the ring
 	mem  []byte                  // the mapping: the control page, then the data
 	meta *unix.PerfEventMmapPage // the control page
 	data []byte                  // the data, a power of two of pages
 }
 
-// Open starts reading records of tracepoint f on every CPU, pagesPerCPU
-// pages (a power of two) of ring buffer each, with filter, if not empty,
-// applied in the kernel (PERF_EVENT_IOC_SET_FILTER, tracefs filter syntax,
-// as in "dport == 179").
-func Open(f Format, filter string, pagesPerCPU int) (*Reader, error) {
+// Open starts reading records of the tracepoints formats on every CPU,
+// into one ring buffer per CPU of pagesPerCPU pages (a power of two), with
+// filter, if not empty, applied to each in the kernel
+// (PERF_EVENT_IOC_SET_FILTER, tracefs filter syntax, as in "dport == 179").
+// A record tells its tracepoint by its common_type field, the format's ID.
+func Open(filter string, pagesPerCPU int, formats ...Format) (*Reader, error) {
 	if pagesPerCPU <= 0 || pagesPerCPU&(pagesPerCPU-1) != 0 {
 		return nil, fmt.Errorf("tracepoint: %d pages a CPU: want a power of two", pagesPerCPU)
 	}
+	if len(formats) == 0 {
+		return nil, errors.New("tracepoint: no tracepoint to read")
+	}
 	r := &Reader{}
 	for cpu := range runtime.NumCPU() {
-		rg, err := openRing(f, cpu, filter, pagesPerCPU)
+		rg, err := openRing(formats, cpu, filter, pagesPerCPU)
 		if err != nil {
 			r.Close()
 			return nil, err
 		}
 		r.rings = append(r.rings, rg)
-		r.polls = append(r.polls, unix.PollFd{Fd: int32(rg.fd), Events: unix.POLLIN})
+		r.polls = append(r.polls, unix.PollFd{Fd: int32(rg.fds[0]), Events: unix.POLLIN})
 	}
 	return r, nil
 }
 
-func openRing(f Format, cpu int, filter string, pages int) (*ring, error) {
+// openEvent opens tracepoint f on cpu, disabled, with filter.
+func openEvent(f Format, cpu int, filter string) (int, error) {
 	attr := unix.PerfEventAttr{
 		Type:        unix.PERF_TYPE_TRACEPOINT,
 		Config:      f.ID,
@@ -101,36 +110,60 @@ func openRing(f Format, cpu int, filter string, pages int) (*ring, error) {
 	if err != nil {
 		err = os.NewSyscallError("perf_event_open", err)
 		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("%w (or a lower kernel.perf_event_paranoid): %w", ErrPermission, err)
+			return -1, fmt.Errorf("%w (or a lower kernel.perf_event_paranoid): %w", ErrPermission, err)
 		}
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOSYS) {
-			return nil, fmt.Errorf("%w: %s (perf events): %w", ErrNoTracepoint, f.Name, err)
+			return -1, fmt.Errorf("%w: %s (perf events): %w", ErrNoTracepoint, f.Name, err)
 		}
-		return nil, fmt.Errorf("tracepoint: %s on CPU %d: %w", f.Name, cpu, err)
+		return -1, fmt.Errorf("tracepoint: %s on CPU %d: %w", f.Name, cpu, err)
 	}
-	rg := &ring{fd: fd}
+	if filter != "" {
+		b, err := unix.BytePtrFromString(filter)
+		if err == nil {
+			if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.PERF_EVENT_IOC_SET_FILTER, uintptr(unsafe.Pointer(b))); errno != 0 {
+				err = os.NewSyscallError("ioctl", errno)
+			}
+		}
+		if err != nil {
+			_ = unix.Close(fd)
+			return -1, fmt.Errorf("tracepoint: filter %q for %s: %w", filter, f.Name, err)
+		}
+	}
+	return fd, nil
+}
+
+// openRing opens every tracepoint of formats on cpu, maps the first one's
+// ring buffer and sends the others' records there (PERF_EVENT_IOC_SET_OUTPUT).
+func openRing(formats []Format, cpu int, filter string, pages int) (*ring, error) {
+	rg := &ring{}
 	fail := func(err error) (*ring, error) {
 		rg.close()
 		return nil, err
 	}
-	if filter != "" {
-		b, err := unix.BytePtrFromString(filter)
+	for _, f := range formats {
+		fd, err := openEvent(f, cpu, filter)
 		if err != nil {
-			return fail(fmt.Errorf("tracepoint: filter %q: %w", filter, err))
+			return fail(err)
 		}
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.PERF_EVENT_IOC_SET_FILTER, uintptr(unsafe.Pointer(b))); errno != 0 {
-			return fail(fmt.Errorf("tracepoint: filter %q for %s: %w", filter, f.Name, os.NewSyscallError("ioctl", errno)))
-		}
+		rg.fds = append(rg.fds, fd)
 	}
 	page := os.Getpagesize()
-	rg.mem, err = unix.Mmap(fd, 0, page*(1+pages), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	var err error
+	rg.mem, err = unix.Mmap(rg.fds[0], 0, page*(1+pages), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fail(fmt.Errorf("tracepoint: mapping the ring buffer: %w", os.NewSyscallError("mmap", err)))
 	}
 	rg.meta = (*unix.PerfEventMmapPage)(unsafe.Pointer(&rg.mem[0]))
 	rg.data = rg.mem[page:]
-	if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_ENABLE, 0); err != nil {
-		return fail(fmt.Errorf("tracepoint: enabling %s: %w", f.Name, os.NewSyscallError("ioctl", err)))
+	for i, fd := range rg.fds {
+		if i > 0 {
+			if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_SET_OUTPUT, rg.fds[0]); err != nil {
+				return fail(fmt.Errorf("tracepoint: sharing the ring buffer of CPU %d: %w", cpu, os.NewSyscallError("ioctl", err)))
+			}
+		}
+		if err := unix.IoctlSetInt(fd, unix.PERF_EVENT_IOC_ENABLE, 0); err != nil {
+			return fail(fmt.Errorf("tracepoint: enabling %s: %w", formats[i].Name, os.NewSyscallError("ioctl", err)))
+		}
 	}
 	return rg, nil
 }
@@ -174,7 +207,10 @@ func (rg *ring) close() {
 		_ = unix.Munmap(rg.mem)
 		rg.mem = nil
 	}
-	_ = unix.Close(rg.fd)
+	for _, fd := range rg.fds {
+		_ = unix.Close(fd)
+	}
+	rg.fds = nil
 }
 
 // drain appends the payloads of the ring's records to out and hands their

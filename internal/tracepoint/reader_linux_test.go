@@ -41,7 +41,7 @@ func TestReadMismatch(t *testing.T) {
 	}))
 	require.NoError(t, cerr)
 	// Events are global: the kernel keeps only this namespace's, on this port.
-	r, err := tracepoint.Open(f, "net_cookie == "+strconv.FormatUint(cookie, 10)+" && dport == "+strconv.Itoa(port), 4)
+	r, err := tracepoint.Open("net_cookie == "+strconv.FormatUint(cookie, 10)+" && dport == "+strconv.Itoa(port), 4, f)
 	require.NoError(t, err)
 	defer r.Close()
 
@@ -75,10 +75,10 @@ func TestOpenErrors(t *testing.T) {
 	testenv.Require(t, testenv.Tracepoints)
 	f, err := tracepoint.Load("tcp", "tcp_hash_md5_mismatch")
 	require.NoError(t, err)
-	_, err = tracepoint.Open(f, "", 3)
+	_, err = tracepoint.Open("", 3, f)
 	require.ErrorContains(t, err, "power of two")
 	_, err = tracepoint.Load("tcp", "md5t_no_such_event")
 	require.ErrorIs(t, err, tracepoint.ErrNoTracepoint)
-	_, err = tracepoint.Open(f, "no_such_field == 1", 1)
+	_, err = tracepoint.Open("no_such_field == 1", 1, f)
 	require.ErrorContains(t, err, "filter")
 }
