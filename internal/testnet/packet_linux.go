@@ -30,6 +30,9 @@ type Segment struct {
 	Window   uint16
 	Options  []Option // in the order of the header
 	Payload  []byte
+	// RawOptions are the option bytes RawSocket.Send puts after the
+	// header, a multiple of 4 long; captured segments leave it nil.
+	RawOptions []byte
 }
 
 // Option is one TCP option: its kind and its length byte (1 for the
@@ -238,30 +241,73 @@ func parseFrame(f []byte) (Segment, bool) {
 }
 
 // Inject sends s from inside h as a raw IP packet, with whatever source
-// address s names, as an attacker who spoofs a peer does. The segment
-// carries no options.
+// address s names, as an attacker who spoofs a peer does.
 func (h *Host) Inject(s Segment) error {
+	return h.Do(func() error {
+		r, err := NewRawSocket()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return r.Send(s)
+	})
+}
+
+// RawSocket sends segments as raw IP packets, with any source address, from
+// the namespace it was made in.
+type RawSocket struct{ fd4, fd6 int }
+
+// NewRawSocket opens raw sockets for IPv4 and, where the namespace has it,
+// IPv6 in the caller's network namespace.
+func NewRawSocket() (*RawSocket, error) {
+	fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return nil, fmt.Errorf("testnet: raw socket: %w", err)
+	}
+	fd6, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		fd6 = -1
+	}
+	return &RawSocket{fd4, fd6}, nil
+}
+
+// Close closes the sockets.
+func (r *RawSocket) Close() error {
+	unix.Close(r.fd4)
+	if r.fd6 >= 0 {
+		unix.Close(r.fd6)
+	}
+	return nil
+}
+
+// Send sends s, with s.RawOptions after its header, and the checksum
+// computed.
+func (r *RawSocket) Send(s Segment) error {
 	if s.Src.Addr().Is4() != s.Dst.Addr().Is4() {
 		return errors.New("testnet: a segment between IPv4 and IPv6 addresses")
 	}
-	tcp := make([]byte, 20+len(s.Payload))
+	if len(s.RawOptions)%4 != 0 || len(s.RawOptions) > 40 {
+		return fmt.Errorf("testnet: %d bytes of options: want a multiple of 4, at most 40", len(s.RawOptions))
+	}
+	hl := 20 + len(s.RawOptions)
+	tcp := make([]byte, hl+len(s.Payload))
 	binary.BigEndian.PutUint16(tcp[0:], s.Src.Port())
 	binary.BigEndian.PutUint16(tcp[2:], s.Dst.Port())
 	binary.BigEndian.PutUint32(tcp[4:], s.Seq)
 	binary.BigEndian.PutUint32(tcp[8:], s.Ack)
-	tcp[12] = 5 << 4
+	tcp[12] = byte(hl/4) << 4
 	tcp[13] = s.Flags
 	binary.BigEndian.PutUint16(tcp[14:], s.Window)
-	copy(tcp[20:], s.Payload)
+	copy(tcp[20:], s.RawOptions)
+	copy(tcp[hl:], s.Payload)
 	src, dst := s.Src.Addr().AsSlice(), s.Dst.Addr().AsSlice()
 	pseudo := append(append(append([]byte(nil), src...), dst...), 0, unix.IPPROTO_TCP, byte(len(tcp)>>8), byte(len(tcp)))
 	binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
 
 	var pkt []byte
-	var family int
 	var to unix.Sockaddr
+	fd := r.fd4
 	if s.Src.Addr().Is4() {
-		family = unix.AF_INET
 		to = &unix.SockaddrInet4{Addr: s.Dst.Addr().As4()}
 		pkt = make([]byte, 20, 20+len(tcp))
 		pkt[0] = 0x45
@@ -273,7 +319,10 @@ func (h *Host) Inject(s Segment) error {
 		copy(pkt[16:], dst)
 		// The kernel fills in the ID and the header checksum.
 	} else {
-		family = unix.AF_INET6
+		if r.fd6 < 0 {
+			return errors.New("testnet: no IPv6 raw socket in this namespace")
+		}
+		fd = r.fd6
 		to = &unix.SockaddrInet6{Addr: s.Dst.Addr().As16()}
 		pkt = make([]byte, 40, 40+len(tcp))
 		pkt[0] = 0x60
@@ -284,17 +333,10 @@ func (h *Host) Inject(s Segment) error {
 		copy(pkt[24:], dst)
 	}
 	pkt = append(pkt, tcp...)
-	return h.Do(func() error {
-		fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-		if err != nil {
-			return fmt.Errorf("testnet: raw socket: %w", err)
-		}
-		defer unix.Close(fd)
-		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
-			return fmt.Errorf("testnet: sending the spoofed segment: %w", err)
-		}
-		return nil
-	})
+	if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+		return fmt.Errorf("testnet: sending a raw segment: %w", err)
+	}
+	return nil
 }
 
 // checksum is the Internet checksum (RFC 1071).
