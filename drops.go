@@ -3,6 +3,7 @@ package tcpmd5
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"slices"
@@ -31,6 +32,27 @@ const (
 	DropAOMissing     DropReason = "ao-missing"       // unsigned from a peer we hold an AO key for (tcp_hash_ao_required)
 	DropAOKeyNotFound DropReason = "ao-key-not-found" // an AO KeyID we hold no key for (tcp_ao_key_not_found)
 )
+
+// Meaning says in a sentence what a drop for r tells an operator.
+func (r DropReason) Meaning() string {
+	switch r {
+	case DropMD5Mismatch:
+		return "the peer signed with another secret than our key for it"
+	case DropMD5Missing:
+		return "we hold a key for the peer, and it sent an unsigned segment: it holds no key for us"
+	case DropMD5Unexpected:
+		return "the peer signed, and we hold no key for it"
+	case DropBadHeader:
+		return "the segment's MD5 or AO option is malformed, or it carries both"
+	case DropAOMismatch:
+		return "the peer's TCP-AO MAC did not verify: another secret, algorithm or MAC length"
+	case DropAOMissing:
+		return "we hold a TCP-AO key for the peer, and it sent a segment without AO"
+	case DropAOKeyNotFound:
+		return "the peer used a TCP-AO KeyID we hold no key for"
+	}
+	return "unknown reason"
+}
 
 // DropReasons lists every reason, in the order above.
 var DropReasons = []DropReason{DropMD5Mismatch, DropMD5Missing, DropMD5Unexpected, DropBadHeader, DropAOMismatch, DropAOMissing, DropAOKeyNotFound}
@@ -104,6 +126,27 @@ type PeerDrops struct {
 	Flags       string // of the last one
 	Count       uint64
 	First, Last time.Time
+}
+
+// MarshalJSON encodes p as tcpmd5 watch -json prints it:
+// {"time","remote","local","reason","flags","count"}, time the last drop's
+// in RFC 3339, addresses as "addr:port", or "unknown" where the kernel's
+// counters, which name no one, stand in for its drop events.
+func (p PeerDrops) MarshalJSON() ([]byte, error) {
+	name := func(a netip.AddrPort) string {
+		if !a.IsValid() {
+			return "unknown"
+		}
+		return a.String()
+	}
+	return json.Marshal(struct {
+		Time   time.Time  `json:"time"`
+		Remote string     `json:"remote"`
+		Local  string     `json:"local"`
+		Reason DropReason `json:"reason"`
+		Flags  string     `json:"flags"`
+		Count  uint64     `json:"count"`
+	}{p.Last, name(p.Remote), name(p.Local), p.Reason, p.Flags, p.Count})
 }
 
 // DropTally counts drops by peer address, local address and port, and

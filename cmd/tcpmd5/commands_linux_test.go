@@ -48,6 +48,11 @@ func TestCheck(t *testing.T) {
 	} {
 		assert.Regexp(t, regexp.MustCompile(`(?m)^`+row), r.stdout)
 	}
+	if events, _, _ := testenv.Has(testenv.Tracepoints); events {
+		assert.Regexp(t, regexp.MustCompile(`(?m)^drop events +ok +yes +tcpmd5 watch names the peer`), r.stdout)
+	} else {
+		assert.Regexp(t, regexp.MustCompile(`(?m)^drop events +(info|warn) +(no|no permission) +tcpmd5: .*falls back to the counters`), r.stdout)
+	}
 	assert.NotContains(t, r.stdout, "FAIL")
 	assert.Contains(t, r.stdout, "Signing works")
 	assert.Contains(t, r.stdout, "TTL security (GTSM, RFC 5082) works")

@@ -178,6 +178,16 @@ func TestChildInheritsNamespace(t *testing.T) {
 }
 
 // probeJSON is the part of probe -json the tests read.
+// dropJSON is a line of watch -json, and a drop in probe -json.
+type dropJSON struct {
+	Time   time.Time `json:"time"`
+	Remote string    `json:"remote"`
+	Local  string    `json:"local"`
+	Reason string    `json:"reason"`
+	Flags  string    `json:"flags"`
+	Count  uint64    `json:"count"`
+}
+
 type probeJSON struct {
 	Target         string            `json:"target"`
 	Source         string            `json:"source"`
@@ -186,6 +196,8 @@ type probeJSON struct {
 	Unsigned       string            `json:"unsigned"`
 	PeerOnThisHost bool              `json:"peer_on_this_host"`
 	Counters       map[string]uint64 `json:"counters_moved"`
+	Drops          []dropJSON        `json:"drops"`
+	DropsNote      string            `json:"drops_note"`
 	Greeting       *struct {
 		Bytes int    `json:"bytes"`
 		Text  string `json:"text"`
@@ -216,6 +228,7 @@ func TestProbeVerdicts(t *testing.T) {
 		verdict  string
 		code     int
 		counter  string // the drop counter that must move; "" for none
+		reason   string // the drop reason the kernel must report, where it reports them
 		unsigned string
 		text     string // in the human output
 	}{
@@ -232,7 +245,7 @@ func TestProbeVerdicts(t *testing.T) {
 			peer: func(t *testing.T) string {
 				return listen(t, echo, key(t, ourAddr, secretA)).Addr().String()
 			},
-			secret: secretB, verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure, unsigned: "no answer either",
+			secret: secretB, verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure, reason: "md5-mismatch", unsigned: "no answer either",
 			text: "its key for our address 127.3.0.2 differs from ours",
 		},
 		{
@@ -240,7 +253,7 @@ func TestProbeVerdicts(t *testing.T) {
 			peer: func(t *testing.T) string {
 				return listen(t, echo, key(t, otherAddr, secretA)).Addr().String()
 			},
-			secret: secretA, verdict: "peer-has-no-key", code: 1, counter: netstat.MD5Unexpected, unsigned: "connected",
+			secret: secretA, verdict: "peer-has-no-key", code: 1, counter: netstat.MD5Unexpected, reason: "md5-unexpected", unsigned: "connected",
 			text: "it holds no key for our address 127.3.0.2",
 		},
 		{
@@ -293,6 +306,23 @@ func TestProbeVerdicts(t *testing.T) {
 				assert.Positive(t, got.Counters[tt.counter], "%s did not move: %v", tt.counter, got.Counters)
 				assert.Len(t, got.Counters, 1, "only %s should move: %v", tt.counter, got.Counters)
 			}
+			if drops, _, _ := testenv.Has(testenv.Tracepoints); drops {
+				assert.Empty(t, got.DropsNote)
+				if tt.reason == "" {
+					assert.Empty(t, got.Drops, "a drop reported on a good connection")
+				} else {
+					require.Len(t, got.Drops, 1, "one line: our address, the peer's, the reason")
+					d := got.Drops[0]
+					assert.Equal(t, tt.reason, d.Reason)
+					assert.Equal(t, addr, d.Local)
+					assert.Equal(t, ourAddr, netip.MustParseAddrPort(d.Remote).Addr().String())
+					assert.Equal(t, "S", d.Flags)
+					assert.Positive(t, d.Count)
+					assert.Contains(t, got.Summary, "the kernel reports: "+addr+" dropped")
+				}
+			} else {
+				assert.NotEmpty(t, got.DropsNote, "no drop events, and the probe does not say why")
+			}
 			switch tt.verdict {
 			case "signed":
 				require.NotNil(t, got.Greeting)
@@ -314,6 +344,9 @@ func TestProbeVerdicts(t *testing.T) {
 			assert.Contains(t, r.stdout, tt.text)
 			if tt.counter != "" {
 				assert.Regexp(t, regexp.MustCompile(`counters +`+tt.counter+` \+\d+: `), r.stdout)
+			}
+			if drops, _, _ := testenv.Has(testenv.Tracepoints); drops && tt.reason != "" {
+				assert.Regexp(t, regexp.MustCompile(`dropped +\d+ \[S\] from `+regexp.QuoteMeta(ourAddr)+`:\d+ to `+regexp.QuoteMeta(addr)+`: `+tt.reason), r.stdout)
 			}
 
 			// Without -source the kernel picks our address (127.0.0.1 here,

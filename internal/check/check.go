@@ -2,13 +2,19 @@
 // configured: whether the kernel signs segments and why not, which key kinds
 // it takes, how many keys fit on one socket, whether Go listeners default to
 // MPTCP, whether sockets can drop segments by TTL (RFC 5082 GTSM), and a live
-// self-test over loopback with the tcpmd5 package itself.
+// self-test over loopback with the tcpmd5 package itself, and whether the
+// kernel's drop events are readable.
 package check
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
 	"sync"
 	"time"
+
+	"github.com/tcplowlevel/tcpmd5"
 )
 
 // Status grades one result.
@@ -72,6 +78,7 @@ func Run(ctx context.Context, opts Options) Report {
 		opts.Refusal = 700 * time.Millisecond
 	}
 	results, signing := host()
+	results = append(results, dropEvents())
 	ttl, ttlOK := ttlSecurity(ctx)
 	results = append(results, ttl)
 	var ttlResults []Result
@@ -97,6 +104,29 @@ func Run(ctx context.Context, opts Options) Report {
 		if res.Status == StatusFail {
 			r.TTLSecurity = false
 		}
+	}
+	return r
+}
+
+// dropEvents reports whether the kernel's drop events, which tcpmd5 watch
+// reads to name who fails our signatures and why, are readable here.
+func dropEvents() Result {
+	r := Result{Check: "drop events"}
+	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
+	switch {
+	case err == nil:
+		defer w.Close()
+		r.Status, r.Value = StatusOK, "yes"
+		r.Detail = "tcpmd5 watch names the peer and the reason of each dropped segment"
+		if m := w.Missing(); len(m) > 0 {
+			r.Detail += fmt.Sprintf("; this kernel does not report %v", m)
+		}
+	case errors.Is(err, os.ErrPermission):
+		r.Status, r.Value = StatusWarn, "no permission"
+		r.Detail = err.Error() + "; tcpmd5 watch falls back to the counters, peer unknown"
+	default:
+		r.Status, r.Value = StatusInfo, "no"
+		r.Detail = err.Error() + "; tcpmd5 watch falls back to the counters, peer unknown"
 	}
 	return r
 }

@@ -30,16 +30,21 @@ const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
 Usage:
   tcpmd5 check [-json]
   tcpmd5 probe [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
-  tcpmd5 listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR
+  tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR
   tcpmd5 dial [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
+  tcpmd5 watch [-json] [-for D] [-port N]
 
 Commands:
   check   can this host sign segments? kernel features, key limits, TTL
           security and a live loopback self-test
   probe   does the peer at HOST:PORT accept our signature? and if not, why
-  listen  accept one signed connection, copy stdin to it and it to stdout
+  listen  accept one signed connection (with -k, one after another), copy
+          stdin to it and it to stdout, and show the segments the kernel
+          drops on its port and why
   dial    make one signed connection, copy stdin to it and it to stdout
           (both end when stdin has ended and the peer has closed its side)
+  watch   who fails our signatures: the segments the kernel drops for a
+          missing or wrong signature, by peer and reason, live
 
 Run "tcpmd5 COMMAND -h" for a command's flags and examples.
 
@@ -61,10 +66,11 @@ silence, as a wrong key is dropped. Both ends must have it; 0 is off.
 
 Exit codes:
   0  check: signing works; probe: the peer accepts our signature;
-     listen, dial: the connection ended
+     listen, dial: the connection ended (listen -k: interrupted); watch:
+     the time was up, or interrupted
   1  check: signing does not work, or a self-test failed; probe: the peer
      does not accept our signature (the verdict says why); listen, dial:
-     no connection
+     no connection; watch: neither drop events nor counters are readable
   2  bad flags or arguments, unreadable key file, no key for the peer
 `
 
@@ -85,6 +91,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return env.listen(args[1:])
 	case "dial":
 		return env.dial(args[1:])
+	case "watch":
+		return env.watch(args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return ExitOK

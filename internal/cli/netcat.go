@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
@@ -17,6 +20,14 @@ const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
   tcpmd5 listen -key 192.0.2.2=fake-secret-x 192.0.2.1:1790
   tcpmd5 listen -key 192.0.2.0/24=fake-secret-x -key 2001:db8::/64=fake-secret-y [::]:1790
   tcpmd5 listen -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # peers 1 hop away only
+  tcpmd5 listen -k -key-file peers.keys :179  # stay up while a router probes, again and again
+
+Without -k, listen accepts one connection, stops listening, and exits when
+that connection has ended. With -k it accepts one connection after another
+until interrupted, copying each to stdout; stdin is not read. Either way it
+prints, for its port, the segments the kernel drops for a missing or wrong
+signature, with the peer and the reason (where the kernel reports them:
+Linux 6.11+, as root or with CAP_PERFMON).
 `
 
 const dialExamples = `  tcpmd5 dial -key-file peers.keys 192.0.2.1:1790 < request.txt
@@ -50,7 +61,8 @@ func (p *peerKeys) Set(s string) error {
 }
 
 func (e *env) listen(args []string) int {
-	fs := e.flagSet("listen [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
+	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
+	keep := fs.Bool("k", false, "keep listening after a connection ends and accept the next, until interrupted (as nc -lk); stdin is not read")
 	var flags peerKeys
 	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
 	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line")
@@ -91,13 +103,85 @@ func (e *env) listen(args []string) int {
 	}
 	defer ln.Close()
 	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), len(keys), ttlNote(*hops))
-	c, err := ln.AcceptTCP()
-	if err != nil {
-		return e.errorf(ExitNo, "%v", err)
+	stopDrops := e.showDrops(uint16(ln.Addr().(*net.TCPAddr).Port))
+	defer stopDrops()
+	if !*keep {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return e.errorf(ExitNo, "%v", err)
+		}
+		ln.Close()
+		fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s\n", c.RemoteAddr())
+		return e.pipe(c)
 	}
-	ln.Close()
-	fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s\n", c.RemoteAddr())
-	return e.pipe(c)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	context.AfterFunc(ctx, func() { ln.Close() })
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ExitOK
+			}
+			return e.errorf(ExitNo, "%v", err)
+		}
+		fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s\n", c.RemoteAddr())
+		_, err = io.Copy(e.stdout, c)
+		c.Close()
+		if err != nil {
+			fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s: %v\n", c.RemoteAddr(), err)
+		} else {
+			fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s ended\n", c.RemoteAddr())
+		}
+	}
+}
+
+// dropRepeat is how often listen repeats a line about one peer's drops.
+const dropRepeat = 5 * time.Second
+
+// showDrops prints, until stop is called, the segments the kernel drops on
+// port for their signature: the first from each peer for each reason at
+// once, then its count at most every dropRepeat.
+func (e *env) showDrops(port uint16) (stop func()) {
+	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: port})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "tcpmd5 listen: cannot show the segments the kernel drops for their signature: %v\n", err)
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		type line struct {
+			count   uint64
+			printed time.Time
+		}
+		seen := make(map[string]*line)
+		for {
+			ds, err := w.Read(ctx)
+			if err != nil {
+				return
+			}
+			for _, d := range ds {
+				k := d.Remote.Addr().String() + " " + string(d.Reason)
+				l := seen[k]
+				if l == nil {
+					l = &line{}
+					seen[k] = l
+				}
+				l.count++
+				if l.count == 1 || d.Time.Sub(l.printed) >= dropRepeat {
+					l.printed = d.Time
+					fmt.Fprintf(e.stderr, "tcpmd5 listen: dropped [%s] from %s to %s: %s: %s (%d so far)\n", d.Flags, d.Remote, d.Local, d.Reason, d.Reason.Meaning(), l.count)
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		w.Close()
+	}
 }
 
 func (e *env) dial(args []string) int {

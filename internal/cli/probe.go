@@ -110,6 +110,12 @@ func printProbe(e *env, r probe.Result) {
 		for _, n := range names {
 			fmt.Fprintf(tw, "counters\t%s +%d: %s\n", n, r.Counters[n], probe.CounterMeaning[n])
 		}
+		for _, p := range r.Drops {
+			fmt.Fprintf(tw, "dropped\t%d [%s] from %s to %s: %s\n", p.Count, p.Flags, p.Remote, p.Local, p.Reason)
+		}
+		if r.DropsNote != "" {
+			fmt.Fprintf(tw, "dropped\tunknown: %s\n", r.DropsNote)
+		}
 	}
 	if g := r.Greeting; g != nil {
 		switch {

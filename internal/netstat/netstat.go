@@ -21,6 +21,14 @@ const (
 	MD5Failure    = "TCPMD5Failure"
 )
 
+// The counters that record segments dropped for their TCP-AO MAC
+// (Linux 6.7+ with CONFIG_TCP_AO).
+const (
+	AOBad         = "TCPAOBad"
+	AORequired    = "TCPAORequired"
+	AOKeyNotFound = "TCPAOKeyNotFound"
+)
+
 // MinTTLDrop counts segments dropped because they arrived with a TTL (hop
 // limit) below their socket's minimum: TTL security (RFC 5082 GTSM).
 const MinTTLDrop = "TCPMinTTLDrop"

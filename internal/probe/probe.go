@@ -89,6 +89,14 @@ type Result struct {
 	Counters map[string]uint64 `json:"counters_moved,omitempty"`
 	// CounterNote says what the counters that moved mean.
 	CounterNote string `json:"counter_note,omitempty"`
+	// Drops are the segments to or from the target that this host's
+	// kernel dropped for their signature during the signed attempt, by
+	// peer and reason, when the peer is on this host and the kernel
+	// reports drops (tcpmd5.WatchDrops).
+	Drops []tcpmd5.PeerDrops `json:"drops,omitempty"`
+	// DropsNote says why drops could not be watched, when the peer is on
+	// this host.
+	DropsNote string `json:"drops_note,omitempty"`
 }
 
 // Greeting is what a peer sent before we said anything, BGP's OPEN above all.
@@ -114,6 +122,14 @@ var CounterMeaning = map[string]string{
 // Run probes c.Address. It returns an error only when the probe could not
 // start: no such host, no key for it, or no TCP MD5 on this system.
 func Run(ctx context.Context, c Config) (Result, error) {
+	r, err := run(ctx, c)
+	if err == nil {
+		r.Summary += r.dropsSummary()
+	}
+	return r, err
+}
+
+func run(ctx context.Context, c Config) (Result, error) {
 	tcpAddr, err := net.ResolveTCPAddr("tcp", c.Address)
 	if err != nil {
 		return Result{}, fmt.Errorf("probe: %w", err)
@@ -140,8 +156,15 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	d.Timeout = c.Timeout
 	d.LocalAddr = local
 	var before netstat.Counters
+	var drops *tcpmd5.DropWatcher
 	if r.PeerOnThisHost {
 		before, _ = netstat.Read()
+		var werr error
+		if drops, werr = tcpmd5.WatchDrops(tcpmd5.DropFilter{}); werr != nil {
+			r.DropsNote = werr.Error()
+		} else {
+			defer drops.Close()
+		}
 	}
 	countersRead := false
 	c.progress(fmt.Sprintf("signed SYN to %s%s; waiting up to %s for an answer", r.Target, from(r.Source), c.Timeout))
@@ -151,6 +174,9 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			r.noteCounters(before.Delta(after, watched...))
 			countersRead = true
 		}
+	}
+	if drops != nil {
+		r.noteDrops(ctx, drops, target)
 	}
 	if err == nil {
 		defer conn.Close()
@@ -219,6 +245,41 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// dropsRead is how long a probe waits for drop events the kernel has
+// already written: they are in its buffers when the attempt ends.
+const dropsRead = 200 * time.Millisecond
+
+// noteDrops records the drops w saw of segments to or from target.
+func (r *Result) noteDrops(ctx context.Context, w *tcpmd5.DropWatcher, target netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(ctx, dropsRead)
+	defer cancel()
+	var tally tcpmd5.DropTally
+	for {
+		ds, err := w.Read(ctx)
+		if err != nil {
+			break
+		}
+		for _, d := range ds {
+			if d.Local == target || d.Remote == target {
+				tally.Add(d)
+			}
+		}
+	}
+	r.Drops = tally.Peers()
+}
+
+// dropsSummary says what the drops mean, or "" if there were none.
+func (r *Result) dropsSummary() string {
+	var parts []string
+	for _, p := range r.Drops {
+		parts = append(parts, fmt.Sprintf("%s dropped %d from %s as %s (%s)", p.Local, p.Count, p.Remote.Addr(), p.Reason, p.Reason.Meaning()))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "; the kernel reports: " + strings.Join(parts, "; ")
 }
 
 func (c Config) progress(msg string) {

@@ -1,0 +1,239 @@
+package main_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+)
+
+// background is a command running in the background whose output the test
+// reads as it comes.
+type background struct {
+	cmd            *exec.Cmd
+	mu             sync.Mutex
+	stdout, stderr []string
+	done           chan struct{}
+}
+
+// start runs the command argv from the calling goroutine's namespace.
+func start(t *testing.T, argv ...string) *background {
+	t.Helper()
+	b := &background{cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
+	out, err := b.cmd.StdoutPipe()
+	require.NoError(t, err)
+	errPipe, err := b.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, b.cmd.Start())
+	var wg sync.WaitGroup
+	for _, p := range []struct {
+		sc   *bufio.Scanner
+		into *[]string
+	}{{bufio.NewScanner(out), &b.stdout}, {bufio.NewScanner(errPipe), &b.stderr}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p.sc.Scan() {
+				b.mu.Lock()
+				*p.into = append(*p.into, p.sc.Text())
+				b.mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(b.done) }()
+	t.Cleanup(func() { _ = b.cmd.Process.Kill(); <-b.done; _ = b.cmd.Wait() })
+	return b
+}
+
+// waitFor waits until cond holds on the output so far, or fails t.
+func (b *background) waitFor(t *testing.T, what string, cond func(stdout, stderr []string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(mustConnect)
+	for time.Now().Before(deadline) {
+		b.mu.Lock()
+		ok := cond(b.stdout, b.stderr)
+		b.mu.Unlock()
+		if ok {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t.Fatalf("no %s; stdout:\n%s\nstderr:\n%s", what, strings.Join(b.stdout, "\n"), strings.Join(b.stderr, "\n"))
+}
+
+// exit interrupts the command and returns its exit code.
+func (b *background) exit(t *testing.T) int {
+	t.Helper()
+	require.NoError(t, b.cmd.Process.Signal(syscall.SIGINT))
+	<-b.done
+	err := b.cmd.Wait()
+	var ee *exec.ExitError
+	if err != nil {
+		require.ErrorAs(t, err, &ee)
+	}
+	return b.cmd.ProcessState.ExitCode()
+}
+
+// mustConnect bounds waits for what must happen.
+const mustConnect = 30 * time.Second
+
+// TestWatch runs "tcpmd5 watch -json" while a peer signs with the wrong
+// secret, and requires a line naming that peer, the listener and the
+// reason, with as many drops as TCPMD5Failure moved. Without CAP_PERFMON
+// (or without the kernel's drop events) watch falls back to the counters:
+// the same count, the peer "unknown".
+func TestWatch(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	events, _, _ := testenv.Has(testenv.Tracepoints)
+	for _, mode := range []string{"events", "counters"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			if mode == "events" {
+				testenv.Require(t, testenv.Tracepoints)
+			}
+			testenv.Netns(t)
+			ln := listen(t, echo, key(t, ourAddr, secretA))
+			port := ln.Addr().(*net.TCPAddr).Port
+			argv := []string{binary, "watch", "-json", "-port", strconv.Itoa(port)}
+			if mode == "counters" && events {
+				// Without any capability, root included, the events are
+				// out of reach.
+				argv = append([]string{testenv.RequireTool(t, "setpriv", "util-linux"), "--bounding-set", "-all", "--inh-caps", "-all", "--"}, argv...)
+			}
+			w := start(t, argv...)
+			ready := "watching segments dropped for their signature on port " + strconv.Itoa(port)
+			if mode == "counters" {
+				ready = "falling back to the kernel's drop counters: the peer is unknown"
+			}
+			w.waitFor(t, "ready line", func(_, stderr []string) bool { return contains(stderr, ready) })
+
+			before := counters(t)
+			d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{key(t, peerAddr, secretB)}}
+			d.Timeout = 700 * time.Millisecond
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ourAddr)}
+			_, err := d.Dial("tcp4", ln.Addr().String())
+			require.Error(t, err)
+			moved := before.Delta(counters(t), netstat.MD5Failure)[netstat.MD5Failure]
+			require.Positive(t, moved)
+
+			var last dropJSON
+			w.waitFor(t, "JSON line counting every drop", func(stdout, _ []string) bool {
+				for _, l := range stdout {
+					require.NoError(t, json.Unmarshal([]byte(l), &last), l)
+				}
+				return last.Count == moved
+			})
+			assert.Equal(t, 0, w.exit(t))
+			assert.Equal(t, "md5-mismatch", last.Reason)
+			assert.WithinDuration(t, time.Now(), last.Time, time.Minute)
+			if mode == "events" {
+				assert.Equal(t, ourAddr, strings.Split(last.Remote, ":")[0])
+				assert.Equal(t, ln.Addr().String(), last.Local)
+				assert.Equal(t, "S", last.Flags)
+			} else {
+				assert.Equal(t, "unknown", last.Remote)
+				assert.Equal(t, "unknown", last.Local)
+			}
+			requireNoSecret(t, strings.Join(w.stdout, "\n")+strings.Join(w.stderr, "\n"))
+		})
+	}
+}
+
+// TestWatchFor: -for ends watch by itself, with exit status 0 and, on a
+// pipe, the table once.
+func TestWatchFor(t *testing.T) {
+	t.Parallel()
+	testenv.Netns(t)
+	r := run(t, "", nil, "watch", "-for", "300ms")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "PEER")
+	assert.Contains(t, r.stdout, "(no segment dropped for its signature so far)")
+	r = run(t, "", nil, "watch", "-port", "70000")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "-port takes 0 to 65535")
+}
+
+// TestListenShowsDropsAndKeeps: listen -k says why a peer with the wrong
+// secret cannot connect, then serves one good connection after another.
+func TestListenShowsDropsAndKeeps(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	file := keyFile(t, 0o600, ourAddr+" "+secretA+"\n")
+	ln := startListen(t, "", "-k", "-key-file", file, peerAddr+":0")
+	lines := bufio.NewScanner(ln.stderr)
+	var mu sync.Mutex
+	var stderr []string
+	go func() {
+		for lines.Scan() {
+			mu.Lock()
+			stderr = append(stderr, lines.Text())
+			mu.Unlock()
+		}
+	}()
+	has := func(s string) bool { mu.Lock(); defer mu.Unlock(); return contains(stderr, s) }
+
+	wrong := run(t, "", []string{"TCPMD5_SECRET=" + secretB}, "dial", "-source", ourAddr, "-timeout", "700ms", ln.addr)
+	assert.Equal(t, 1, wrong.code)
+	if ok, _, _ := testenv.Has(testenv.Tracepoints); ok {
+		want := "from " + ourAddr + ":"
+		deadline := time.Now().Add(mustConnect)
+		for !(has(want) && has("md5-mismatch: the peer signed with another secret")) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		assert.True(t, has("to "+ln.addr+": md5-mismatch: the peer signed with another secret than our key for it (1 so far)"), "listen did not say why: %q", stderr)
+	} else {
+		assert.Eventually(t, func() bool { return has("cannot show the segments the kernel drops") }, mustConnect, 50*time.Millisecond)
+	}
+	for i := range 3 {
+		r := run(t, "hello "+strconv.Itoa(i)+"\n", []string{"TCPMD5_SECRET=" + secretA}, "dial", "-source", ourAddr, ln.addr)
+		require.Equal(t, 0, r.code, "connection %d: %s", i, r.stderr)
+	}
+	assert.Equal(t, 0, exitListen(t, ln))
+	assert.Equal(t, "hello 0\nhello 1\nhello 2\n", ln.stdout.String())
+	assert.True(t, has("connection from "+ourAddr), "%q", stderr)
+}
+
+// exitListen interrupts a listen -k and returns its exit code.
+func exitListen(t *testing.T, l *listenCmd) int {
+	t.Helper()
+	require.NoError(t, l.cmd.Process.Signal(syscall.SIGINT))
+	err := l.cmd.Wait()
+	var ee *exec.ExitError
+	if err != nil {
+		require.ErrorAs(t, err, &ee)
+	}
+	return l.cmd.ProcessState.ExitCode()
+}
+
+func contains(lines []string, s string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func counters(t *testing.T) netstat.Counters {
+	t.Helper()
+	c, err := netstat.Read()
+	require.NoError(t, err)
+	return c
+}
