@@ -40,6 +40,14 @@
 // a mismatch shows up as a dial timeout. Such errors say so in their text and
 // still report Timeout() as a [net.Error].
 //
+// # Who fails our signatures
+//
+// [WatchDrops] reads the segments the kernel drops for a missing or wrong
+// signature, as the kernel reports them through its tcp:tcp_hash_* and
+// tcp:tcp_ao_* tracepoints (Linux 6.11+, CAP_PERFMON or root): the peer,
+// our address, the [DropReason], the flags. [DropTally] counts them by peer,
+// and [DropWatcher.Lost] counts those the kernel could not report.
+//
 // # Platforms
 //
 // Signing happens on Linux only. Everywhere else the same API compiles;
