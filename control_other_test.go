@@ -17,6 +17,8 @@ import (
 // without keys and every use of a key fails with ErrMD5Unsupported.
 func TestStub(t *testing.T) {
 	assert.False(t, tcpmd5.Supported())
+	_, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
+	require.ErrorIs(t, err, tcpmd5.ErrDropsUnsupported)
 	k, err := tcpmd5.ParseKey("127.0.0.1", "fake-secret-stub")
 	require.NoError(t, err)
 
