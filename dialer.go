@@ -55,7 +55,7 @@ type Dialer struct {
 // the slice it was built from: the same array and length.
 type dialTable struct {
 	src  []Key
-	keys keyTable
+	keys keyTable[Key]
 	err  error // the first invalid key's
 }
 

@@ -6,46 +6,63 @@ import (
 	"net/netip"
 )
 
+// keyID is what identifies a key to the kernel: the peer prefix and the
+// interface, and for a TCP-AO key its SendID and RecvID. Installing an MD5
+// key with the same keyID replaces the secret.
+type keyID struct {
+	peer           netip.Prefix
+	ifindex        int
+	sendID, recvID uint8 // TCP-AO keys only
+}
+
+// tableKey is a key a keyTable holds: a [Key] or an [AOKey].
+type tableKey interface {
+	id() keyID
+}
+
+func (k Key) id() keyID   { return keyID{peer: k.Peer, ifindex: k.Ifindex} }
+func (k AOKey) id() keyID { return keyID{k.Peer, k.Ifindex, k.SendID, k.RecvID} }
+
 // keyTable holds keys by what identifies them to the kernel, host keys (/32,
 // /128) apart from prefix keys, the way a listener's group places them: a
 // host key on the one socket that its peer's SYNs reach, a prefix key on
 // every socket. It answers, in time independent of the number of keys,
 // which keys the kernel would choose among for a peer.
-type keyTable struct {
-	hosts, prefixes map[keyID]Key
-	peers           map[netip.Prefix]int // keys per peer prefix, over interfaces
-	bits            [2][129]int          // peer prefixes per length: [0] IPv4, [1] IPv6
-	interfaces      int                  // keys with an Ifindex
+type keyTable[K tableKey] struct {
+	hosts, prefixes map[keyID]K
+	peers           map[netip.Prefix][]keyID // the keys of each peer prefix, over interfaces and KeyIDs
+	bits            [2][129]int              // peer prefixes per length: [0] IPv4, [1] IPv6
+	interfaces      int                      // keys with an Ifindex
 }
 
 // kind returns the map that holds keys like the one id names.
-func (t *keyTable) kind(id keyID) map[keyID]Key {
+func (t *keyTable[K]) kind(id keyID) map[keyID]K {
 	if id.peer.IsSingleIP() {
 		return t.hosts
 	}
 	return t.prefixes
 }
 
-func (t *keyTable) set(k Key) {
+func (t *keyTable[K]) set(k K) {
 	if t.hosts == nil {
-		t.hosts, t.prefixes = make(map[keyID]Key), make(map[keyID]Key)
-		t.peers = make(map[netip.Prefix]int)
+		t.hosts, t.prefixes = make(map[keyID]K), make(map[keyID]K)
+		t.peers = make(map[netip.Prefix][]keyID)
 	}
 	id := k.id()
 	m := t.kind(id)
 	if _, ok := m[id]; !ok {
-		if t.peers[k.Peer] == 0 {
-			t.bits[family(k.Peer.Addr())][k.Peer.Bits()]++
+		if len(t.peers[id.peer]) == 0 {
+			t.bits[family(id.peer.Addr())][id.peer.Bits()]++
 		}
-		t.peers[k.Peer]++
-		if k.Ifindex != 0 {
+		t.peers[id.peer] = append(t.peers[id.peer], id)
+		if id.ifindex != 0 {
 			t.interfaces++
 		}
 	}
 	m[id] = k
 }
 
-func (t *keyTable) remove(id keyID) {
+func (t *keyTable[K]) remove(id keyID) {
 	m := t.kind(id)
 	if _, ok := m[id]; !ok {
 		return
@@ -54,23 +71,33 @@ func (t *keyTable) remove(id keyID) {
 	if id.ifindex != 0 {
 		t.interfaces--
 	}
-	if t.peers[id.peer]--; t.peers[id.peer] == 0 {
+	ids := t.peers[id.peer]
+	for i, other := range ids {
+		if other == id {
+			ids[i] = ids[len(ids)-1]
+			ids = ids[:len(ids)-1]
+			break
+		}
+	}
+	if len(ids) == 0 {
 		delete(t.peers, id.peer)
 		t.bits[family(id.peer.Addr())][id.peer.Bits()]--
+	} else {
+		t.peers[id.peer] = ids
 	}
 }
 
-func (t *keyTable) get(id keyID) (Key, bool) {
+func (t *keyTable[K]) get(id keyID) (K, bool) {
 	k, ok := t.kind(id)[id]
 	return k, ok
 }
 
-func (t *keyTable) len() int { return len(t.hosts) + len(t.prefixes) }
+func (t *keyTable[K]) len() int { return len(t.hosts) + len(t.prefixes) }
 
 // all yields every key, host keys first.
-func (t *keyTable) all() iter.Seq[Key] {
-	return func(yield func(Key) bool) {
-		for _, m := range []map[keyID]Key{t.hosts, t.prefixes} {
+func (t *keyTable[K]) all() iter.Seq[K] {
+	return func(yield func(K) bool) {
+		for _, m := range []map[keyID]K{t.hosts, t.prefixes} {
 			for k := range maps.Values(m) {
 				if !yield(k) {
 					return
@@ -84,7 +111,7 @@ func (t *keyTable) all() iter.Seq[Key] {
 // on a socket bound to VRF l3index (0: none): those whose prefix holds addr
 // with the longest prefix, for any interface or for that VRF. covers
 // reports whether there is one.
-func (t *keyTable) best(addr netip.Addr, l3index int) []Key {
+func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
 	addr = addr.Unmap().WithZone("")
 	f := family(addr)
 	for bits := addr.BitLen(); bits >= 0; bits-- {
@@ -92,15 +119,14 @@ func (t *keyTable) best(addr netip.Addr, l3index int) []Key {
 			continue
 		}
 		p, err := addr.Prefix(bits)
-		if err != nil || t.peers[p] == 0 {
+		if err != nil {
 			continue
 		}
-		var out []Key
-		if k, ok := t.get(keyID{p, 0}); ok {
-			out = append(out, k)
-		}
-		if k, ok := t.get(keyID{p, l3index}); ok && l3index != 0 {
-			out = append(out, k)
+		var out []K
+		for _, id := range t.peers[p] {
+			if id.ifindex == 0 || id.ifindex == l3index {
+				out = append(out, t.kind(id)[id])
+			}
 		}
 		if len(out) > 0 {
 			return out
@@ -111,8 +137,39 @@ func (t *keyTable) best(addr netip.Addr, l3index int) []Key {
 
 // covers reports whether a key covers peer addr reached through VRF
 // l3index (0: none): a key for any interface, or one for that VRF.
-func (t *keyTable) covers(addr netip.Addr, l3index int) bool {
+func (t *keyTable[K]) covers(addr netip.Addr, l3index int) bool {
 	return len(t.best(addr, l3index)) > 0
+}
+
+// overlapping returns a key whose peers overlap p and whose interface
+// may be ifindex's, if there is one: the kernel refuses an MD5 and an AO
+// key for overlapping peers on one socket. A host p costs a walk over the
+// prefix lengths; a range p, a walk over every key.
+func (t *keyTable[K]) overlapping(p netip.Prefix, ifindex int) (K, bool) {
+	compatible := func(id keyID) bool { return id.ifindex == 0 || ifindex == 0 || id.ifindex == ifindex }
+	f := family(p.Addr())
+	for bits := p.Bits(); bits >= 0; bits-- {
+		if t.bits[f][bits] == 0 {
+			continue
+		}
+		q, _ := p.Addr().Prefix(bits)
+		for _, id := range t.peers[q] {
+			if compatible(id) {
+				return t.kind(id)[id], true
+			}
+		}
+	}
+	if !p.IsSingleIP() {
+		for _, m := range []map[keyID]K{t.hosts, t.prefixes} {
+			for id, k := range m {
+				if id.peer.Bits() > p.Bits() && p.Contains(id.peer.Addr()) && compatible(id) {
+					return k, true
+				}
+			}
+		}
+	}
+	var zero K
+	return zero, false
 }
 
 func family(a netip.Addr) int {

@@ -170,7 +170,7 @@ type Listener struct {
 	refused       atomic.Uint64
 
 	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
-	keys    keyTable     // every key, with its secret
+	keys    keyTable[Key]     // every key, with its secret
 	keyed   bool         // a key was ever installed: only then can a connection be signed
 	shards  []*shard     // the group, in the order the sockets joined it
 	steered bool         // the steering program is attached to the group

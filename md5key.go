@@ -197,15 +197,6 @@ func (k Key) clone() Key {
 	return k
 }
 
-// keyID is what identifies a key to the kernel: the peer prefix and the
-// interface. Installing a key with the same keyID replaces the secret.
-type keyID struct {
-	peer    netip.Prefix
-	ifindex int
-}
-
-func (k Key) id() keyID { return keyID{k.Peer, k.Ifindex} }
-
 // Supported reports whether this system signs TCP segments with RFC 2385
 // keys. The first call probes the kernel by installing and deleting a key on
 // a throwaway socket (setsockopt(2) TCP_MD5SIG); later calls return the

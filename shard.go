@@ -135,7 +135,7 @@ type shard struct {
 	family int // the socket's address family, read once
 
 	// Guarded by the Listener's mu.
-	keys keyTable // the keys installed on the socket, without secrets
+	keys keyTable[Key] // the keys installed on the socket, without secrets
 }
 
 // bare returns k without its secret, as shards record it.
@@ -172,7 +172,7 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 
 // shardsFor returns the fewest shards whose fullest one holds its host keys
 // and every prefix key within keysPerSocket, by the placement shardOf makes.
-func shardsFor(t *keyTable) int {
+func shardsFor(t *keyTable[Key]) int {
 	hosts := make([]uint32, 0, len(t.hosts))
 	for id := range t.hosts {
 		hosts = append(hosts, peerHash(id.peer.Addr()))
@@ -201,7 +201,7 @@ func shardsFor(t *keyTable) int {
 
 // placeKeys returns the keys of each of n shards: every prefix key, then
 // the host keys shardOf places there.
-func placeKeys(t *keyTable, n int) [][]Key {
+func placeKeys(t *keyTable[Key], n int) [][]Key {
 	prefixes := slices.Collect(maps.Values(t.prefixes))
 	out := make([][]Key, n)
 	for i := range out {
