@@ -169,11 +169,11 @@ type Listener struct {
 	allowUnsigned bool
 	refused       atomic.Uint64
 
-	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
-	keys    keyTable[Key]     // every key, with its secret
-	keyed   bool         // a key was ever installed: only then can a connection be signed
-	shards  []*shard     // the group, in the order the sockets joined it
-	steered bool         // the steering program is attached to the group
+	mu      sync.RWMutex  // guards what follows and serializes changes to the sockets' keys
+	keys    keyTable[Key] // every key, with its secret
+	keyed   bool          // a key was ever installed: only then can a connection be signed
+	shards  []*shard      // the group, in the order the sockets joined it
+	steered bool          // the steering program is attached to the group
 	closed  bool
 	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
 	network string
