@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -291,3 +292,92 @@ var aoProbeOnce = sync.OnceValue(func() error {
 	}
 	return nil
 })
+
+// applyAOKeys installs keys on the socket behind c, all of them or none,
+// and returns what they added to its option memory. With current, the first
+// key becomes the one the socket signs with and asks the peer for.
+func applyAOKeys(c syscall.RawConn, keys []AOKey, current bool) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	before, err := optmem(c)
+	if err != nil {
+		return 0, err
+	}
+	err = controlErr(c, func(fd int) error {
+		for i, k := range keys {
+			if err := aoAdd(fd, k, current && i == 0, current && i == 0); err != nil {
+				for _, done := range keys[:i] {
+					_ = aoDel(fd, done)
+				}
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	after, err := optmem(c)
+	return after - before, err
+}
+
+// replaceAOKey installs k on the socket behind c, deleting first the key
+// with its Peer, KeyIDs and Ifindex if had (the kernel replaces no key in
+// place), and returns the change in the socket's option memory. If the add
+// fails, old goes back.
+func replaceAOKey(c syscall.RawConn, k, old AOKey, had bool) (int, error) {
+	before, err := optmem(c)
+	if err != nil {
+		return 0, err
+	}
+	err = controlErr(c, func(fd int) error {
+		if had {
+			if err := aoDel(fd, old); err != nil {
+				return err
+			}
+		}
+		if err := aoAdd(fd, k, false, false); err != nil {
+			if had {
+				_ = aoAdd(fd, old, false, false)
+			}
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	after, err := optmem(c)
+	return after - before, err
+}
+
+// removeAOKeyFrom deletes k from the socket behind c and returns the change
+// in its option memory.
+func removeAOKeyFrom(c syscall.RawConn, k AOKey) (int, error) {
+	before, err := optmem(c)
+	if err != nil {
+		return 0, err
+	}
+	if err := controlErr(c, func(fd int) error { return aoDel(fd, k) }); err != nil {
+		return 0, err
+	}
+	after, err := optmem(c)
+	return after - before, err
+}
+
+// acceptedAO reports whether the connection behind c completed its
+// handshake with TCP-AO: only then does the kernel give it AO state, which
+// TCP_AO_INFO reads (ENOENT otherwise).
+func acceptedAO(c syscall.RawConn) (bool, error) {
+	return control(c, func(fd int) (bool, error) {
+		_, err := getAOInfo(fd)
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, unix.ENOENT):
+			return false, nil
+		}
+		return false, err
+	})
+}

@@ -111,12 +111,12 @@ var keyCharge = sync.OnceValue(func() int {
 })
 
 // acceptedSigned reports whether the kernel copied a key to connection c
-// when listening socket ln, which holds keys keys, accepted it: then every
-// segment of its handshake was verified, and every later one is. A child
-// socket inherits the listener's socket filter, whose charge the listener's
-// option memory shows beside its keys; a copied key adds one keyCharge to
-// that.
-func acceptedSigned(ln, c syscall.RawConn, keys int) (bool, error) {
+// when listening socket ln, which holds keys MD5 keys and AO keys that
+// cost aoMem, accepted it: then every segment of its handshake was
+// verified, and every later one is. A child socket inherits the listener's
+// socket filter, whose charge the listener's option memory shows beside its
+// keys; a copied key adds one keyCharge to that.
+func acceptedSigned(ln, c syscall.RawConn, keys, aoMem int) (bool, error) {
 	per := keyCharge()
 	if per <= 0 {
 		return false, errors.New("tcpmd5: cannot measure what a key costs a socket (SO_MEMINFO)")
@@ -129,7 +129,7 @@ func acceptedSigned(ln, c syscall.RawConn, keys int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return cMem-(lnMem-keys*per) >= per, nil
+	return cMem-(lnMem-keys*per-aoMem) >= per, nil
 }
 
 // boundIfindex returns the interface the socket behind c is bound to

@@ -25,7 +25,7 @@ func setKey(_ syscall.RawConn, _ int, k Key) error {
 func rawFamily(syscall.RawConn) (int, error) { return 0, nil }
 
 // acceptedSigned reports false: no socket here holds keys.
-func acceptedSigned(_, _ syscall.RawConn, _ int) (bool, error) { return false, nil }
+func acceptedSigned(_, _ syscall.RawConn, _, _ int) (bool, error) { return false, nil }
 
 // boundIfindex reports no interface: no socket here takes interface keys.
 func boundIfindex(syscall.RawConn) (int, error) { return 0, nil }

@@ -1,11 +1,13 @@
 package tcpmd5
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +37,15 @@ type Dialer struct {
 	// place is not seen: assign a new slice to change keys.
 	Keys []Key
 
+	// AOKeys are TCP-AO keys (RFC 5925), indexed as Keys are. A dial
+	// installs every AO key whose Peer holds the destination with the
+	// longest prefix, and signs with the first of them in AOKeys order,
+	// which it also asks the peer to sign with (RNextKeyID); the kernel
+	// would otherwise pick the last one added. Where an MD5 key and AO keys
+	// both cover the destination, the longer prefix decides; at equal
+	// length the dial fails, as a peer is MD5 or AO, never both.
+	AOKeys []AOKey
+
 	// AllowUnsigned dials destinations that no key covers without a
 	// signature instead of failing with ErrNoKey.
 	AllowUnsigned bool
@@ -54,25 +65,42 @@ type Dialer struct {
 // a dial finds its key in time independent of their number. It belongs to
 // the slice it was built from: the same array and length.
 type dialTable struct {
-	src  []Key
-	keys keyTable[Key]
-	err  error // the first invalid key's
+	src    []Key
+	aoSrc  []AOKey
+	keys   keyTable[Key]
+	aoKeys keyTable[AOKey]
+	aoRank map[keyID]int // the position of each AO key in AOKeys
+	err    error         // the first invalid key's
 }
 
 // keyTable returns the table for d.Keys, building it if d.Keys is another
 // slice than the one of the last table.
 func (d *Dialer) keyTable() *dialTable {
-	keys := d.Keys
-	if t, ok := d.table.Load().(*dialTable); ok && len(t.src) == len(keys) && (len(keys) == 0 || &t.src[0] == &keys[0]) {
+	keys, aoKeys := d.Keys, d.AOKeys
+	if t, ok := d.table.Load().(*dialTable); ok && sameSlice(t.src, keys) && sameSlice(t.aoSrc, aoKeys) {
 		return t
 	}
 	normalized, err := normalizeKeys(keys) // nil on error: the table then holds none
-	t := &dialTable{src: keys, err: err}
+	t := &dialTable{src: keys, aoSrc: aoKeys, err: err}
 	for _, k := range normalized { // a later key replaces an earlier one, as in the kernel
 		t.keys.set(k.clone())
 	}
+	aoNormalized, err := normalizeAOKeys(aoKeys)
+	t.err = cmp.Or(t.err, err)
+	t.aoRank = make(map[keyID]int, len(aoNormalized))
+	for i, k := range aoNormalized {
+		if _, dup := t.aoRank[k.id()]; !dup {
+			t.aoRank[k.id()] = i
+		}
+		t.aoKeys.set(k.clone())
+	}
 	d.table.Store(t)
 	return t
+}
+
+// sameSlice reports whether a and b are the same slice: array and length.
+func sameSlice[E any](a, b []E) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // Dial connects to the address on the named network, as [net.Dialer.Dial].
@@ -116,7 +144,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
 	sign := func(_, address string, c syscall.RawConn) error {
-		if table.keys.len() == 0 {
+		if table.keys.len() == 0 && table.aoKeys.len() == 0 {
 			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)
@@ -124,22 +152,31 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
 		}
 		l3index := 0
-		if table.keys.interfaces > 0 {
+		if table.keys.interfaces > 0 || table.aoKeys.interfaces > 0 {
 			// The kernel signs with an interface key only on a socket
 			// bound to that VRF: choose among the keys that apply here.
 			if l3index, err = boundIfindex(c); err != nil {
 				return err
 			}
 		}
-		best := table.keys.best(ap.Addr(), l3index)
-		if len(best) == 0 {
+		best, aoBest := table.keys.best(ap.Addr(), l3index), table.aoKeys.best(ap.Addr(), l3index)
+		switch {
+		case len(best) == 0 && len(aoBest) == 0:
 			if d.AllowUnsigned {
 				return nil
 			}
-			return fmt.Errorf("%w %s: add a Key whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())
-		}
-		if err := applyKeys(c, best); err != nil {
-			return err
+			return fmt.Errorf("%w %s: add a Key or AOKey whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())
+		case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
+			return mixedKeysError(best[0], aoBest[0])
+		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
+			slices.SortFunc(aoBest, func(a, b AOKey) int { return cmp.Compare(table.aoRank[a.id()], table.aoRank[b.id()]) })
+			if _, err := applyAOKeys(c, aoBest, true); err != nil {
+				return err
+			}
+		default:
+			if err := applyKeys(c, best); err != nil {
+				return err
+			}
 		}
 		signed.Store(true)
 		return nil
@@ -220,7 +257,7 @@ func (d *Dialer) MultipathTCP() bool {
 
 // protects reports whether d has keys or TTL security: then it dials
 // plain TCP only, with them.
-func (d *Dialer) protects() bool { return len(d.Keys) > 0 || d.TTLSecurity != 0 }
+func (d *Dialer) protects() bool { return len(d.Keys) > 0 || len(d.AOKeys) > 0 || d.TTLSecurity != 0 }
 
 // unprotected returns the error of a dial that cannot carry the Dialer's
 // keys or TTL security, or nil for a Dialer that has neither.

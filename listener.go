@@ -33,6 +33,12 @@ type ListenConfig struct {
 	// signature with that peer's secret.
 	Keys []Key
 
+	// AOKeys are TCP-AO keys (RFC 5925) installed on the listening socket
+	// beside Keys: a peer is covered by MD5 keys or by AO keys, never both,
+	// so that one listener serves MD5 and AO peers side by side while they
+	// migrate. Listen refuses an AO key whose peers overlap an MD5 key's.
+	AOKeys []AOKey
+
 	// AllowUnsigned hands over connections from peers that no installed key
 	// covers. The kernel lets such peers connect without a signature; by
 	// default Accept closes those connections with a reset and counts them
@@ -65,6 +71,10 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		return nil, err
 	}
 	keys, err := normalizeKeys(lc.Keys)
+	var aoKeys []AOKey
+	if err == nil {
+		aoKeys, err = normalizeAOKeys(lc.AOKeys)
+	}
 	if err == nil {
 		err = checkTTLSecurity(lc.TTLSecurity)
 	}
@@ -79,10 +89,16 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.set(k.clone())
 	}
-	l.keyed = len(keys) > 0
-	hosts := len(l.keys.hosts)
+	for _, k := range aoKeys {
+		if md5, ok := l.keys.overlapping(k.Peer, k.Ifindex); ok {
+			return nil, &net.OpError{Op: "listen", Net: network, Err: mixedKeysError(md5, k)}
+		}
+		l.aoKeys.set(k.clone())
+	}
+	l.keyed, l.aoKeyed = len(keys) > 0, len(aoKeys) > 0
+	hosts := len(l.keys.hosts) + len(l.aoKeys.hosts)
 	_, port, _ := net.SplitHostPort(address)
-	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
+	for n, tries := shardsFor(&l.keys, &l.aoKeys), 1; ; tries++ {
 		err := l.listenGroup(ctx, address, n)
 		if err == nil {
 			break
@@ -115,8 +131,8 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 // segments only, and a ListenConfig never hands out a socket it did not
 // protect.
 func (lc *ListenConfig) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
-	if len(lc.Keys) > 0 || lc.TTLSecurity != 0 {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("tcpmd5: ListenPacket cannot carry TCP MD5 keys or TTL security, which protect TCP only; use Listen, or a net.ListenConfig for %s", network)}
+	if len(lc.Keys) > 0 || len(lc.AOKeys) > 0 || lc.TTLSecurity != 0 {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("tcpmd5: ListenPacket cannot carry TCP MD5 or AO keys or TTL security, which protect TCP only; use Listen, or a net.ListenConfig for %s", network)}
 	}
 	return lc.ListenConfig.ListenPacket(ctx, network, address)
 }
@@ -171,7 +187,9 @@ type Listener struct {
 
 	mu      sync.RWMutex  // guards what follows and serializes changes to the sockets' keys
 	keys    keyTable[Key] // every key, with its secret
-	keyed   bool          // a key was ever installed: only then can a connection be signed
+	keyed   bool          // an MD5 key was ever installed: only then can a connection be signed with one
+	aoKeys  keyTable[AOKey]
+	aoKeyed bool // an AO key was ever installed
 	shards  []*shard      // the group, in the order the sockets joined it
 	steered bool          // the steering program is attached to the group
 	closed  bool
@@ -300,8 +318,13 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	signed := false
-	if l.keyed { // else nothing could have signed it, and no syscall need say so
-		if signed, err = acceptedSigned(s.rc, rc, s.keys.len()); err != nil {
+	if l.aoKeyed { // else nothing could have signed it, and no syscall need say so
+		if signed, err = acceptedAO(rc); err != nil {
+			return false
+		}
+	}
+	if l.keyed && !signed {
+		if signed, err = acceptedSigned(s.rc, rc, s.keys.len(), s.aoMem); err != nil {
 			return false
 		}
 	}
@@ -317,12 +340,12 @@ func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
 		return false
 	}
 	l3index := 0
-	if l.keys.interfaces > 0 {
+	if l.keys.interfaces > 0 || l.aoKeys.interfaces > 0 {
 		if l3index, err = boundIfindex(rc); err != nil {
 			return false
 		}
 	}
-	return !l.keys.covers(addr, l3index) // covers unmaps a v4-mapped peer
+	return !l.keys.covers(addr, l3index) && !l.aoKeys.covers(addr, l3index) // covers unmaps a v4-mapped peer
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -351,8 +374,12 @@ func (l *Listener) SetKey(k Key) error {
 	// grows the group first, at most doubling it (by then every socket has
 	// been split once). The cap is for speed: if growing fails, a socket
 	// with room in its option memory still takes the key.
+	if ao, ok := l.aoKeys.overlapping(k.Peer, k.Ifindex); ok {
+		return mixedKeysError(k, ao)
+	}
+	_, installed := l.keys.get(k.id())
 	n := len(l.shards)
-	for grown := 0; grown < n && l.crowded(k); grown++ {
+	for grown := 0; grown < n && l.crowded(k.id(), installed); grown++ {
 		if l.grow() != nil {
 			break
 		}
@@ -366,7 +393,7 @@ func (l *Listener) SetKey(k Key) error {
 			l.keyed = true
 			return nil
 		}
-		if !keysFull(err) || len(full.keys.hosts) == 0 || grown >= n {
+		if !keysFull(err) || len(full.keys.hosts)+len(full.aoKeys.hosts) == 0 || grown >= n {
 			return err
 		}
 		if gerr := l.grow(); gerr != nil {

@@ -135,19 +135,33 @@ type shard struct {
 	family int // the socket's address family, read once
 
 	// Guarded by the Listener's mu.
-	keys keyTable[Key] // the keys installed on the socket, without secrets
+	keys   keyTable[Key]   // the MD5 keys installed on the socket, without secrets
+	aoKeys keyTable[AOKey] // the AO keys, without secrets
+	aoMem  int             // what the AO keys cost the socket's option memory
 }
+
+// load is how many keys the socket holds.
+func (s *shard) load() int { return s.keys.len() + s.aoKeys.len() }
 
 // bare returns k without its secret, as shards record it.
 func bare(k Key) Key { return Key{Peer: k.Peer, Ifindex: k.Ifindex} }
 
+// bareAO returns k without its secret.
+func bareAO(k AOKey) AOKey { k.Secret = nil; return k }
+
 // listenShard makes one socket of a group, with cfg (MPTCP off): before
 // bind(2) and listen(2), the caller's Control runs, SO_REUSEPORT is set,
-// then each of more, then the keys are installed.
-func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, more ...hook) (*shard, error) {
+// then each of more, then the MD5 keys and the AO keys are installed.
+func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, aoKeys []AOKey, more ...hook) (*shard, error) {
 	join := func(_, _ string, c syscall.RawConn) error { return joinGroup(c) }
 	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, keys) }
-	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install)...)
+	aoMem := 0
+	installAO := func(_, _ string, c syscall.RawConn) error {
+		var err error
+		aoMem, err = applyAOKeys(c, aoKeys, false)
+		return err
+	}
+	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if err != nil {
 		return nil, err
@@ -163,21 +177,28 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		tl.Close()
 		return nil, err
 	}
-	s := &shard{ln: tl, rc: rc, family: family}
+	s := &shard{ln: tl, rc: rc, family: family, aoMem: aoMem}
 	for _, k := range keys {
 		s.keys.set(bare(k))
+	}
+	for _, k := range aoKeys {
+		s.aoKeys.set(bareAO(k))
 	}
 	return s, nil
 }
 
 // shardsFor returns the fewest shards whose fullest one holds its host keys
-// and every prefix key within keysPerSocket, by the placement shardOf makes.
-func shardsFor(t *keyTable[Key]) int {
-	hosts := make([]uint32, 0, len(t.hosts))
+// and every prefix key, MD5 and AO, within keysPerSocket, by the placement
+// shardOf makes.
+func shardsFor(t *keyTable[Key], ao *keyTable[AOKey]) int {
+	hosts := make([]uint32, 0, len(t.hosts)+len(ao.hosts))
 	for id := range t.hosts {
 		hosts = append(hosts, peerHash(id.peer.Addr()))
 	}
-	room := keysPerSocket() - len(t.prefixes)
+	for id := range ao.hosts {
+		hosts = append(hosts, peerHash(id.peer.Addr()))
+	}
+	room := keysPerSocket() - len(t.prefixes) - len(ao.prefixes)
 	if room <= 0 || len(hosts) <= room {
 		return 1
 	}
@@ -201,9 +222,9 @@ func shardsFor(t *keyTable[Key]) int {
 
 // placeKeys returns the keys of each of n shards: every prefix key, then
 // the host keys shardOf places there.
-func placeKeys(t *keyTable[Key], n int) [][]Key {
+func placeKeys[K tableKey](t *keyTable[K], n int) [][]K {
 	prefixes := slices.Collect(maps.Values(t.prefixes))
-	out := make([][]Key, n)
+	out := make([][]K, n)
 	for i := range out {
 		out[i] = slices.Clone(prefixes)
 	}
@@ -222,7 +243,7 @@ func placeKeys(t *keyTable[Key], n int) [][]Key {
 // their key, which drops them if signed and hands them to Accept's policy
 // if not.
 func (l *Listener) listenGroup(ctx context.Context, address string, n int) error {
-	perShard := placeKeys(&l.keys, n)
+	perShard, aoPerShard := placeKeys(&l.keys, n), placeKeys(&l.aoKeys, n)
 	// The first socket carries the program before it binds. A group of one
 	// works without: a kernel that refuses it fails only the first growth.
 	steerFirst := func(_, _ string, c syscall.RawConn) error {
@@ -233,14 +254,14 @@ func (l *Listener) listenGroup(ctx context.Context, address string, n int) error
 		}
 		return err
 	}
-	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], steerFirst)
+	first, err := listenShard(ctx, l.cfg, l.network, address, perShard[0], aoPerShard[0], steerFirst)
 	if err != nil {
 		return err
 	}
 	l.shards = []*shard{first}
 	l.address = first.ln.Addr().String()
 	for i := 1; i < n; i++ {
-		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i])
+		s, err := listenShard(ctx, l.cfg, l.network, l.address, perShard[i], aoPerShard[i])
 		if err != nil {
 			l.closeShards()
 			return err
@@ -315,15 +336,12 @@ func (l *Listener) install(k Key) (*shard, error) {
 // crowded reports whether installing k would put a new host key on a
 // socket that already holds maxSocketKeys (or what its option memory holds,
 // if less) and could give some away by growing the group.
-func (l *Listener) crowded(k Key) bool {
-	if !k.Peer.IsSingleIP() {
+func (l *Listener) crowded(id keyID, installed bool) bool {
+	if !id.peer.IsSingleIP() || installed { // a new secret for an installed key takes no room
 		return false
 	}
-	if _, ok := l.keys.get(k.id()); ok {
-		return false // a new secret for an installed key takes no room
-	}
-	s := l.shards[shardOf(peerHash(k.Peer.Addr()), len(l.shards))]
-	return s.keys.len() >= keysPerSocket() && len(s.keys.hosts) > 0
+	s := l.shards[shardOf(peerHash(id.peer.Addr()), len(l.shards))]
+	return s.load() >= keysPerSocket() && len(s.keys.hosts)+len(s.aoKeys.hosts) > 0
 }
 
 // grow adds a socket to the group. Going from n to n+1 shards, linear
@@ -344,14 +362,10 @@ func (l *Listener) grow() error {
 		l.steered = true
 	}
 	split := l.shards[n-1<<(bits.Len(uint(n))-1)]
-	keys := slices.Collect(maps.Values(l.keys.prefixes))
-	var moved []Key
-	for id := range split.keys.hosts {
-		if k, ok := l.keys.hosts[id]; ok && shardOf(peerHash(id.peer.Addr()), n+1) == n {
-			moved = append(moved, k)
-		}
-	}
-	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, append(keys, moved...))
+	moved, aoMoved := movedKeys(&l.keys, &split.keys, n), movedKeys(&l.aoKeys, &split.aoKeys, n)
+	keys := append(slices.Collect(maps.Values(l.keys.prefixes)), moved...)
+	aoKeys := append(slices.Collect(maps.Values(l.aoKeys.prefixes)), aoMoved...)
+	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, keys, aoKeys)
 	if err != nil {
 		return err
 	}
@@ -368,12 +382,30 @@ func (l *Listener) grow() error {
 	}
 	l.shards = append(l.shards, s)
 	l.acceptFrom(s)
+	// A connection the split shard verified before the switch may still
+	// wait in its queue: it holds its own copy of the key.
 	for _, k := range moved {
-		// A connection the split shard verified before the switch may still
-		// wait in its queue: it holds its own copy of the key.
 		if removeKey(split.rc, split.family, k) == nil {
 			split.keys.remove(k.id())
 		}
 	}
+	for _, k := range aoMoved {
+		if mem, err := removeAOKeyFrom(split.rc, k); err == nil {
+			split.aoKeys.remove(k.id())
+			split.aoMem += mem
+		}
+	}
 	return nil
+}
+
+// movedKeys returns the host keys of all, among those of split, that
+// shardOf places on the new shard n of n+1.
+func movedKeys[K tableKey](all, split *keyTable[K], n int) []K {
+	var moved []K
+	for id := range split.hosts {
+		if k, ok := all.hosts[id]; ok && shardOf(peerHash(id.peer.Addr()), n+1) == n {
+			moved = append(moved, k)
+		}
+	}
+	return moved
 }

@@ -21,9 +21,10 @@ const (
 	MD5Failure    = "TCPMD5Failure"
 )
 
-// The counters that record segments dropped for their TCP-AO MAC
-// (Linux 6.7+ with CONFIG_TCP_AO).
+// The TCP-AO counters (Linux 6.7+ with CONFIG_TCP_AO): segments verified,
+// then those dropped for their MAC.
 const (
+	AOGood        = "TCPAOGood"
 	AOBad         = "TCPAOBad"
 	AORequired    = "TCPAORequired"
 	AOKeyNotFound = "TCPAOKeyNotFound"

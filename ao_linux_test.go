@@ -1,0 +1,359 @@
+package tcpmd5_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+)
+
+// The algorithms of these tests: RFC 5926's two and a stronger one.
+var aoAlgorithms = []string{"hmac(sha1)", "cmac(aes128)", "hmac(sha256)"}
+
+// requireAO skips t where the kernel has no TCP-AO (by design: only the
+// kernels built with it are declared to have it).
+func requireAO(t testing.TB) {
+	t.Helper()
+	testenv.Require(t, testenv.AO)
+	require.True(t, tcpmd5.AOSupported(), "AOSupported disagrees with the feature probe")
+}
+
+// aoKey is the AO key for peer, which we sign with sendID and verify with
+// recvID.
+func aoKey(t testing.TB, peer string, sendID, recvID uint8, alg, secret string) tcpmd5.AOKey {
+	t.Helper()
+	a, err := netip.ParseAddr(peer)
+	require.NoError(t, err)
+	return tcpmd5.AOKey{Peer: netip.PrefixFrom(a, a.BitLen()), SendID: sendID, RecvID: recvID, Algorithm: alg, Secret: []byte(secret)}
+}
+
+// aoDialer dials from src with keys.
+func aoDialer(src string, keys ...tcpmd5.AOKey) *tcpmd5.Dialer {
+	d := dialer(src)
+	d.AOKeys = keys
+	return d
+}
+
+// aoStats reads AOInfo of c.
+func aoStats(t testing.TB, c net.Conn) tcpmd5.AOStats {
+	t.Helper()
+	st, err := tcpmd5.AOInfo(c.(*net.TCPConn))
+	require.NoError(t, err)
+	return st
+}
+
+// TestAOConnects: with each algorithm the kernel offers, a listener and a
+// dialer holding matching AO keys connect both ways over IPv4, IPv6 and a
+// dual-stack listener; both ends report the KeyIDs and verified segments,
+// and TCPAOGood moves while no drop counter does.
+func TestAOConnects(t *testing.T) {
+	requireAO(t)
+	for _, alg := range aoAlgorithms {
+		for _, fam := range []struct{ name, network, addr, peer, host string }{
+			{"IPv4", "tcp4", "127.0.0.1:0", "127.0.50.1", "127.0.0.1"},
+			{"IPv6", "tcp6", "[::1]:0", "::1", "::1"},
+			{"dual-stack", "tcp", "[::]:0", "127.0.50.1", "127.0.0.1"},
+		} {
+			t.Run(alg+"/"+fam.name, func(t *testing.T) {
+				t.Parallel()
+				if fam.network != "tcp4" {
+					requireIPv6(t)
+				}
+				testenv.Netns(t)
+				lc := &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, fam.peer, 1, 2, alg, secretA)}}
+				ln, err := lc.Listen(context.Background(), fam.network, fam.addr)
+				if errors.Is(err, unix.ENOENT) {
+					t.Skipf("the kernel's crypto API has no %s: %v", alg, err)
+				}
+				require.NoError(t, err)
+				t.Cleanup(func() { ln.Close() })
+				accepted := make(chan net.Conn, 1)
+				go func() {
+					c, err := ln.Accept()
+					if assert.NoError(t, err) {
+						accepted <- c
+						_, _ = io.Copy(c, c)
+					}
+				}()
+				before := counters(t)
+				port := ln.Addr().(*net.TCPAddr).Port
+				c, err := aoDialer(fam.peer, aoKey(t, fam.host, 2, 1, alg, secretA)).Dial(fam.network, net.JoinHostPort(fam.host, itoa(port)))
+				require.NoError(t, err)
+				defer c.Close()
+				ping(t, c)
+				server := <-accepted
+				cs, ss := aoStats(t, c), aoStats(t, server)
+				assert.Equal(t, uint8(2), cs.Current, "the dialer signs with its SendID")
+				assert.Equal(t, uint8(1), cs.RNext, "and asks for the listener's")
+				assert.Equal(t, uint8(1), ss.Current)
+				assert.Equal(t, uint8(2), ss.RNext)
+				assert.Positive(t, cs.Good)
+				assert.Positive(t, ss.Good)
+				assert.Zero(t, cs.Bad+ss.Bad+cs.KeyNotFound+ss.KeyNotFound)
+				delta := before.Delta(counters(t), netstat.AOGood, netstat.AOBad, netstat.AOKeyNotFound, netstat.AORequired)
+				assert.Positive(t, delta[netstat.AOGood])
+				assert.Zero(t, delta[netstat.AOBad]+delta[netstat.AOKeyNotFound]+delta[netstat.AORequired], "%v", delta)
+			})
+		}
+	}
+}
+
+// TestAORefused: every way of not matching the listener's AO key is
+// dropped by the kernel, and the counter for that way moves.
+func TestAORefused(t *testing.T) {
+	requireAO(t)
+	const peer = "127.0.50.1"
+	right := func(t testing.TB) tcpmd5.AOKey { return aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA) }
+	for _, tc := range []struct {
+		name    string
+		key     func(t testing.TB) *tcpmd5.AOKey // nil: unsigned
+		md5     bool                             // sign with MD5 instead
+		counter string
+	}{
+		{"wrong secret", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Secret = []byte(secretB); return &k }, false, netstat.AOBad},
+		{"wrong SendID", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.SendID = 7; return &k }, false, netstat.AOKeyNotFound},
+		{"wrong algorithm", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Algorithm = "cmac(aes128)"; return &k }, false, netstat.AOBad},
+		{"wrong MAC length", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.MACLen = 16; return &k }, false, netstat.AOBad},
+		{"unsigned", func(testing.TB) *tcpmd5.AOKey { return nil }, false, netstat.AORequired},
+		{"MD5 instead", func(testing.TB) *tcpmd5.AOKey { return nil }, true, netstat.MD5Unexpected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testenv.Netns(t)
+			ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)}}, "tcp4", "127.0.0.1:0")
+			d := dialer(peer)
+			d.AllowUnsigned = true
+			if k := tc.key(t); k != nil {
+				d.AOKeys = []tcpmd5.AOKey{*k}
+			}
+			if tc.md5 {
+				d.Keys = []tcpmd5.Key{key(t, "127.0.0.1", secretA)}
+			}
+			dropDial(t, d, "tcp4", ln.Addr().String(), tc.counter)
+			// The right key still connects.
+			serveEcho(t, ln)
+			requireEcho(t, aoDialer(peer, right(t)), ln.Addr().String())
+		})
+	}
+}
+
+// TestAOBesideMD5: one listener serves an MD5 peer and an AO peer; each
+// signing the other way is refused; keys of both kinds for overlapping
+// peers are refused with an error naming both, at Listen, at SetKey and
+// SetAOKey, and at Dial.
+func TestAOBesideMD5(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const md5Peer, aoPeer = "127.0.51.1", "127.0.51.2"
+	lc := &tcpmd5.ListenConfig{
+		Keys:   []tcpmd5.Key{key(t, md5Peer, secretA)},
+		AOKeys: []tcpmd5.AOKey{aoKey(t, aoPeer, 1, 2, "hmac(sha1)", secretB)},
+	}
+	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	addr := ln.Addr().String()
+	requireEcho(t, dialer(md5Peer, key(t, "127.0.0.1", secretA)), addr)
+	requireEcho(t, aoDialer(aoPeer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretB)), addr)
+	dropDial(t, aoDialer(md5Peer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)), "tcp4", addr, netstat.AOKeyNotFound)
+	dropDial(t, dialer(aoPeer, key(t, "127.0.0.1", secretB)), "tcp4", addr, "")
+
+	// Overlapping peers of both kinds.
+	err := ln.SetAOKey(aoKey(t, md5Peer, 3, 4, "hmac(sha1)", secretA))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "MD5 key "+md5Peer+" and AO key "+md5Peer+" send 3 recv 4")
+	err = ln.SetKey(tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.51.0/24"), Secret: []byte(secretA)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AO key "+aoPeer+" send 1 recv 2")
+	_, err = (&tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, aoPeer, secretA)}, AOKeys: lc.AOKeys}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "a peer is MD5 or AO, not both")
+	d := aoDialer(aoPeer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretB))
+	d.Keys = []tcpmd5.Key{key(t, "127.0.0.1", secretA)}
+	_, err = d.Dial("tcp4", addr)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "a peer is MD5 or AO, not both")
+	for _, s := range []string{secretA, secretB} {
+		assert.NotContains(t, err.Error(), s)
+	}
+	assert.Len(t, ln.Keys(), 1)
+	assert.Len(t, ln.AOKeys(), 1)
+}
+
+// TestAOUnsignedPolicy: with AllowUnsigned, an unsigned peer no key covers
+// is handed over, and an unsigned peer an AO key covers never is (the
+// kernel drops its SYN: TCPAORequired).
+func TestAOUnsignedPolicy(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	lc := &tcpmd5.ListenConfig{AllowUnsigned: true, AOKeys: []tcpmd5.AOKey{aoKey(t, "127.0.52.1", 1, 2, "hmac(sha1)", secretA)}}
+	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	requireEcho(t, dialer("127.0.52.2"), ln.Addr().String())
+	d := dialer("127.0.52.1")
+	dropDial(t, d, "tcp4", ln.Addr().String(), netstat.AORequired)
+}
+
+// TestAOPrefixKeys: a listener's AO key for a /24 lets every peer in it
+// connect, and SetAOKey, RemoveAOKey and AOKeys work on the live listener.
+func TestAOPrefixKeys(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	ln := listen(t, &tcpmd5.ListenConfig{}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	range24 := tcpmd5.AOKey{Peer: netip.MustParsePrefix("127.0.53.0/24"), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", Secret: []byte(secretA)}
+	require.NoError(t, ln.SetAOKey(range24))
+	for _, src := range []string{"127.0.53.1", "127.0.53.200"} {
+		requireEcho(t, aoDialer(src, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)), ln.Addr().String())
+	}
+	// Replacing the secret: the kernel deletes, then adds.
+	range24.Secret = []byte(secretB)
+	require.NoError(t, ln.SetAOKey(range24))
+	require.Len(t, ln.AOKeys(), 1)
+	assert.Equal(t, secretB, string(ln.AOKeys()[0].Secret))
+	dropDial(t, aoDialer("127.0.53.1", aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)), "tcp4", ln.Addr().String(), netstat.AOBad)
+	requireEcho(t, aoDialer("127.0.53.1", aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretB)), ln.Addr().String())
+	require.NoError(t, ln.RemoveAOKey(range24))
+	require.NoError(t, ln.RemoveAOKey(range24), "removing what is not there is not an error")
+	assert.Empty(t, ln.AOKeys())
+}
+
+// TestAOKeyChangeUnderLoad changes the key of a live connection while data
+// flows both ways, the hitless way: both ends add the new key, each asks
+// for it with RNext, each kernel follows, then the old key goes. Not a byte
+// is lost or reset, and both ends end up signing with the new KeyIDs.
+func TestAOKeyChangeUnderLoad(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const peer = "127.0.54.1"
+	oldServer, oldClient := aoKey(t, peer, 1, 2, "hmac(sha1)", secretA), aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)
+	newServer, newClient := aoKey(t, peer, 11, 12, "hmac(sha256)", secretB), aoKey(t, "127.0.0.1", 12, 11, "hmac(sha256)", secretB)
+	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{oldServer}}, "tcp4", "127.0.0.1:0")
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if assert.NoError(t, err) {
+			accepted <- c
+			_, _ = io.Copy(c, c)
+			c.(*net.TCPConn).CloseWrite()
+		}
+	}()
+	c, err := aoDialer(peer, oldClient).Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	server := (<-accepted).(*net.TCPConn)
+	client := c.(*net.TCPConn)
+
+	// Data flows all along, before, during and after the change: a writer
+	// that goes on until the old keys are gone and a megabyte more, and a
+	// reader that checks every byte the echo returns.
+	changed := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		n, after := 0, -1
+		for after < 1<<20 {
+			for i := range buf {
+				buf[i] = byte(n + i)
+			}
+			if _, err := client.Write(buf); !assert.NoError(t, err) {
+				break
+			}
+			n += len(buf)
+			select {
+			case <-changed:
+				after += len(buf)
+			default:
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+		assert.NoError(t, client.CloseWrite())
+		sent <- n
+	}()
+	received := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 65536)
+		n := 0
+		for {
+			m, err := client.Read(buf)
+			for i := range m {
+				if buf[i] != byte(n+i) {
+					t.Errorf("byte %d is %d, want %d", n+i, buf[i], byte(n+i))
+					received <- n
+					return
+				}
+			}
+			n += m
+			if err != nil {
+				assert.ErrorIs(t, err, io.EOF, "the connection ended cleanly, not reset")
+				received <- n
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // data flows under the old keys first
+	before := aoStats(t, client).Good
+
+	require.NoError(t, tcpmd5.AddAOKey(server, newServer))
+	require.NoError(t, tcpmd5.AddAOKey(client, newClient))
+	require.NoError(t, tcpmd5.SetAORNext(server, newServer.RecvID))
+	require.NoError(t, tcpmd5.SetAORNext(client, newClient.RecvID))
+	require.Eventually(t, func() bool {
+		return aoStats(t, client).Current == newClient.SendID && aoStats(t, server).Current == newServer.SendID
+	}, mustConnect, 10*time.Millisecond, "both ends follow the other's RNext")
+	require.NoError(t, tcpmd5.RemoveAOKey(client, oldClient))
+	require.NoError(t, tcpmd5.RemoveAOKey(server, oldServer))
+	err = tcpmd5.RemoveAOKey(client, newClient)
+	require.Error(t, err, "the key in use cannot go")
+	assert.Contains(t, err.Error(), "move to another key first")
+	close(changed)
+
+	total := <-sent
+	assert.Equal(t, total, <-received, "every byte came back, in order")
+	assert.Greater(t, total, 1<<20)
+	assert.Greater(t, aoStats(t, client).Good, before, "segments verified after the change")
+	cs, ss := aoStats(t, client), aoStats(t, server)
+	assert.Equal(t, newClient.SendID, cs.Current)
+	assert.Equal(t, newClient.RecvID, cs.RNext)
+	assert.Zero(t, cs.Bad+ss.Bad+cs.KeyNotFound+ss.KeyNotFound)
+}
+
+// TestAOOnOneConnectionErrors: the per-connection calls refuse what the
+// kernel refuses, in words: a SendID with no key, a socket without AO.
+func TestAOOnOneConnectionErrors(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const peer = "127.0.55.1"
+	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	c, err := aoDialer(peer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)).Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	err = tcpmd5.SetAOCurrent(tc, 99)
+	require.ErrorIs(t, err, syscall.ENOENT)
+	assert.Contains(t, err.Error(), "no AO key with SendID 99")
+	err = tcpmd5.SetAORNext(tc, 98)
+	require.ErrorIs(t, err, syscall.ENOENT)
+	assert.Contains(t, err.Error(), "no AO key with RecvID 98")
+	require.NoError(t, tcpmd5.RemoveAOKey(tc, aoKey(t, "127.0.0.1", 50, 51, "hmac(sha1)", secretA)), "absent is not an error")
+
+	plain := plainListener(t, "127.0.0.1:0", nil)
+	pc, err := net.Dial("tcp4", plain.Addr().String())
+	require.NoError(t, err)
+	defer pc.Close()
+	_, err = tcpmd5.AOInfo(pc.(*net.TCPConn))
+	require.ErrorIs(t, err, syscall.ENOENT, "a connection without TCP-AO has no AO state")
+	assert.Error(t, tcpmd5.AddAOKey(nil, aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)))
+}

@@ -1,0 +1,157 @@
+package tcpmd5
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"slices"
+)
+
+// normalizeAOKeys checks every AO key and returns normalized copies.
+func normalizeAOKeys(keys []AOKey) ([]AOKey, error) {
+	out := make([]AOKey, len(keys))
+	for i, k := range keys {
+		nk, err := k.normalize()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = nk
+	}
+	return out, nil
+}
+
+// clone returns k with its own copy of the secret.
+func (k AOKey) clone() AOKey {
+	k.Secret = append([]byte(nil), k.Secret...)
+	return k
+}
+
+// mixedKeysError reports an MD5 key and an AO key for overlapping peers,
+// which the kernel refuses on one socket (EKEYREJECTED).
+func mixedKeysError(md5 Key, ao AOKey) error {
+	return fmt.Errorf("tcpmd5: MD5 key %s and AO key %s cover overlapping peers; a peer is MD5 or AO, not both (the kernel refuses them together with EKEYREJECTED): remove one first", md5.peerString(), ao.name())
+}
+
+// SetAOKey installs the TCP-AO key k on the live listener, for handshakes
+// that start afterwards; a key with the same Peer, SendID, RecvID and
+// Ifindex is replaced (the kernel deletes it, then adds k). A host key
+// costs setsockopt(2) calls on the socket that holds its peer, a prefix
+// key on every socket of the group, and the group grows as for
+// [Listener.SetKey]. An AO key whose peers overlap an MD5 key's is refused:
+// a peer is MD5 or AO, never both. Connections already accepted keep their
+// keys.
+func (l *Listener) SetAOKey(k AOKey) error {
+	k, err := k.normalize()
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), net.ErrClosed)
+	}
+	if md5, ok := l.keys.overlapping(k.Peer, k.Ifindex); ok {
+		return mixedKeysError(md5, k)
+	}
+	_, installed := l.aoKeys.get(k.id())
+	n := len(l.shards)
+	for grown := 0; grown < n && l.crowded(k.id(), installed); grown++ {
+		if l.grow() != nil {
+			break
+		}
+	}
+	for grown := 0; ; grown++ {
+		full, err := l.installAO(k)
+		if err == nil {
+			l.aoKeys.set(k.clone())
+			l.aoKeyed = true
+			return nil
+		}
+		if !keysFull(err) || len(full.keys.hosts)+len(full.aoKeys.hosts) == 0 || grown >= n {
+			return err
+		}
+		if gerr := l.grow(); gerr != nil {
+			return fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
+		}
+	}
+}
+
+// installAO puts k on the sockets that need it, a host key on the one
+// shardOf picks and a prefix key on all, or on none: after a failure it
+// restores the earlier key with k's identity, or deletes k. It returns the
+// socket that refused k.
+func (l *Listener) installAO(k AOKey) (*shard, error) {
+	targets := l.shards
+	if k.Peer.IsSingleIP() {
+		i := shardOf(peerHash(k.Peer.Addr()), len(l.shards))
+		targets = l.shards[i : i+1]
+	}
+	old, had := l.aoKeys.get(k.id())
+	for i, s := range targets {
+		mem, err := replaceAOKey(s.rc, k, old, had)
+		if err != nil {
+			for _, done := range targets[:i] {
+				var mem int
+				var rerr error
+				if had {
+					mem, rerr = replaceAOKey(done.rc, old, k, true) // k out, old back
+				} else if mem, rerr = removeAOKeyFrom(done.rc, k); rerr == nil {
+					done.aoKeys.remove(k.id())
+				}
+				if rerr == nil {
+					done.aoMem += mem
+				}
+			}
+			return s, err
+		}
+		s.aoKeys.set(bareAO(k))
+		s.aoMem += mem
+	}
+	return nil, nil
+}
+
+// RemoveAOKey deletes the TCP-AO key with k's Peer, SendID, RecvID and
+// Ifindex from the listener; the rest of k is ignored. Removing a key that
+// is not installed is not an error. Connections already accepted keep
+// their keys.
+func (l *Listener) RemoveAOKey(k AOKey) error {
+	peer, err := Key{Peer: k.Peer, Ifindex: k.Ifindex}.normalizePeer()
+	if err != nil {
+		return err
+	}
+	k.Peer = peer.Peer
+	id := k.id()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.aoKeys.get(id); !ok {
+		return nil
+	}
+	for _, s := range l.shards {
+		if _, ok := s.aoKeys.get(id); ok {
+			mem, err := removeAOKeyFrom(s.rc, k)
+			if err != nil {
+				return err
+			}
+			s.aoKeys.remove(id)
+			s.aoMem += mem
+		}
+	}
+	l.aoKeys.remove(id)
+	return nil
+}
+
+// AOKeys returns copies of the TCP-AO keys installed now, ordered by peer,
+// interface and KeyIDs.
+func (l *Listener) AOKeys() []AOKey {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([]AOKey, 0, l.aoKeys.len())
+	for k := range l.aoKeys.all() {
+		out = append(out, k.clone())
+	}
+	slices.SortFunc(out, func(a, b AOKey) int {
+		return cmp.Or(a.Peer.Addr().Compare(b.Peer.Addr()), cmp.Compare(a.Peer.Bits(), b.Peer.Bits()),
+			cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.SendID, b.SendID), cmp.Compare(a.RecvID, b.RecvID))
+	})
+	return out
+}
