@@ -189,9 +189,9 @@ type Listener struct {
 	keys    keyTable[Key] // every key, with its secret
 	keyed   bool          // an MD5 key was ever installed: only then can a connection be signed with one
 	aoKeys  keyTable[AOKey]
-	aoKeyed bool // an AO key was ever installed
-	shards  []*shard      // the group, in the order the sockets joined it
-	steered bool          // the steering program is attached to the group
+	aoKeyed bool     // an AO key was ever installed
+	shards  []*shard // the group, in the order the sockets joined it
+	steered bool     // the steering program is attached to the group
 	closed  bool
 	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
 	network string
