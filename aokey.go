@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -48,6 +49,60 @@ type AOKey struct {
 	Secret         []byte
 	Ifindex        int
 	ExcludeOptions bool
+}
+
+// ParseAOKey returns the AOKey for secret shared with peer, where peer is
+// as for [ParseKey] and spec gives the rest in words separated by blanks:
+// "send=N recv=N alg=NAME", and optionally "mac=N" and "exclude-options",
+// as in "send=1 recv=2 alg=hmac(sha1)". The words are those of the
+// command's key files.
+func ParseAOKey(peer, spec, secret string) (AOKey, error) {
+	base, err := ParseKey(peer, "-")
+	if err != nil {
+		return AOKey{}, err
+	}
+	k := AOKey{Peer: base.Peer, Ifindex: base.Ifindex, Secret: []byte(secret)}
+	var have struct{ send, recv bool }
+	for _, word := range strings.Fields(spec) {
+		name, value, _ := strings.Cut(word, "=")
+		id := func() (uint8, error) {
+			n, err := strconv.ParseUint(value, 10, 8)
+			if err != nil {
+				return 0, fmt.Errorf("tcpmd5: AO key for %s: %s=%q: want a KeyID from 0 to 255", base.peerString(), name, value)
+			}
+			return uint8(n), nil
+		}
+		switch {
+		case name == "send":
+			k.SendID, err = id()
+			have.send = true
+		case name == "recv":
+			k.RecvID, err = id()
+			have.recv = true
+		case name == "alg":
+			k.Algorithm = value
+		case name == "mac":
+			k.MACLen, err = strconv.Atoi(value)
+			if err != nil {
+				err = fmt.Errorf("tcpmd5: AO key for %s: mac=%q: want a MAC length in bytes, 1 to %d", base.peerString(), value, MaxAOMACLen)
+			}
+		case word == "exclude-options":
+			k.ExcludeOptions = true
+		default:
+			err = fmt.Errorf("tcpmd5: AO key for %s: unknown word %q; want send=N recv=N alg=NAME [mac=N] [exclude-options]", base.peerString(), word)
+		}
+		if err != nil {
+			return AOKey{}, err
+		}
+	}
+	if !have.send || !have.recv {
+		return AOKey{}, fmt.Errorf("tcpmd5: AO key for %s: give both send=N and recv=N (the KeyIDs we sign and verify with)", base.peerString())
+	}
+	k, err = k.normalize()
+	if err != nil {
+		return AOKey{}, err
+	}
+	return k, nil
 }
 
 // normalize checks k and returns it as the kernel will hold it: IPv4 peers

@@ -19,6 +19,13 @@ func TestStub(t *testing.T) {
 	assert.False(t, tcpmd5.Supported())
 	_, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
 	require.ErrorIs(t, err, tcpmd5.ErrDropsUnsupported)
+	assert.False(t, tcpmd5.AOSupported())
+	ao, err := tcpmd5.ParseAOKey("127.0.0.1", "send=1 recv=2 alg=hmac(sha1)", "fake-secret-stub")
+	require.NoError(t, err)
+	_, err = (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao}}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.ErrorIs(t, err, tcpmd5.ErrAOUnsupported)
+	_, err = (&tcpmd5.Dialer{AOKeys: []tcpmd5.AOKey{ao}}).Dial("tcp", "127.0.0.1:1")
+	require.ErrorIs(t, err, tcpmd5.ErrAOUnsupported)
 	k, err := tcpmd5.ParseKey("127.0.0.1", "fake-secret-stub")
 	require.NoError(t, err)
 
