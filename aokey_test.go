@@ -53,8 +53,14 @@ func TestAOKeyBadInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			k := tc.key()
 			for _, call := range []func() error{
-				func() error { _, err := (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{k}}).Listen(t.Context(), "tcp", "127.0.0.1:0"); return err },
-				func() error { _, err := (&tcpmd5.Dialer{AOKeys: []tcpmd5.AOKey{k}}).Dial("tcp", "127.0.0.1:1"); return err },
+				func() error {
+					_, err := (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{k}}).Listen(t.Context(), "tcp", "127.0.0.1:0")
+					return err
+				},
+				func() error {
+					_, err := (&tcpmd5.Dialer{AOKeys: []tcpmd5.AOKey{k}}).Dial("tcp", "127.0.0.1:1")
+					return err
+				},
 				func() error { return tcpmd5.AddAOKey(nil, k) },
 			} {
 				err := call()
