@@ -29,9 +29,9 @@ const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
 
 Usage:
   tcpmd5 check [-json]
-  tcpmd5 probe [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
-  tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR
-  tcpmd5 dial [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
+  tcpmd5 probe [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
+  tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] ADDR
+  tcpmd5 dial [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
   tcpmd5 watch [-json] [-for D] [-port N]
 
 Commands:
@@ -56,6 +56,14 @@ a secret with blanks, # or " goes in double quotes (\" and \\ inside):
   # peer          secret                    comment
   192.0.2.1       fake-secret-router-1      # r1, AS 65001
   2001:db8::/64   "fake secret # fabric"
+  192.0.2.2 ao send=1 recv=2 alg=hmac(sha1) fake-secret-router-2  # TCP-AO
+
+A TCP-AO key (RFC 5925) has "ao" and its parameters before the secret:
+send=N (the KeyID we sign with, the peer's RecvID), recv=N (the peer's
+SendID), alg=NAME (hmac(sha1), cmac(aes128), hmac(sha256), ...), and
+optionally mac=N (MAC bytes, default 12) and exclude-options. A secret that
+looks like a parameter goes in quotes. -ao PARAMS makes the secret of -key
+or $TCPMD5_SECRET an AO key with those parameters.
 
 Secrets are never printed.
 
@@ -155,34 +163,46 @@ func parseExit(err error) int {
 	return ExitUsage
 }
 
-// secretSource is the -key SECRET and -key-file FILE pair of probe and dial.
+// secretSource is the -key SECRET, -key-file FILE and -ao SPEC flags of
+// probe and dial.
 type secretSource struct {
 	secret string
 	file   string
+	ao     string
 }
 
 func (s *secretSource) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.secret, "key", "", "the `SECRET` shared with the peer (visible in the process list; prefer -key-file or $"+SecretEnv+")")
-	fs.StringVar(&s.file, "key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line; the key whose PEER holds the host's address is used")
+	fs.StringVar(&s.file, "key-file", "", "read keys from `FILE`, one \"PEER SECRET\" or \"PEER ao send=N recv=N alg=NAME SECRET\" a line; the keys whose PEER holds the host's address with the longest prefix are used")
+	aoFlag(fs, &s.ao)
+}
+
+// aoFlag registers -ao SPEC.
+func aoFlag(fs *flag.FlagSet, spec *string) {
+	fs.StringVar(spec, "ao", "", "sign with TCP-AO (RFC 5925) instead of MD5: the secret of -key or $"+SecretEnv+" with these `PARAMS`, \"send=N recv=N alg=NAME\" and optionally mac=N and exclude-options, as in \"send=1 recv=2 alg=hmac(sha1)\"")
 }
 
 // keysFor returns the keys to dial host with: from the key file, from -key,
-// or from the environment, in that order of precedence.
-func (e *env) keysFor(s secretSource, host netip.Addr) ([]tcpmd5.Key, error) {
+// or from the environment, in that order of precedence; with -ao, the
+// secret makes an AO key.
+func (e *env) keysFor(s secretSource, host netip.Addr) (keyfile.File, error) {
 	host = host.Unmap().WithZone("")
 	if s.file != "" && s.secret != "" {
-		return nil, errors.New("give -key or -key-file, not both")
+		return keyfile.File{}, errors.New("give -key or -key-file, not both")
 	}
 	if s.file != "" {
+		if s.ao != "" {
+			return keyfile.File{}, errors.New("-ao goes with -key or $" + SecretEnv + "; a key file gives AO parameters on its lines")
+		}
 		keys, err := e.loadKeys(s.file)
 		if err != nil {
-			return nil, err
+			return keyfile.File{}, err
 		}
-		k, ok := keyfile.Lookup(keys, host)
-		if !ok {
-			return nil, fmt.Errorf("no key in %s covers %s", s.file, host)
+		found := keys.Lookup(host)
+		if found.Len() == 0 {
+			return keyfile.File{}, fmt.Errorf("no key in %s covers %s", s.file, host)
 		}
-		return []tcpmd5.Key{k}, nil
+		return found, nil
 	}
 	secret := s.secret
 	if secret != "" {
@@ -191,17 +211,24 @@ func (e *env) keysFor(s secretSource, host netip.Addr) ([]tcpmd5.Key, error) {
 		secret = os.Getenv(SecretEnv)
 	}
 	if secret == "" {
-		return nil, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -key SECRET", SecretEnv)
+		return keyfile.File{}, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -key SECRET", SecretEnv)
+	}
+	if s.ao != "" {
+		k, err := tcpmd5.ParseAOKey(host.String(), s.ao, secret)
+		if err != nil {
+			return keyfile.File{}, fmt.Errorf("-ao: %w", err)
+		}
+		return keyfile.File{AOKeys: []tcpmd5.AOKey{k}}, nil
 	}
 	k, err := tcpmd5.ParseKey(host.String(), secret)
 	if err != nil {
-		return nil, err
+		return keyfile.File{}, err
 	}
-	return []tcpmd5.Key{k}, nil
+	return keyfile.File{Keys: []tcpmd5.Key{k}}, nil
 }
 
 // loadKeys reads a key file and prints its permission warning.
-func (e *env) loadKeys(path string) ([]tcpmd5.Key, error) {
+func (e *env) loadKeys(path string) (keyfile.File, error) {
 	keys, warning, err := keyfile.Load(path)
 	if warning != "" {
 		e.warnf("%s", warning)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
 )
 
 const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
@@ -21,6 +22,7 @@ const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
   tcpmd5 listen -key 192.0.2.0/24=fake-secret-x -key 2001:db8::/64=fake-secret-y [::]:1790
   tcpmd5 listen -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # peers 1 hop away only
   tcpmd5 listen -k -key-file peers.keys :179  # stay up while a router probes, again and again
+  tcpmd5 listen -ao "send=1 recv=2 alg=hmac(sha1)" -key 192.0.2.2=fake-secret-x :1790  # TCP-AO
 
 Without -k, listen accepts one connection, stops listening, and exits when
 that connection has ended. With -k it accepts one connection after another
@@ -33,14 +35,15 @@ Linux 6.11+, as root or with CAP_PERFMON).
 const dialExamples = `  tcpmd5 dial -key-file peers.keys 192.0.2.1:1790 < request.txt
   TCPMD5_SECRET=fake-secret-x tcpmd5 dial -source 192.0.2.2 192.0.2.1:1790
   tcpmd5 dial -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # a peer 1 hop away
+  TCPMD5_SECRET=fake-secret-x tcpmd5 dial -ao "send=2 recv=1 alg=hmac(sha1)" 192.0.2.1:1790  # TCP-AO
 `
 
 // peerKeys is the repeatable -key PEER=SECRET flag of listen. Set keeps
 // its error for later and returns nil, because the flag package would
 // print the value, secret included, with the error.
 type peerKeys struct {
-	keys []tcpmd5.Key
-	err  error
+	given [][2]string // peer, secret
+	err   error
 }
 
 func (p *peerKeys) String() string { return "" }
@@ -51,21 +54,40 @@ func (p *peerKeys) Set(s string) error {
 		p.err = cmp.Or(p.err, errors.New("-key: want PEER=SECRET, such as 192.0.2.1=SECRET or 2001:db8::/64=SECRET"))
 		return nil
 	}
-	k, err := tcpmd5.ParseKey(peer, secret)
-	if err != nil {
-		p.err = cmp.Or(p.err, fmt.Errorf("-key: %w", err))
-		return nil
-	}
-	p.keys = append(p.keys, k)
+	p.given = append(p.given, [2]string{peer, secret})
 	return nil
 }
 
+// keys returns the -key flags as MD5 keys, or as AO keys with the
+// parameters of -ao.
+func (p *peerKeys) keys(ao string) (keyfile.File, error) {
+	var f keyfile.File
+	for _, g := range p.given {
+		if ao != "" {
+			k, err := tcpmd5.ParseAOKey(g[0], ao, g[1])
+			if err != nil {
+				return keyfile.File{}, fmt.Errorf("-key with -ao: %w", err)
+			}
+			f.AOKeys = append(f.AOKeys, k)
+			continue
+		}
+		k, err := tcpmd5.ParseKey(g[0], g[1])
+		if err != nil {
+			return keyfile.File{}, fmt.Errorf("-key: %w", err)
+		}
+		f.Keys = append(f.Keys, k)
+	}
+	return f, nil
+}
+
 func (e *env) listen(args []string) int {
-	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
+	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
 	keep := fs.Bool("k", false, "keep listening after a connection ends and accept the next, until interrupted (as nc -lk); stdin is not read")
 	var flags peerKeys
 	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
-	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" a line")
+	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" or \"PEER ao send=N recv=N alg=NAME SECRET\" a line")
+	var ao string
+	aoFlag(fs, &ao)
 	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
 	hops := ttlSecurityFlag(fs)
 	pos, err := parse(fs, args)
@@ -78,12 +100,15 @@ func (e *env) listen(args []string) int {
 	if err := checkTTLSecurity(*hops); err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	keys := flags.keys
+	keys, err := flags.keys(ao)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
 	if len(pos) != 1 {
 		fs.Usage()
 		return e.errorf(ExitUsage, "listen takes one ADDR such as :1790 or 192.0.2.1:1790, got %d arguments", len(pos))
 	}
-	if len(keys) > 0 {
+	if keys.Len() > 0 {
 		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file")
 	}
 	if *file != "" {
@@ -91,18 +116,18 @@ func (e *env) listen(args []string) int {
 		if err != nil {
 			return e.errorf(ExitUsage, "%v", err)
 		}
-		keys = append(keys, fk...)
+		keys.Keys, keys.AOKeys = append(keys.Keys, fk.Keys...), append(keys.AOKeys, fk.AOKeys...)
 	}
-	if len(keys) == 0 && !*allow {
+	if keys.Len() == 0 && !*allow {
 		return e.errorf(ExitUsage, "no keys: give -key PEER=SECRET or -key-file FILE")
 	}
-	lc := tcpmd5.ListenConfig{Keys: keys, AllowUnsigned: *allow, TTLSecurity: *hops}
+	lc := tcpmd5.ListenConfig{Keys: keys.Keys, AOKeys: keys.AOKeys, AllowUnsigned: *allow, TTLSecurity: *hops}
 	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
 	if err != nil {
 		return e.errorf(ExitNo, "%v", err)
 	}
 	defer ln.Close()
-	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), len(keys), ttlNote(*hops))
+	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), keys.Len(), ttlNote(*hops))
 	stopDrops := e.showDrops(uint16(ln.Addr().(*net.TCPAddr).Port))
 	defer stopDrops()
 	if !*keep {
@@ -185,7 +210,7 @@ func (e *env) showDrops(port uint16) (stop func()) {
 }
 
 func (e *env) dial(args []string) int {
-	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
+	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess")
@@ -214,7 +239,7 @@ func (e *env) dial(args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	d := tcpmd5.Dialer{Keys: ks, TTLSecurity: *hops}
+	d := tcpmd5.Dialer{Keys: ks.Keys, AOKeys: ks.AOKeys, TTLSecurity: *hops}
 	d.Timeout = *timeout
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}

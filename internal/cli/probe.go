@@ -16,10 +16,11 @@ const probeExamples = `  tcpmd5 probe -key-file /etc/tcpmd5.keys 192.0.2.1:179
   TCPMD5_SECRET=fake-secret-x tcpmd5 probe -source 192.0.2.2 192.0.2.1:179
   tcpmd5 probe -timeout 3s -json -key-file peers.keys [2001:db8::1]:179
   tcpmd5 probe -ttl-security 1 -key-file peers.keys 192.0.2.1:179  # a peer with "ttl-security hops 1"
+  TCPMD5_SECRET=fake-secret-x tcpmd5 probe -ao "send=2 recv=1 alg=hmac(sha1)" 192.0.2.1:179  # TCP-AO
 `
 
 func (e *env) probe(args []string) int {
-	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
+	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess (the address the peer holds our key for)")
@@ -56,7 +57,8 @@ func (e *env) probe(args []string) int {
 	}
 	r, err := probe.Run(context.Background(), probe.Config{
 		Address:     target.AddrPort().String(),
-		Keys:        ks,
+		Keys:        ks.Keys,
+		AOKeys:      ks.AOKeys,
 		Source:      src,
 		Timeout:     *timeout,
 		Wait:        *wait,

@@ -4,6 +4,11 @@
 // that runs to the end of the line. Blank lines and lines whose first
 // non-blank character is # are ignored.
 //
+// A TCP-AO key (RFC 5925) has the word ao and its parameters between the
+// peer and the secret: "send=N recv=N alg=NAME", and optionally "mac=N"
+// and "exclude-options", as tcpmd5.ParseAOKey reads them. A secret that
+// looks like a parameter goes in double quotes.
+//
 // A secret is one word, or a double-quoted string for a secret with blanks,
 // # or " in it; inside the quotes, \" stands for " and \\ for \. A bare
 // word with # or " in it, or more words after the secret that are not a
@@ -12,6 +17,7 @@
 //	# peer            secret                    comment
 //	192.0.2.1         fake-secret-router-1      # r1, AS 65001
 //	2001:db8::/64     "fake secret # fabric"
+//	192.0.2.2 ao send=1 recv=2 alg=hmac(sha1) fake-secret-router-2  # r2 speaks TCP-AO
 //
 // No error or warning of this package contains a secret.
 package keyfile
@@ -29,12 +35,24 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 )
 
+// File is what a key file holds: MD5 keys and TCP-AO keys.
+type File struct {
+	Keys   []tcpmd5.Key
+	AOKeys []tcpmd5.AOKey
+}
+
 // Parse reads keys in the key file format from r; name is what errors call
-// the input, usually the file name. A peer given twice is an error.
-func Parse(r io.Reader, name string) ([]tcpmd5.Key, error) {
+// the input, usually the file name. An MD5 peer given twice, or an AO peer
+// with the same KeyIDs twice, is an error.
+func Parse(r io.Reader, name string) (File, error) {
 	sc := bufio.NewScanner(r)
-	var keys []tcpmd5.Key
+	var f File
 	seen := make(map[netip.Prefix]int)
+	type aoID struct {
+		peer       netip.Prefix
+		send, recv uint8
+	}
+	seenAO := make(map[aoID]int)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -42,31 +60,85 @@ func Parse(r io.Reader, name string) ([]tcpmd5.Key, error) {
 		}
 		i := strings.IndexAny(line, " \t")
 		if i < 0 {
-			return nil, fmt.Errorf("%s:%d: want a peer and a secret separated by a blank, found one field", name, n)
+			return File{}, fmt.Errorf("%s:%d: want a peer and a secret separated by a blank, found one field", name, n)
 		}
 		peer := line[:i]
 		if !looksLikePeer(peer) {
 			// The field is not echoed: it may be a secret written first.
-			return nil, fmt.Errorf("%s:%d: the first field is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64 (want: PEER SECRET)", name, n)
+			return File{}, fmt.Errorf("%s:%d: the first field is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64 (want: PEER SECRET)", name, n)
 		}
-		secret, err := parseSecret(strings.TrimLeft(line[i:], " \t"))
+		rest := strings.TrimLeft(line[i:], " \t")
+		spec, rest, ao := aoParams(rest)
+		if ao && (rest == "" || rest[0] == '#') {
+			return File{}, fmt.Errorf("%s:%d: no secret after the AO parameters; want: PEER ao send=N recv=N alg=NAME SECRET (a secret that looks like a parameter goes in double quotes)", name, n)
+		}
+		secret, err := parseSecret(rest)
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
+			return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
+		}
+		if ao {
+			k, err := tcpmd5.ParseAOKey(peer, spec, secret)
+			if err != nil {
+				return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
+			}
+			id := aoID{k.Peer, k.SendID, k.RecvID}
+			if first, dup := seenAO[id]; dup {
+				return File{}, fmt.Errorf("%s:%d: peer %s already has an AO key with send=%d recv=%d on line %d", name, n, k.Peer, k.SendID, k.RecvID, first)
+			}
+			seenAO[id] = n
+			f.AOKeys = append(f.AOKeys, k)
+			continue
 		}
 		k, err := tcpmd5.ParseKey(peer, secret)
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
+			return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
 		if first, dup := seen[k.Peer]; dup {
-			return nil, fmt.Errorf("%s:%d: peer %s already has a key on line %d", name, n, k.Peer, first)
+			return File{}, fmt.Errorf("%s:%d: peer %s already has a key on line %d", name, n, k.Peer, first)
 		}
 		seen[k.Peer] = n
-		keys = append(keys, k)
+		f.Keys = append(f.Keys, k)
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return File{}, fmt.Errorf("%s: %w", name, err)
 	}
-	return keys, nil
+	return f, nil
+}
+
+// aoParams splits "ao PARAM... SECRET..." into the parameters and the rest.
+// Anything else is no AO line: a secret that is the bare word ao stays one.
+func aoParams(s string) (spec, rest string, ok bool) {
+	after, found := strings.CutPrefix(s, "ao")
+	if !found || after == "" || !strings.ContainsRune(" \t", rune(after[0])) {
+		return "", s, false
+	}
+	rest = strings.TrimLeft(after, " \t")
+	var words []string
+	for {
+		word := rest
+		if end := strings.IndexAny(rest, " \t"); end >= 0 {
+			word = rest[:end]
+		}
+		if !isAOParam(word) {
+			break
+		}
+		words = append(words, word)
+		rest = strings.TrimLeft(rest[len(word):], " \t")
+	}
+	if len(words) == 0 {
+		return "", s, false
+	}
+	return strings.Join(words, " "), rest, true
+}
+
+// isAOParam reports whether word is one of an AO key's parameters.
+func isAOParam(word string) bool {
+	for _, p := range []string{"send=", "recv=", "alg=", "mac="} {
+		if strings.HasPrefix(word, p) {
+			return true
+		}
+	}
+	return word == "exclude-options"
 }
 
 // parseSecret reads the secret at the start of s, a bare word or a quoted
@@ -126,15 +198,15 @@ func looksLikePeer(field string) bool {
 // Load reads the key file at path. warning, when not empty, tells the
 // operator that the file is open to group or others, the way ssh warns about
 // private keys.
-func Load(path string) (keys []tcpmd5.Key, warning string, err error) {
+func Load(path string) (keys File, warning string, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, "", err
+		return File{}, "", err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, "", err
+		return File{}, "", err
 	}
 	warning = permWarning(path, fi.Mode())
 	keys, err = Parse(f, path)
@@ -150,15 +222,35 @@ func permWarning(path string, mode fs.FileMode) string {
 	return fmt.Sprintf("key file %s is accessible by group or others (mode %04o): its secrets are not private; run chmod 600 %s", path, mode.Perm(), path)
 }
 
-// Lookup returns the key whose peer holds addr with the longest prefix.
-func Lookup(keys []tcpmd5.Key, addr netip.Addr) (tcpmd5.Key, bool) {
+// Lookup returns the keys whose peer holds addr with the longest prefix:
+// an MD5 key, or the AO keys of that prefix, or both where an MD5 and an AO
+// key have the same prefix (which a dial then refuses).
+func (f File) Lookup(addr netip.Addr) File {
 	addr = addr.Unmap().WithZone("")
-	var best tcpmd5.Key
-	found := false
-	for _, k := range keys {
-		if k.Peer.Contains(addr) && (!found || k.Peer.Bits() > best.Peer.Bits()) {
-			best, found = k, true
+	bits := -1
+	for _, k := range f.Keys {
+		if k.Peer.Contains(addr) {
+			bits = max(bits, k.Peer.Bits())
 		}
 	}
-	return best, found
+	for _, k := range f.AOKeys {
+		if k.Peer.Contains(addr) {
+			bits = max(bits, k.Peer.Bits())
+		}
+	}
+	var out File
+	for _, k := range f.Keys {
+		if k.Peer.Contains(addr) && k.Peer.Bits() == bits {
+			out.Keys = append(out.Keys, k)
+		}
+	}
+	for _, k := range f.AOKeys {
+		if k.Peer.Contains(addr) && k.Peer.Bits() == bits {
+			out.AOKeys = append(out.AOKeys, k)
+		}
+	}
+	return out
 }
+
+// Len is the number of keys, MD5 and AO.
+func (f File) Len() int { return len(f.Keys) + len(f.AOKeys) }

@@ -23,16 +23,26 @@ const (
 
 func TestParse(t *testing.T) {
 	t.Parallel()
-	keys, err := keyfile.Parse(strings.NewReader(
+	f, err := keyfile.Parse(strings.NewReader(
 		"# peer secret\n\n   # indented comment\n192.0.2.1 "+secretA+"\n"+
 			"2001:db8::/64\t  \""+secretB+"\"  \r\n"+
 			"::ffff:198.51.100.0/120 "+secretA+"\n"+
 			"192.0.2.7 "+secretA+" # router r1, AS 65001\n"+
 			"192.0.2.8 "+secretA+"\t#no blank needed after #\n"+
 			`192.0.2.9 "fake \"quoted\" # not a comment \\ end" # a comment`+"\n"+
-			`192.0.2.10 "fake-secret-snug"# comment`+"\n"), "peers.keys")
+			`192.0.2.10 "fake-secret-snug"# comment`+"\n"+
+			"192.0.2.20 ao send=1 recv=2 alg=hmac(sha1) "+secretA+" # r20 speaks TCP-AO\n"+
+			"192.0.2.20\tao\trecv=4  send=3 alg=cmac(aes128) mac=16 exclude-options \""+secretB+"\"\n"+
+			"192.0.2.21 ao\n"+
+			`192.0.2.22 ao send=1 recv=2 alg=hmac(sha256) "send=9"`+"\n"), "peers.keys")
 	require.NoError(t, err)
-	require.Len(t, keys, 7)
+	require.Len(t, f.AOKeys, 3)
+	assert.Equal(t, tcpmd5.AOKey{Peer: netip.MustParsePrefix("192.0.2.20/32"), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", MACLen: 12, Secret: []byte(secretA)}, f.AOKeys[0])
+	assert.Equal(t, tcpmd5.AOKey{Peer: netip.MustParsePrefix("192.0.2.20/32"), SendID: 3, RecvID: 4, Algorithm: "cmac(aes128)", MACLen: 16, ExcludeOptions: true, Secret: []byte(secretB)}, f.AOKeys[1])
+	assert.Equal(t, "send=9", string(f.AOKeys[2].Secret), "a quoted secret that looks like a parameter")
+	keys := f.Keys
+	require.Len(t, keys, 8)
+	assert.Equal(t, "ao", string(keys[7].Secret), "a bare ao with nothing after it is an MD5 secret")
 	assert.Equal(t, netip.MustParsePrefix("192.0.2.1/32"), keys[0].Peer)
 	assert.Equal(t, secretA, string(keys[0].Secret))
 	assert.Equal(t, netip.MustParsePrefix("2001:db8::/64"), keys[1].Peer)
@@ -63,6 +73,11 @@ func TestParseErrors(t *testing.T) {
 		{"stray backslash", "192.0.2.1 \"" + secretA + `\n"` + "\n", `\ goes only before " or \`},
 		{"text glued to the quote", "192.0.2.1 \"" + secretA + "\"x\n", `a blank or a comment must follow the quoted secret's closing "`},
 		{"empty quotes", "192.0.2.1 \"\"\n", "the secret is empty"},
+		{"AO without secret", "192.0.2.1 ao send=1 recv=2 alg=hmac(sha1) # " + secretA + "\n", "peers.keys:1: no secret after the AO parameters"},
+		{"AO without KeyIDs", "192.0.2.1 ao alg=hmac(sha1) " + secretA + "\n", "give both send=N and recv=N"},
+		{"AO unknown word", "192.0.2.1 ao send=1 recv=2 alg=hmac(sha1) colour=red " + secretA + "\n", "more than a secret follows the peer"},
+		{"AO bad algorithm", "192.0.2.1 ao send=1 recv=2 alg=MD5! " + secretA + "\n", "not a kernel crypto name"},
+		{"AO duplicate", "192.0.2.1 ao send=1 recv=2 alg=hmac(sha1) " + secretA + "\n192.0.2.1/32 ao recv=2 send=1 alg=hmac(sha256) " + secretA + "\n", "peers.keys:2: peer 192.0.2.1/32 already has an AO key with send=1 recv=2 on line 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,8 +93,10 @@ func TestParseErrors(t *testing.T) {
 
 func TestLookup(t *testing.T) {
 	t.Parallel()
-	keys, err := keyfile.Parse(strings.NewReader(
-		"0.0.0.0/0 a-wide\n192.0.2.0/24 b-net\n192.0.2.9 c-host\n2001:db8::/32 d-v6\n"), "k")
+	f, err := keyfile.Parse(strings.NewReader(
+		"0.0.0.0/0 a-wide\n192.0.2.0/24 b-net\n192.0.2.9 c-host\n2001:db8::/32 d-v6\n"+
+			"198.51.100.0/24 ao send=1 recv=2 alg=hmac(sha1) e-ao\n198.51.100.0/24 ao send=3 recv=4 alg=hmac(sha1) f-ao\n"+
+			"198.51.100.7 g-md5-host\n"), "k")
 	require.NoError(t, err)
 	for addr, want := range map[string]string{
 		"192.0.2.9":          "c-host",
@@ -91,14 +108,21 @@ func TestLookup(t *testing.T) {
 		"2001:db9::1":        "",
 		"::ffff:203.0.113.1": "a-wide",
 	} {
-		k, ok := keyfile.Lookup(keys, netip.MustParseAddr(addr))
+		found := f.Lookup(netip.MustParseAddr(addr))
+		assert.Empty(t, found.AOKeys)
 		if want == "" {
-			assert.False(t, ok, addr)
+			assert.Empty(t, found.Keys, addr)
 			continue
 		}
-		require.True(t, ok, addr)
-		assert.Equal(t, want, string(k.Secret), addr)
+		require.Len(t, found.Keys, 1, addr)
+		assert.Equal(t, want, string(found.Keys[0].Secret), addr)
 	}
+	found := f.Lookup(netip.MustParseAddr("198.51.100.8"))
+	assert.Empty(t, found.Keys, "the AO /24 is longer than the MD5 /0")
+	require.Len(t, found.AOKeys, 2)
+	found = f.Lookup(netip.MustParseAddr("198.51.100.7"))
+	assert.Empty(t, found.AOKeys, "the MD5 /32 is longer than the AO /24")
+	require.Len(t, found.Keys, 1)
 }
 
 func TestLoadWarnsAboutOpenFiles(t *testing.T) {
@@ -112,9 +136,9 @@ func TestLoadWarnsAboutOpenFiles(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "peers.keys")
 			require.NoError(t, os.WriteFile(p, []byte("192.0.2.1 "+secretA+"\n"), 0o600))
 			require.NoError(t, os.Chmod(p, mode))
-			keys, warning, err := keyfile.Load(p)
+			f, warning, err := keyfile.Load(p)
 			require.NoError(t, err)
-			require.Len(t, keys, 1)
+			require.Len(t, f.Keys, 1)
 			if mode&0o077 == 0 {
 				assert.Empty(t, warning)
 				return
@@ -133,9 +157,14 @@ func TestLoadMissingFile(t *testing.T) {
 }
 
 // quote writes secret as a key file does: bare, or in double quotes with
-// \ and " escaped where it holds a blank, # or ".
+// \ and " escaped where it holds a blank, # or ", or looks like an AO
+// parameter.
 func quote(secret string) string {
-	if !strings.ContainsAny(secret, " \t#\"\\") {
+	param := secret == "exclude-options"
+	for _, p := range []string{"send=", "recv=", "alg=", "mac="} {
+		param = param || strings.HasPrefix(secret, p)
+	}
+	if !param && !strings.ContainsAny(secret, " \t#\"\\") {
 		return secret
 	}
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(secret) + `"`
@@ -151,14 +180,16 @@ func FuzzParse(f *testing.F) {
 	f.Add("192.0.2.1/24 s\n192.0.2.1 s\n")
 	f.Add(`192.0.2.1 "a \"b\" # \\c" # comment` + "\n")
 	f.Add("192.0.2.1 s # c\n192.0.2.2 s#\n")
+	f.Add("192.0.2.1 ao send=1 recv=2 alg=hmac(sha1) mac=4 exclude-options " + secretA + "\n")
+	f.Add("192.0.2.1 ao send=1 recv=2 alg=hmac(sha1)\n192.0.2.2 ao\n")
 	f.Fuzz(func(t *testing.T, input string) {
-		keys, err := keyfile.Parse(strings.NewReader(input), "fuzz")
+		parsed, err := keyfile.Parse(strings.NewReader(input), "fuzz")
 		if err != nil {
 			// The secret is what follows the first blank of a line: none
 			// may show in the error, unless the error has that text anyway
 			// (the peer field as given, quoted or normalized, and the
 			// examples of the message).
-			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET)"
+			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET) PEER ao send=N recv=N alg=NAME SECRET"
 			for line := range strings.Lines(input) {
 				line = strings.TrimSpace(line)
 				if i := strings.IndexAny(line, " \t"); i >= 0 {
@@ -175,15 +206,23 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		var b strings.Builder
-		for _, k := range keys {
+		for _, k := range parsed.Keys {
 			fmt.Fprintf(&b, "%s %s # round trip\n", k.Peer, quote(string(k.Secret)))
+		}
+		for _, k := range parsed.AOKeys {
+			fmt.Fprintf(&b, "%s ao send=%d recv=%d alg=%s mac=%d", k.Peer, k.SendID, k.RecvID, k.Algorithm, k.MACLen)
+			if k.ExcludeOptions {
+				b.WriteString(" exclude-options")
+			}
+			fmt.Fprintf(&b, " %s\n", quote(string(k.Secret)))
 		}
 		again, err := keyfile.Parse(strings.NewReader(b.String()), "round trip")
 		require.NoError(t, err)
-		require.Len(t, again, len(keys))
-		for i := range keys {
-			assert.Equal(t, keys[i].Peer, again[i].Peer)
-			assert.Equal(t, keys[i].Secret, again[i].Secret)
+		require.Len(t, again.Keys, len(parsed.Keys))
+		for i, k := range parsed.Keys {
+			assert.Equal(t, k.Peer, again.Keys[i].Peer)
+			assert.Equal(t, k.Secret, again.Keys[i].Secret)
 		}
+		assert.Equal(t, parsed.AOKeys, again.AOKeys)
 	})
 }

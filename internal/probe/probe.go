@@ -47,13 +47,14 @@ const (
 )
 
 // watched are the counters a probe reads when the peer is on this host.
-var watched = append(append([]string(nil), netstat.MD5Counters...), netstat.MinTTLDrop)
+var watched = append(append([]string(nil), netstat.MD5Counters...), netstat.AOBad, netstat.AOKeyNotFound, netstat.AORequired, netstat.MinTTLDrop)
 
 // Config is what to probe and how.
 type Config struct {
-	Address string       // HOST:PORT; HOST is resolved once
-	Keys    []tcpmd5.Key // the key for HOST signs the SYN
-	Source  netip.Addr   // the local address to dial from; zero lets the kernel choose
+	Address string         // HOST:PORT; HOST is resolved once
+	Keys    []tcpmd5.Key   // the key for HOST signs the SYN
+	AOKeys  []tcpmd5.AOKey // or the TCP-AO keys for HOST
+	Source  netip.Addr     // the local address to dial from; zero lets the kernel choose
 	Timeout time.Duration
 	// Wait is how long to wait for a connected peer to speak first.
 	Wait time.Duration
@@ -116,6 +117,9 @@ var CounterMeaning = map[string]string{
 	netstat.MD5Failure:    "a signature did not verify: the peer holds a key for our address, with another secret",
 	netstat.MD5Unexpected: "a signed segment arrived where no key was expected: the peer holds no key for our address",
 	netstat.MD5NotFound:   "an unsigned segment arrived where a key was expected: the peer answered without a signature, so it holds no key for our address",
+	netstat.AOBad:         "a TCP-AO MAC did not verify: the peer holds an AO key for our address with another secret, algorithm or MAC length",
+	netstat.AOKeyNotFound: "a TCP-AO segment named a KeyID its receiver holds no key for: the KeyIDs differ (our SendID must be the peer's RecvID), or the peer holds no AO key for our address",
+	netstat.AORequired:    "a segment without TCP-AO arrived where an AO key was expected: the peer answered without AO, so it holds no AO key for our address",
 	netstat.MinTTLDrop:    "a segment arrived with a TTL below its socket's minimum: one side has TTL security (RFC 5082 GTSM) on and the other does not send with TTL 255",
 }
 
@@ -152,7 +156,7 @@ func run(ctx context.Context, c Config) (Result, error) {
 		local = net.TCPAddrFromAddrPort(netip.AddrPortFrom(c.Source, 0))
 	}
 
-	d := &tcpmd5.Dialer{Keys: c.Keys, TTLSecurity: c.TTLSecurity}
+	d := &tcpmd5.Dialer{Keys: c.Keys, AOKeys: c.AOKeys, TTLSecurity: c.TTLSecurity}
 	d.Timeout = c.Timeout
 	d.LocalAddr = local
 	var before netstat.Counters
@@ -186,7 +190,7 @@ func run(ctx context.Context, c Config) (Result, error) {
 		r.Greeting = listen(conn, c.Wait)
 		return r, nil
 	}
-	if errors.Is(err, tcpmd5.ErrNoKey) || errors.Is(err, tcpmd5.ErrMD5Unsupported) || errors.Is(err, tcpmd5.ErrTTLSecurityUnsupported) {
+	if errors.Is(err, tcpmd5.ErrNoKey) || errors.Is(err, tcpmd5.ErrMD5Unsupported) || errors.Is(err, tcpmd5.ErrAOUnsupported) || errors.Is(err, tcpmd5.ErrTTLSecurityUnsupported) {
 		return Result{}, fmt.Errorf("probe: %w", err)
 	}
 	r.SignedError = err.Error()
