@@ -48,6 +48,19 @@ func TestCheck(t *testing.T) {
 	} {
 		assert.Regexp(t, regexp.MustCompile(`(?m)^`+row), r.stdout)
 	}
+	if ao, _, _ := testenv.Has(testenv.AO); ao {
+		for _, row := range []string{
+			`TCP-AO +ok +yes +algorithms the kernel takes: hmac\(sha1\), cmac\(aes128\), hmac\(sha256\)`,
+			`self-test: TCP-AO right key +ok +connects`,
+			`self-test: TCP-AO wrong key +ok +refused`,
+		} {
+			assert.Regexp(t, regexp.MustCompile(`(?m)^`+row), r.stdout)
+		}
+		assert.Contains(t, r.stdout, "TCP-AO (RFC 5925) works")
+	} else {
+		assert.Regexp(t, regexp.MustCompile(`(?m)^TCP-AO +info +no +the kernel has no TCP-AO`), r.stdout)
+		assert.Contains(t, r.stdout, "TCP-AO (RFC 5925) is not available here")
+	}
 	if events, _, _ := testenv.Has(testenv.Tracepoints); events {
 		assert.Regexp(t, regexp.MustCompile(`(?m)^drop events +ok +yes +tcpmd5 watch names the peer`), r.stdout)
 	} else {
@@ -213,7 +226,8 @@ type listenCmd struct {
 }
 
 // startListen runs "tcpmd5 listen" with args and stdin, from the calling
-// goroutine's namespace, and waits for its "listening on ADDR" line.
+// goroutine's namespace, and waits for its "listening on ADDR" line, past
+// any warnings.
 func startListen(t *testing.T, stdin string, args ...string) *listenCmd {
 	t.Helper()
 	l := &listenCmd{cmd: exec.Command(binary, append([]string{"listen"}, args...)...)}
@@ -228,6 +242,9 @@ func startListen(t *testing.T, stdin string, args ...string) *listenCmd {
 	r := bufio.NewReader(l.stderr)
 	go func() {
 		line, _ := r.ReadString('\n')
+		for strings.HasPrefix(line, "tcpmd5: warning:") {
+			line, _ = r.ReadString('\n')
+		}
 		lines <- line
 	}()
 	l.stderr = r

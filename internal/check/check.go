@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -49,8 +50,11 @@ type Report struct {
 	// (RFC 5082 GTSM) and, where signing works, that the self-test saw a
 	// listener with TTL security take a signed peer that has it and drop
 	// one that sends with the default TTL.
-	TTLSecurity bool     `json:"ttl_security"`
-	Results     []Result `json:"results"`
+	TTLSecurity bool `json:"ttl_security"`
+	// TCPAO reports that the kernel has TCP-AO (RFC 5925) and the
+	// self-test connected with an AO key and saw a wrong one refused.
+	TCPAO   bool     `json:"tcp_ao"`
+	Results []Result `json:"results"`
 }
 
 // OK reports that no result failed: signing works, and TTL security either
@@ -78,7 +82,8 @@ func Run(ctx context.Context, opts Options) Report {
 		opts.Refusal = 700 * time.Millisecond
 	}
 	results, signing := host()
-	results = append(results, dropEvents())
+	ao, aoOK := aoSupport()
+	results = append(results, ao, dropEvents())
 	ttl, ttlOK := ttlSecurity(ctx)
 	results = append(results, ttl)
 	var ttlResults []Result
@@ -94,7 +99,16 @@ func Run(ctx context.Context, opts Options) Report {
 		results = append(results, selfTest(ctx, opts.Refusal)...)
 		wg.Wait()
 	}
-	r := Report{Signing: signing, TTLSecurity: ttlOK, Results: append(results, ttlResults...)}
+	var aoResults []Result
+	if aoOK {
+		aoResults = aoSelfTest(ctx, opts.Refusal)
+	}
+	r := Report{Signing: signing, TTLSecurity: ttlOK, TCPAO: aoOK, Results: slices.Concat(results, ttlResults, aoResults)}
+	for _, res := range aoResults {
+		if res.Status == StatusFail {
+			r.TCPAO = false
+		}
+	}
 	for _, res := range results {
 		if res.Status == StatusFail {
 			r.Signing = false

@@ -233,3 +233,33 @@ func readSysctl(path string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// aoAlgorithms are the MAC algorithms check tries: RFC 5926's two, then
+// stronger ones the kernel's crypto API may have.
+var aoAlgorithms = []string{"hmac(sha1)", "cmac(aes128)", "hmac(sha256)", "hmac(sha384)", "hmac(sha512)"}
+
+// aoSupport reports whether the kernel has TCP-AO and which algorithms it
+// takes, by adding a key with each on a throwaway socket.
+func aoSupport() (Result, bool) {
+	r := Result{Check: "TCP-AO"}
+	if !tcpmd5.AOSupported() {
+		r.Status, r.Value = StatusInfo, "no"
+		r.Detail = "the kernel has no TCP-AO (RFC 5925; Linux 6.7+ with CONFIG_TCP_AO): AO keys fail with ErrAOUnsupported"
+		return r, false
+	}
+	var taken []string
+	for _, alg := range aoAlgorithms {
+		err := withSocket(unix.AF_INET, func(f *os.File) error {
+			return tcpmd5.AddAOKey(f, tcpmd5.AOKey{Peer: netip.MustParsePrefix("192.0.2.1/32"), SendID: 1, RecvID: 1, Algorithm: alg, Secret: []byte("tcpmd5-check")})
+		})
+		if err == nil {
+			taken = append(taken, alg)
+		}
+	}
+	if len(taken) == 0 {
+		r.Status, r.Value, r.Detail = StatusFail, "no algorithm", "the kernel has TCP-AO but took none of "+strings.Join(aoAlgorithms, ", ")
+		return r, false
+	}
+	r.Status, r.Value, r.Detail = StatusOK, "yes", "algorithms the kernel takes: "+strings.Join(taken, ", ")
+	return r, true
+}

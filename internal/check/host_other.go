@@ -16,3 +16,8 @@ func host() ([]Result, bool) {
 		{Check: "signing", Status: StatusFail, Value: "no", Detail: fmt.Sprintf("%s has no TCP_MD5SIG; only Linux signs segments (%v)", runtime.GOOS, tcpmd5.ErrMD5Unsupported)},
 	}, false
 }
+
+// aoSupport reports that only Linux has TCP-AO.
+func aoSupport() (Result, bool) {
+	return Result{Check: "TCP-AO", Status: StatusInfo, Value: "no", Detail: fmt.Sprintf("%s has no TCP-AO; only Linux 6.7+ does (%v)", runtime.GOOS, tcpmd5.ErrAOUnsupported)}, false
+}

@@ -12,6 +12,7 @@ import (
 const checkExamples = `  tcpmd5 check              # a table: can this host sign segments?
   tcpmd5 check -json | jq .signing
   tcpmd5 check -json | jq .ttl_security
+  tcpmd5 check -json | jq .tcp_ao
 `
 
 func (e *env) check(args []string) int {
@@ -46,6 +47,11 @@ func (e *env) check(args []string) int {
 			fmt.Fprintln(e.stdout, "Signing works: keyed sockets sign and verify every segment.")
 		} else {
 			fmt.Fprintln(e.stdout, "Signing does NOT work on this host: see the FAIL lines above.")
+		}
+		if r.TCPAO {
+			fmt.Fprintln(e.stdout, "TCP-AO (RFC 5925) works: AO keys sign and verify every segment.")
+		} else {
+			fmt.Fprintln(e.stdout, "TCP-AO (RFC 5925) is not available here (see the TCP-AO lines above).")
 		}
 		if r.TTLSecurity {
 			fmt.Fprintln(e.stdout, "TTL security (GTSM, RFC 5082) works: -ttl-security drops segments from too far away.")
