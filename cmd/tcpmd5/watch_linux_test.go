@@ -119,9 +119,14 @@ func TestWatch(t *testing.T) {
 			w := start(t, argv...)
 			ready := "watching segments dropped for their signature on port " + strconv.Itoa(port)
 			if mode == "counters" {
-				ready = "falling back to the kernel's drop counters: the peer is unknown"
+				ready = "watching the drop counters of this network namespace"
 			}
 			w.waitFor(t, "ready line", func(_, stderr []string) bool { return contains(stderr, ready) })
+			if mode == "counters" {
+				w.waitFor(t, "why", func(_, stderr []string) bool {
+					return contains(stderr, "falling back to the kernel's drop counters: the peer is unknown")
+				})
+			}
 
 			before := counters(t)
 			d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{key(t, peerAddr, secretB)}}

@@ -124,6 +124,7 @@ func (e *env) watchCounters(ctx context.Context, out *watchOutput) int {
 	if err != nil {
 		return e.errorf(ExitNo, "cannot read the drop counters either: %v", err)
 	}
+	fmt.Fprintf(e.stderr, "tcpmd5 watch: watching the drop counters of this network namespace, every port\n")
 	first := time.Now()
 	unknown := netip.AddrPort{}
 	tick := time.NewTicker(watchRefresh)
