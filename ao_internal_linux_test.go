@@ -3,10 +3,15 @@
 package tcpmd5
 
 import (
+	"net/netip"
 	"testing"
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 // TestAOLayouts pins our TCP-AO structs to the kernel's
@@ -73,4 +78,94 @@ func TestAOLayouts(t *testing.T) {
 	for _, size := range []uintptr{unsafe.Sizeof(add), unsafe.Sizeof(del), unsafe.Sizeof(info), unsafe.Sizeof(get)} {
 		assert.Zero(t, size%8, "the kernel's structs are aligned(8): their sizes are multiples of 8")
 	}
+}
+
+// aoTestKey is a host key for peer with KeyIDs send and recv.
+func aoTestKey(peer string, send, recv uint8) AOKey {
+	a := netip.MustParseAddr(peer)
+	return AOKey{Peer: netip.PrefixFrom(a, a.BitLen()), SendID: send, RecvID: recv, Algorithm: "hmac(sha1)", MACLen: 12, Secret: []byte("fake-ao-fact-secret")}
+}
+
+// rawTCP returns a new TCP socket of family, closed when t ends.
+func rawTCP(t *testing.T, family int) int {
+	t.Helper()
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// TestAOKernelFacts checks what the kernel takes and refuses, as DESIGN.md
+// lists it, with our own encodings: each is a rule the package relies on.
+func TestAOKernelFacts(t *testing.T) {
+	testenv.Require(t, testenv.AO)
+	t.Run("an IPv6 socket takes an IPv4 peer v4-mapped, with prefix 32", func(t *testing.T) {
+		fd := rawTCP(t, unix.AF_INET6)
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false))
+		var cmd aoAddCmd
+		k := aoTestKey("127.0.0.3", 1, 1)
+		_, err := aoAddr(unix.AF_INET6, k, &cmd.Addr)
+		require.NoError(t, err)
+		cmd.Prefix = 128 // what a v4-mapped host would be in IPv6 terms
+		copy(cmd.AlgName[:], k.Algorithm)
+		cmd.SndID, cmd.RcvID, cmd.KeyLen = 1, 1, uint8(copy(cmd.Key[:], k.Secret))
+		err = setsockoptPtr(fd, tcpAOAddKey, unsafe.Pointer(&cmd), unsafe.Sizeof(cmd))
+		require.ErrorIs(t, err, unix.EINVAL)
+	})
+	t.Run("a key sharing only its SendID with an overlapping one is EEXIST", func(t *testing.T) {
+		fd := rawTCP(t, unix.AF_INET)
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false))
+		err := aoAdd(fd, aoTestKey("127.0.0.2", 1, 2), false, false)
+		require.ErrorIs(t, err, unix.EEXIST)
+		assert.Contains(t, err.Error(), "give each key its own pair")
+		wide := aoTestKey("127.0.0.0", 2, 1)
+		wide.Peer = netip.MustParsePrefix("127.0.0.0/24")
+		require.ErrorIs(t, aoAdd(fd, wide, false, false), unix.EEXIST, "a /24 over an existing /32 too")
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 2, 2), false, false), "other KeyIDs both ways are fine")
+	})
+	t.Run("MD5 and AO keys for overlapping peers are EKEYREJECTED either way", func(t *testing.T) {
+		fd := rawTCP(t, unix.AF_INET)
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false))
+		require.ErrorIs(t, setsockopt(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.2/32"), Secret: []byte("fake")}, false), unix.EKEYREJECTED)
+		fd = rawTCP(t, unix.AF_INET)
+		require.NoError(t, setsockopt(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.0/24"), Secret: []byte("fake")}, false))
+		err := aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false)
+		require.ErrorIs(t, err, unix.EKEYREJECTED)
+		assert.Contains(t, err.Error(), "a peer is MD5 or AO, not both")
+	})
+	t.Run("set_current is EINVAL on a listening socket", func(t *testing.T) {
+		fd := rawTCP(t, unix.AF_INET)
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false))
+		require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
+		require.NoError(t, unix.Listen(fd, 1))
+		require.ErrorIs(t, aoSetInfo(fd, true, 1, false, 0), unix.EINVAL)
+	})
+	t.Run("getsockopt TCP_AO_INFO reads its buffer and refuses reserved bits", func(t *testing.T) {
+		fd := rawTCP(t, unix.AF_INET)
+		require.NoError(t, aoAdd(fd, aoTestKey("127.0.0.2", 1, 1), false, false))
+		info := aoInfoOpt{Flags: bit(7, 4)} // a reserved bit, as stale memory would have
+		size := uint32(unsafe.Sizeof(info))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOInfo, uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
+		require.Equal(t, unix.EINVAL, errno)
+		_, err := aoInfo(fd) // ours zeroes it
+		require.NoError(t, err)
+	})
+	t.Run("without AO keys a socket has no AO state", func(t *testing.T) {
+		_, err := aoInfo(rawTCP(t, unix.AF_INET))
+		require.ErrorIs(t, err, unix.ENOENT)
+	})
+	t.Run("a MAC longer than a SYN holds is refused", func(t *testing.T) {
+		k := aoTestKey("127.0.0.2", 1, 1)
+		k.Algorithm, k.MACLen = "hmac(sha256)", 20
+		require.ErrorIs(t, aoAdd(rawTCP(t, unix.AF_INET), k, false, false), unix.EMSGSIZE)
+		k.MACLen = MaxAOMACLen
+		require.NoError(t, aoAdd(rawTCP(t, unix.AF_INET), k, false, false), "the longest MAC we allow is one the kernel takes")
+	})
+	t.Run("an algorithm the kernel lacks", func(t *testing.T) {
+		k := aoTestKey("127.0.0.2", 1, 1)
+		k.Algorithm = "hmac(md4)"
+		err := aoAdd(rawTCP(t, unix.AF_INET), k, false, false)
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), "fake-ao-fact-secret")
+	})
 }

@@ -3,9 +3,12 @@ package tcpmd5_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -356,4 +359,121 @@ func TestAOOnOneConnectionErrors(t *testing.T) {
 	_, err = tcpmd5.AOInfo(pc.(*net.TCPConn))
 	require.ErrorIs(t, err, syscall.ENOENT, "a connection without TCP-AO has no AO state")
 	assert.Error(t, tcpmd5.AddAOKey(nil, aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)))
+}
+
+// TestAOAcceptOrderings: whatever changes between the handshake and
+// Accept, a connection is handed over only if the kernel verified its
+// handshake, with an AO key or an MD5 key on a listener that holds both
+// kinds, and an unsigned one never once a key covers its peer.
+func TestAOAcceptOrderings(t *testing.T) {
+	requireAO(t)
+	t.Parallel()
+	const peer = "127.0.56.9"
+	ao := func(p string, secret string) tcpmd5.AOKey {
+		if !strings.Contains(p, "/") {
+			p += "/32"
+		}
+		return tcpmd5.AOKey{Peer: netip.MustParsePrefix(p), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", Secret: []byte(secret)}
+	}
+	dialAO := aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)
+	group := make([]tcpmd5.AOKey, 300)
+	for i := range group {
+		group[i] = ao(fmt.Sprintf("127.57.%d.%d", 1+i/250, 1+i%250), secretB)
+	}
+	md5Others := make([]tcpmd5.Key, 20)
+	for i := range md5Others {
+		md5Others[i] = key(t, fmt.Sprintf("127.58.0.%d", 1+i), secretB)
+	}
+	tests := []struct {
+		name       string
+		lc         tcpmd5.ListenConfig
+		dialAO     *tcpmd5.AOKey
+		dialMD5    *tcpmd5.Key
+		change     func(ln *tcpmd5.Listener) error
+		handedOver bool
+	}{
+		{
+			name:   "unsigned, then an AO host key for the peer",
+			lc:     tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao("127.0.56.1", secretA)}},
+			change: func(ln *tcpmd5.Listener) error { return ln.SetAOKey(ao(peer, secretA)) },
+		},
+		{
+			name:   "unsigned and allowed, then an AO prefix key covers the peer",
+			lc:     tcpmd5.ListenConfig{AllowUnsigned: true},
+			change: func(ln *tcpmd5.Listener) error { return ln.SetAOKey(ao("127.0.56.0/24", secretA)) },
+		},
+		{
+			name:       "AO, then the key is removed",
+			lc:         tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao(peer, secretA)}},
+			dialAO:     &dialAO,
+			change:     func(ln *tcpmd5.Listener) error { return ln.RemoveAOKey(ao(peer, "")) },
+			handedOver: true,
+		},
+		{
+			name:       "AO, then the secret changes",
+			lc:         tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao(peer, secretA)}},
+			dialAO:     &dialAO,
+			change:     func(ln *tcpmd5.Listener) error { return ln.SetAOKey(ao(peer, secretB)) },
+			handedOver: true,
+		},
+		{
+			name:       "AO on a group of sockets, then the group grows",
+			lc:         tcpmd5.ListenConfig{AOKeys: append([]tcpmd5.AOKey{ao(peer, secretA)}, group...)},
+			dialAO:     &dialAO,
+			change:     func(ln *tcpmd5.Listener) error { return growGroup(ln, 1000) },
+			handedOver: true,
+		},
+		{
+			name:       "MD5 on a listener with AO keys too",
+			lc:         tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, peer, secretA)}, AOKeys: group[:40]},
+			dialMD5:    &tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte(secretA)},
+			change:     func(*tcpmd5.Listener) error { return nil },
+			handedOver: true,
+		},
+		{
+			name:       "AO on a listener with MD5 keys too",
+			lc:         tcpmd5.ListenConfig{Keys: md5Others, AOKeys: []tcpmd5.AOKey{ao(peer, secretA)}},
+			dialAO:     &dialAO,
+			change:     func(*tcpmd5.Listener) error { return nil },
+			handedOver: true,
+		},
+		{
+			name:   "unsigned on a listener with both kinds, then an MD5 key for the peer",
+			lc:     tcpmd5.ListenConfig{AllowUnsigned: true, Keys: md5Others, AOKeys: group[:40]},
+			change: func(ln *tcpmd5.Listener) error { return ln.SetKey(key(t, peer, secretA)) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			testenv.Netns(t)
+			ln := listen(t, &tt.lc, "tcp4", "127.0.0.1:0")
+			d := dialer(peer)
+			switch {
+			case tt.dialAO != nil:
+				d.AOKeys = []tcpmd5.AOKey{*tt.dialAO}
+			case tt.dialMD5 != nil:
+				d.Keys = []tcpmd5.Key{*tt.dialMD5}
+			default:
+				d.AllowUnsigned = true
+			}
+			client, err := d.Dial("tcp", ln.Addr().String()) // the kernel completes the handshake; nobody accepts yet
+			require.NoError(t, err)
+			defer client.Close()
+			require.NoError(t, tt.change(ln))
+
+			require.NoError(t, ln.SetDeadline(time.Now().Add(time.Second)))
+			c, err := ln.Accept()
+			if !tt.handedOver {
+				require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Accept handed over an unsigned connection from a covered peer")
+				assert.EqualValues(t, 1, ln.RefusedUnsigned())
+				return
+			}
+			require.NoError(t, err)
+			defer c.Close()
+			assert.Zero(t, ln.RefusedUnsigned())
+			go func() { _, _ = io.Copy(c, c) }()
+			ping(t, client) // the connection works with the key of its handshake
+		})
+	}
 }
