@@ -477,3 +477,59 @@ func TestAOAcceptOrderings(t *testing.T) {
 		})
 	}
 }
+
+// TestTenThousandAOPeers gives one listener 10,000 AO peers with their own
+// keys, half at Listen and half live, spread over its group of sockets as
+// MD5 keys are, and dials every one of them; unsigned and wrong-key peers
+// are refused.
+func TestTenThousandAOPeers(t *testing.T) {
+	requireAO(t)
+	t.Parallel()
+	const peers = 10000
+	addr := func(n int) netip.Addr { return peer4(6, n) }
+	keyOf := func(n int) tcpmd5.AOKey {
+		return tcpmd5.AOKey{Peer: netip.PrefixFrom(addr(n), 32), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", Secret: peerSecret(n)}
+	}
+	var atListen []tcpmd5.AOKey
+	for n := range peers / 2 {
+		atListen = append(atListen, keyOf(n))
+	}
+	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: atListen}, "tcp4", "127.0.0.1:0")
+	for n := peers / 2; n < peers; n++ {
+		require.NoError(t, ln.SetAOKey(keyOf(n)))
+	}
+	require.Len(t, ln.AOKeys(), peers)
+	sockets := listeningSockets(t, port(ln))
+	assert.Greater(t, sockets, 1, "the listener did not spread %d AO keys", peers)
+	accepted := acceptAndReset(t, ln)
+	target := ln.Addr().String()
+	dial := func(n int, secret []byte, timeout time.Duration) (net.Conn, error) {
+		d := dialer(addr(n).String())
+		d.Timeout = timeout
+		if secret == nil {
+			d.AllowUnsigned = true
+		} else {
+			d.AOKeys = []tcpmd5.AOKey{{Peer: netip.MustParsePrefix("127.0.0.1/32"), SendID: 2, RecvID: 1, Algorithm: "hmac(sha1)", Secret: secret}}
+		}
+		return d.Dial("tcp4", target)
+	}
+	start := time.Now()
+	failed := dialEach(peers, nil, func(n int) (net.Conn, error) { return dial(n, peerSecret(n), 5*time.Second) })
+	for n, err := range failed {
+		t.Errorf("peer %d (%s): %v", n, addr(n), err)
+		if len(failed) > 5 {
+			t.Fatalf("%d of %d AO peers failed to connect", len(failed), peers)
+		}
+	}
+	t.Logf("%d AO handshakes over %d sockets in %v", peers, sockets, time.Since(start))
+	require.Eventually(t, func() bool { return accepted.Load() == peers }, mustConnect, 10*time.Millisecond,
+		"Accept handed over %d of %d connections", accepted.Load(), peers)
+	for n := 0; n < peers; n += peers/8 + 1 {
+		for _, secret := range [][]byte{nil, []byte("fake-secret-wrong")} {
+			c, err := dial(n, secret, refuseAfter)
+			requireRefused(t, c, err)
+		}
+	}
+	assert.Zero(t, ln.RefusedUnsigned())
+	assert.EqualValues(t, peers, accepted.Load())
+}

@@ -86,6 +86,15 @@ func dialAs(ctx context.Context, src netip.Addr, secret []byte, addr string, tim
 // a time, and returns the errors by peer. Each worker first calls enter,
 // if not nil.
 func dialAll(addr func(int) netip.Addr, n int, target string, control func(string, string, syscall.RawConn) error, enter func()) map[int]error {
+	return dialEach(n, enter, func(i int) (net.Conn, error) {
+		return dialAs(context.Background(), addr(i), peerSecret(i), target, 5*time.Second, control)
+	})
+}
+
+// dialEach dials peers [0, n) with dial, workers at a time, closes each
+// connection with a reset, and returns the errors by peer. Each worker
+// first calls enter, if not nil.
+func dialEach(n int, enter func(), dial func(i int) (net.Conn, error)) map[int]error {
 	const workers = 32
 	var mu sync.Mutex
 	failed := make(map[int]error)
@@ -101,7 +110,7 @@ func dialAll(addr func(int) netip.Addr, n int, target string, control func(strin
 				if i >= n {
 					return
 				}
-				c, err := dialAs(context.Background(), addr(i), peerSecret(i), target, 5*time.Second, control)
+				c, err := dial(i)
 				if err != nil {
 					mu.Lock()
 					failed[i] = err
