@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -146,13 +147,10 @@ func (k AOKey) keyFlags() uint8 {
 	return f
 }
 
-// aoAdd installs k, normalized, on fd; current and rnext make it the key
-// the socket signs with and asks the peer for.
-func aoAdd(fd int, k AOKey, current, rnext bool) error {
-	family, err := socketFamily(fd)
-	if err != nil {
-		return err
-	}
+// aoAdd installs k, normalized, on fd, a socket of family; current and
+// rnext make it the key the socket signs with and asks the peer for.
+func aoAdd(fd, family int, k AOKey, current, rnext bool) error {
+	var err error
 	var cmd aoAddCmd
 	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
 		return err
@@ -172,12 +170,10 @@ func aoAdd(fd int, k AOKey, current, rnext bool) error {
 	return aoError(err, "adding AO key "+k.name())
 }
 
-// aoDel deletes the key of fd that matches k's peer, KeyIDs and Ifindex.
-func aoDel(fd int, k AOKey) error {
-	family, err := socketFamily(fd)
-	if err != nil {
-		return err
-	}
+// aoDel deletes the key of fd, a socket of family, that matches k's peer,
+// KeyIDs and Ifindex.
+func aoDel(fd, family int, k AOKey) error {
+	var err error
 	var cmd aoDelCmd
 	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
 		return err
@@ -293,77 +289,92 @@ var aoProbeOnce = sync.OnceValue(func() error {
 	return nil
 })
 
-// applyAOKeys installs keys on the socket behind c, all of them or none,
-// and returns what they added to its option memory. With current, the first
-// key becomes the one the socket signs with and asks the peer for.
-func applyAOKeys(c syscall.RawConn, keys []AOKey, current bool) (int, error) {
-	if len(keys) == 0 {
-		return 0, nil
-	}
-	before, err := optmem(c)
+// connAO adds k to fd, a socket of any family, or deletes it with del.
+func connAO(fd int, k AOKey, del bool) error {
+	family, err := socketFamily(fd)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	err = controlErr(c, func(fd int) error {
+	if del {
+		return aoDel(fd, family, k)
+	}
+	return aoAdd(fd, family, k, false, false)
+}
+
+// applyAOKeys installs keys on the socket behind c, all of them or none.
+// With current, the first key becomes the one the socket signs with and
+// asks the peer for.
+func applyAOKeys(c syscall.RawConn, keys []AOKey, current bool) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	return controlErr(c, func(fd int) error {
+		family, err := socketFamily(fd)
+		if err != nil {
+			return err
+		}
 		for i, k := range keys {
-			if err := aoAdd(fd, k, current && i == 0, current && i == 0); err != nil {
+			if err := aoAdd(fd, family, k, current && i == 0, current && i == 0); err != nil {
 				for _, done := range keys[:i] {
-					_ = aoDel(fd, done)
+					_ = aoDel(fd, family, done)
 				}
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, err
-	}
-	after, err := optmem(c)
-	return after - before, err
 }
 
-// replaceAOKey installs k on the socket behind c, deleting first the key
-// with its Peer, KeyIDs and Ifindex if had (the kernel replaces no key in
-// place), and returns the change in the socket's option memory. If the add
-// fails, old goes back.
-func replaceAOKey(c syscall.RawConn, k, old AOKey, had bool) (int, error) {
-	before, err := optmem(c)
-	if err != nil {
-		return 0, err
-	}
-	err = controlErr(c, func(fd int) error {
+// replaceAOKey installs k on the socket behind c, of family, deleting
+// first the key with its Peer, KeyIDs and Ifindex if had (the kernel
+// replaces no key in place). If the add fails, old goes back.
+func replaceAOKey(c syscall.RawConn, family int, k, old AOKey, had bool) error {
+	return controlErr(c, func(fd int) error {
 		if had {
-			if err := aoDel(fd, old); err != nil {
+			if err := aoDel(fd, family, old); err != nil {
 				return err
 			}
 		}
-		if err := aoAdd(fd, k, false, false); err != nil {
+		if err := aoAdd(fd, family, k, false, false); err != nil {
 			if had {
-				_ = aoAdd(fd, old, false, false)
+				_ = aoAdd(fd, family, old, false, false)
 			}
 			return err
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, err
-	}
-	after, err := optmem(c)
-	return after - before, err
 }
 
-// removeAOKeyFrom deletes k from the socket behind c and returns the change
-// in its option memory.
-func removeAOKeyFrom(c syscall.RawConn, k AOKey) (int, error) {
-	before, err := optmem(c)
-	if err != nil {
-		return 0, err
+// removeAOKeyFrom deletes k from the socket behind c, of family.
+func removeAOKeyFrom(c syscall.RawConn, family int, k AOKey) error {
+	return controlErr(c, func(fd int) error { return aoDel(fd, family, k) })
+}
+
+// aoKeyCharges caches aoKeyCharge by algorithm.
+var aoKeyCharges sync.Map // string -> int
+
+// aoKeyCharge is what the kernel charges to a socket's option memory for
+// one TCP-AO key of algorithm alg (struct tcp_ao_key and two traffic keys
+// of the MAC's size), measured once per algorithm on a throwaway socket; 0
+// if it could not be measured.
+func aoKeyCharge(alg string) int {
+	if v, ok := aoKeyCharges.Load(alg); ok {
+		return v.(int)
 	}
-	if err := controlErr(c, func(fd int) error { return aoDel(fd, k) }); err != nil {
-		return 0, err
+	charge := 0
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		defer unix.Close(fd)
+		k := AOKey{Peer: netip.MustParsePrefix("192.0.2.1/32"), Algorithm: alg, MACLen: 12, Secret: []byte("tcpmd5-charge")}
+		before, berr := fdOptmem(fd)
+		if berr == nil && aoAdd(fd, unix.AF_INET, k, false, false) == nil {
+			if after, aerr := fdOptmem(fd); aerr == nil {
+				charge = after - before
+			}
+		}
 	}
-	after, err := optmem(c)
-	return after - before, err
+	aoKeyCharges.Store(alg, charge)
+	return charge
 }
 
 // acceptedAO reports whether the connection behind c completed its

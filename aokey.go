@@ -202,7 +202,7 @@ func AddAOKey(c syscall.Conn, k AOKey) error {
 	if err != nil {
 		return err
 	}
-	return onConn(c, func(fd int) error { return aoAdd(fd, k, false, false) })
+	return onConn(c, func(fd int) error { return connAO(fd, k, false) })
 }
 
 // RemoveAOKey deletes the key of the socket behind c that matches k's Peer,
@@ -215,7 +215,7 @@ func RemoveAOKey(c syscall.Conn, k AOKey) error {
 		return err
 	}
 	k.Peer = peer.Peer
-	return onConn(c, func(fd int) error { return aoDel(fd, k) })
+	return onConn(c, func(fd int) error { return connAO(fd, k, true) })
 }
 
 // SetAOCurrent makes the connection behind c sign with its key of SendID

@@ -71,15 +71,18 @@ func rawFamily(c syscall.RawConn) (int, error) { return control(c, socketFamily)
 // (SO_MEMINFO's SK_MEMINFO_OPTMEM, sk_omem_alloc): its TCP MD5 keys, each
 // charged keyCharge bytes, and an attached socket filter, if any.
 func optmem(c syscall.RawConn) (int, error) {
-	return control(c, func(fd int) (int, error) {
-		var info [unix.SK_MEMINFO_VARS]uint32
-		n := uint32(unsafe.Sizeof(info))
-		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-		if errno != 0 {
-			return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", os.NewSyscallError("getsockopt SO_MEMINFO", errno))
-		}
-		return int(info[unix.SK_MEMINFO_OPTMEM]), nil
-	})
+	return control(c, fdOptmem)
+}
+
+// fdOptmem is optmem on a file descriptor.
+func fdOptmem(fd int) (int, error) {
+	var info [unix.SK_MEMINFO_VARS]uint32
+	n := uint32(unsafe.Sizeof(info))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if errno != 0 {
+		return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", os.NewSyscallError("getsockopt SO_MEMINFO", errno))
+	}
+	return int(info[unix.SK_MEMINFO_OPTMEM]), nil
 }
 
 // keyCharge is what the kernel charges to a socket's option memory for one

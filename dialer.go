@@ -170,7 +170,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 			return mixedKeysError(best[0], aoBest[0])
 		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
 			slices.SortFunc(aoBest, func(a, b AOKey) int { return cmp.Compare(table.aoRank[a.id()], table.aoRank[b.id()]) })
-			if _, err := applyAOKeys(c, aoBest, true); err != nil {
+			if err := applyAOKeys(c, aoBest, true); err != nil {
 				return err
 			}
 		default:

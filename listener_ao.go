@@ -88,24 +88,19 @@ func (l *Listener) installAO(k AOKey) (*shard, error) {
 	}
 	old, had := l.aoKeys.get(k.id())
 	for i, s := range targets {
-		mem, err := replaceAOKey(s.rc, k, old, had)
-		if err != nil {
+		if err := replaceAOKey(s.rc, s.family, k, old, had); err != nil {
 			for _, done := range targets[:i] {
-				var mem int
-				var rerr error
 				if had {
-					mem, rerr = replaceAOKey(done.rc, old, k, true) // k out, old back
-				} else if mem, rerr = removeAOKeyFrom(done.rc, k); rerr == nil {
-					done.aoKeys.remove(k.id())
-				}
-				if rerr == nil {
-					done.aoMem += mem
+					if replaceAOKey(done.rc, done.family, old, k, true) == nil { // k out, old back
+						done.setAO(old)
+					}
+				} else if removeAOKeyFrom(done.rc, done.family, k) == nil {
+					done.removeAO(k.id())
 				}
 			}
 			return s, err
 		}
-		s.aoKeys.set(bareAO(k))
-		s.aoMem += mem
+		s.setAO(k)
 	}
 	return nil, nil
 }
@@ -128,12 +123,10 @@ func (l *Listener) RemoveAOKey(k AOKey) error {
 	}
 	for _, s := range l.shards {
 		if _, ok := s.aoKeys.get(id); ok {
-			mem, err := removeAOKeyFrom(s.rc, k)
-			if err != nil {
+			if err := removeAOKeyFrom(s.rc, s.family, k); err != nil {
 				return err
 			}
-			s.aoKeys.remove(id)
-			s.aoMem += mem
+			s.removeAO(id)
 		}
 	}
 	l.aoKeys.remove(id)

@@ -140,6 +140,23 @@ type shard struct {
 	aoMem  int             // what the AO keys cost the socket's option memory
 }
 
+// setAO records k, installed on the socket, and its charge.
+func (s *shard) setAO(k AOKey) {
+	if old, ok := s.aoKeys.get(k.id()); ok {
+		s.aoMem -= aoKeyCharge(old.Algorithm)
+	}
+	s.aoKeys.set(bareAO(k))
+	s.aoMem += aoKeyCharge(k.Algorithm)
+}
+
+// removeAO forgets the key id, deleted from the socket, and its charge.
+func (s *shard) removeAO(id keyID) {
+	if old, ok := s.aoKeys.get(id); ok {
+		s.aoMem -= aoKeyCharge(old.Algorithm)
+		s.aoKeys.remove(id)
+	}
+}
+
 // load is how many keys the socket holds.
 func (s *shard) load() int { return s.keys.len() + s.aoKeys.len() }
 
@@ -155,12 +172,7 @@ func bareAO(k AOKey) AOKey { k.Secret = nil; return k }
 func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, aoKeys []AOKey, more ...hook) (*shard, error) {
 	join := func(_, _ string, c syscall.RawConn) error { return joinGroup(c) }
 	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, keys) }
-	aoMem := 0
-	installAO := func(_, _ string, c syscall.RawConn) error {
-		var err error
-		aoMem, err = applyAOKeys(c, aoKeys, false)
-		return err
-	}
+	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, aoKeys, false) }
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if err != nil {
@@ -177,12 +189,12 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		tl.Close()
 		return nil, err
 	}
-	s := &shard{ln: tl, rc: rc, family: family, aoMem: aoMem}
+	s := &shard{ln: tl, rc: rc, family: family}
 	for _, k := range keys {
 		s.keys.set(bare(k))
 	}
 	for _, k := range aoKeys {
-		s.aoKeys.set(bareAO(k))
+		s.setAO(k)
 	}
 	return s, nil
 }
@@ -390,9 +402,8 @@ func (l *Listener) grow() error {
 		}
 	}
 	for _, k := range aoMoved {
-		if mem, err := removeAOKeyFrom(split.rc, k); err == nil {
-			split.aoKeys.remove(k.id())
-			split.aoMem += mem
+		if removeAOKeyFrom(split.rc, split.family, k) == nil {
+			split.removeAO(k.id())
 		}
 	}
 	return nil

@@ -52,6 +52,9 @@ func run() int {
 	if *rounds > 0 {
 		cfg.Rounds = *rounds
 	}
+	if tcpmd5.AOSupported() { // TCP-AO beside MD5, with its own baseline
+		cfg.Variants = append(cfg.Variants, bench.AOVariantNames...)
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer cancel()
 	progress := os.Stderr

@@ -17,13 +17,19 @@ import (
 
 // The variants, by the names the report uses.
 const (
-	Plain  = "plain"  // TCP without signatures
-	TCPMD5 = "tcpmd5" // TCP with MD5 keys installed by this module
-	XSys   = "xsys"   // TCP with MD5 keys installed by hand with x/sys
+	Plain  = "plain"     // TCP without signatures
+	TCPMD5 = "tcpmd5"    // TCP with MD5 keys installed by this module
+	XSys   = "xsys"      // TCP with MD5 keys installed by hand with x/sys
+	TCPAO  = "tcpmd5-ao" // TCP with TCP-AO keys installed by this module
+	XSysAO = "xsys-ao"   // TCP with TCP-AO keys installed by hand with x/sys
 )
 
-// VariantNames are the variants in the order the report lists them.
-var VariantNames = []string{Plain, TCPMD5, XSys}
+// VariantNames are the variants in the order the report lists them;
+// AOVariantNames, those a kernel with TCP-AO adds.
+var (
+	VariantNames   = []string{Plain, TCPMD5, XSys}
+	AOVariantNames = []string{TCPAO, XSysAO}
+)
 
 // KeyCounts are the numbers of keys on one listening socket at which SetKey
 // and the accept rate are measured.
@@ -273,15 +279,15 @@ func (r *Report) CheckTargets() {
 		return r.Setup[i].Rate.Runs
 	}
 	add("set-up rate, tcpmd5 / x/sys baseline", ">=", SetupTarget, setup(TCPMD5), setup(XSys))
-	for _, n := range r.Config.BulkConns {
-		bulk := func(v string) []float64 {
-			i := slices.IndexFunc(r.Throughput, func(t Throughput) bool { return t.Variant == v && t.Conns == n })
-			if i < 0 {
-				return nil
-			}
-			return r.Throughput[i].MBps.Runs
+	bulk := func(v string, n int) []float64 {
+		i := slices.IndexFunc(r.Throughput, func(t Throughput) bool { return t.Variant == v && t.Conns == n })
+		if i < 0 {
+			return nil
 		}
-		add(fmt.Sprintf("throughput %s, tcpmd5 / x/sys baseline", conns(n)), ">=", ThroughputTarget, bulk(TCPMD5), bulk(XSys))
+		return r.Throughput[i].MBps.Runs
+	}
+	for _, n := range r.Config.BulkConns {
+		add(fmt.Sprintf("throughput %s, tcpmd5 / x/sys baseline", conns(n)), ">=", ThroughputTarget, bulk(TCPMD5, n), bulk(XSys, n))
 	}
 	setKey := func(v string, n int) []float64 {
 		i := slices.IndexFunc(r.SetKey, func(s SetKey) bool { return s.Variant == v && s.Keys == n })
@@ -292,6 +298,13 @@ func (r *Report) CheckTargets() {
 	}
 	lo, hi := slices.Min(r.Config.SetKey), slices.Max(r.Config.SetKey)
 	add(fmt.Sprintf("tcpmd5 SetKey time, %d keys / %d keys", hi, lo), "<=", SetKeyTarget, setKey(TCPMD5, hi), setKey(TCPMD5, lo))
+	if slices.Contains(r.Config.Variants, TCPAO) {
+		add("TCP-AO set-up rate, tcpmd5 / x/sys baseline", ">=", SetupTarget, setup(TCPAO), setup(XSysAO))
+		for _, n := range r.Config.BulkConns {
+			add(fmt.Sprintf("TCP-AO throughput %s, tcpmd5 / x/sys baseline", conns(n)), ">=", ThroughputTarget, bulk(TCPAO, n), bulk(XSysAO, n))
+		}
+		add(fmt.Sprintf("tcpmd5 SetAOKey time, %d keys / %d keys", hi, lo), "<=", SetKeyTarget, setKey(TCPAO, hi), setKey(TCPAO, lo))
+	}
 
 	context := func(name string, num, den []float64) {
 		if s := ratio(num, den); s.Runs != nil {
@@ -312,6 +325,11 @@ func (r *Report) CheckTargets() {
 	for _, n := range r.Config.Accept {
 		context(fmt.Sprintf("accept rate at %d keys, tcpmd5 / x/sys baseline", n), accept(TCPMD5, n), accept(XSys, n))
 	}
+	for _, n := range r.Config.BulkConns {
+		context(fmt.Sprintf("throughput %s, TCP-AO / MD5 (what AO costs), tcpmd5", conns(n)), bulk(TCPAO, n), bulk(TCPMD5, n))
+		context(fmt.Sprintf("throughput %s, MD5 / plain TCP, tcpmd5", conns(n)), bulk(TCPMD5, n), bulk(Plain, n))
+	}
+	context("set-up rate, TCP-AO / MD5, tcpmd5", setup(TCPAO), setup(TCPMD5))
 	if len(r.Config.Accept) > 0 {
 		n := slices.Max(r.Config.Accept)
 		context(fmt.Sprintf("accept rate, %d keys / 1 key, tcpmd5", n), accept(TCPMD5, n), accept(TCPMD5, 1))

@@ -76,8 +76,12 @@ func Variants(names ...string) ([]Variant, error) {
 			vs = append(vs, tcpmd5Variant())
 		case XSys:
 			vs = append(vs, xsysVariant())
+		case TCPAO:
+			vs = append(vs, tcpAOVariant())
+		case XSysAO:
+			vs = append(vs, xsysAOVariant())
 		default:
-			return nil, fmt.Errorf("bench: no variant %q; choose from %v", n, VariantNames)
+			return nil, fmt.Errorf("bench: no variant %q; choose from %v and %v", n, VariantNames, AOVariantNames)
 		}
 	}
 	return vs, nil
