@@ -1,6 +1,7 @@
 package tcpmd5_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/rawao"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
@@ -532,4 +534,101 @@ func TestTenThousandAOPeers(t *testing.T) {
 	}
 	assert.Zero(t, ln.RefusedUnsigned())
 	assert.EqualValues(t, peers, accepted.Load())
+}
+
+// TestAODialerChoosesItsFirstKey: with several AO keys for the destination,
+// the Dialer signs with the first in AOKeys order and asks the peer for
+// its RecvID, in either order; the listener follows the RNext it asked for.
+func TestAODialerChoosesItsFirstKey(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const peer = "127.0.59.1"
+	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{
+		aoKey(t, peer, 1, 2, "hmac(sha1)", secretA),
+		aoKey(t, peer, 3, 4, "hmac(sha1)", secretB),
+	}}, "tcp4", "127.0.0.1:0")
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	first, second := aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA), aoKey(t, "127.0.0.1", 4, 3, "hmac(sha1)", secretB)
+	for _, keys := range [][]tcpmd5.AOKey{{first, second}, {second, first}} {
+		c, err := aoDialer(peer, keys...).Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		server := <-accepted
+		go func() { _, _ = io.Copy(server, server) }()
+		ping(t, c)
+		cs := aoStats(t, c)
+		assert.Equal(t, keys[0].SendID, cs.Current, "the dialer signs with its first key")
+		assert.Equal(t, keys[0].RecvID, cs.RNext, "and asks for the listener's side of it")
+		assert.Equal(t, keys[0].RecvID, aoStats(t, server).Current, "the listener follows")
+		c.Close()
+		server.Close()
+	}
+}
+
+// TestAOAgainstTheRawUAPI holds tcpmd5 against the kernel's UAPI driven
+// independently (package rawao lays the structs out by hand): our Listener
+// takes a raw socket's AO connection and our Dialer reaches a raw
+// listener, over IPv4 and a dual-stack socket; with another secret on the
+// raw side, neither connects and TCPAOBad moves.
+func TestAOAgainstTheRawUAPI(t *testing.T) {
+	requireAO(t)
+	for _, fam := range []struct {
+		name    string
+		family  int
+		network string
+		bind    string
+	}{{"IPv4", unix.AF_INET, "tcp4", "127.0.0.1:0"}, {"dual-stack raw socket", unix.AF_INET6, "tcp", "[::]:0"}} {
+		for _, secret := range []string{secretA, secretB} {
+			t.Run(fam.name+"/"+map[string]string{secretA: "same secret", secretB: "other secret"}[secret], func(t *testing.T) {
+				t.Parallel()
+				if fam.family == unix.AF_INET6 {
+					requireIPv6(t)
+				}
+				testenv.Netns(t)
+				const peer = "127.0.60.1"
+				raw := func(family int, p string, send, recv uint8) func(string, string, syscall.RawConn) error {
+					return func(_, _ string, c syscall.RawConn) error {
+						var err error
+						cerr := c.Control(func(fd uintptr) {
+							err = rawao.Add(int(fd), family, rawao.Key{Peer: netip.MustParsePrefix(p), SendID: send, RecvID: recv, Algorithm: "hmac(sha1)", Secret: []byte(secret)})
+						})
+						return cmp.Or(cerr, err)
+					}
+				}
+				// A raw dialer against our Listener.
+				ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)}}, "tcp4", "127.0.0.1:0")
+				serveEcho(t, ln)
+				rd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(peer)}, Timeout: mustConnect, Control: raw(unix.AF_INET, "127.0.0.1/32", 2, 1)}
+				rd.SetMultipathTCP(false)
+				// Our Dialer against a raw listener.
+				lc := net.ListenConfig{Control: raw(fam.family, peer+"/32", 1, 2)}
+				lc.SetMultipathTCP(false)
+				rl, err := lc.Listen(context.Background(), fam.network, fam.bind)
+				require.NoError(t, err)
+				t.Cleanup(func() { rl.Close() })
+				serveEcho(t, rl)
+				target := net.JoinHostPort("127.0.0.1", itoa(rl.Addr().(*net.TCPAddr).Port))
+				ours := aoDialer(peer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA))
+				if secret == secretA {
+					requireEcho(t, rd, ln.Addr().String())
+					requireEcho(t, ours, target)
+					return
+				}
+				rd.Timeout = refuseAfter
+				before := counters(t)
+				c, err := rd.Dial("tcp4", ln.Addr().String())
+				requireRefused(t, c, err)
+				dropDial(t, ours, "tcp4", target, "")
+				assert.Positive(t, before.Delta(counters(t), netstat.AOBad)[netstat.AOBad], "TCPAOBad did not move")
+			})
+		}
+	}
 }

@@ -2,15 +2,13 @@ package bench
 
 import (
 	"context"
-	"encoding/binary"
 	"net"
-	"os"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/rawao"
 )
 
 // The TCP-AO variants take the same keys as the MD5 ones and make TCP-AO
@@ -61,16 +59,8 @@ func (l aoListener) SetKey(k tcpmd5.Key) error    { return l.SetAOKey(aoKey(k, t
 func (l aoListener) RemoveKey(k tcpmd5.Key) error { return l.RemoveAOKey(aoKey(k, true)) }
 
 // The TCP-AO baseline: plain TCP sockets and a Control hook that calls
-// setsockopt(2) TCP_AO_ADD_KEY with struct tcp_ao_add laid out by hand from
-// include/uapi/linux/tcp.h, the way a program without this module would,
-// and independently of this module's own encoding.
-
-// The offsets of struct tcp_ao_add (288 bytes) and struct tcp_ao_del (144).
-const (
-	aoAddSize, aoAddAlg, aoAddPrefix, aoAddSndID, aoAddRcvID, aoAddMACLen, aoAddKeyLen, aoAddKey = 288, 128, 202, 203, 204, 205, 207, 208
-	aoDelSize, aoDelPrefix, aoDelSndID, aoDelRcvID                                               = 144, 138, 139, 140
-	tcpAOAddKey, tcpAODelKey                                                                     = 38, 39
-)
+// setsockopt(2) TCP_AO_ADD_KEY with struct tcp_ao_add laid out by hand
+// (package rawao), the way a program without this module would.
 
 func xsysAOVariant() Variant {
 	d := &net.Dialer{LocalAddr: clientAddr, Control: xsysAOControl([]tcpmd5.AOKey{aoKey(serverKey, false)})}
@@ -111,27 +101,11 @@ func xsysAOControl(keys []tcpmd5.AOKey) func(network, address string, c syscall.
 
 // xsysAO adds k, an IPv4 host key, to fd, or deletes it with del.
 func xsysAO(fd int, k tcpmd5.AOKey, del bool) error {
-	size, opt := aoAddSize, tcpAOAddKey
-	prefix, snd, rcv := aoAddPrefix, aoAddSndID, aoAddRcvID
+	rk := rawao.Key{Peer: k.Peer, SendID: k.SendID, RecvID: k.RecvID, Algorithm: k.Algorithm, MACLen: 12, Secret: k.Secret}
 	if del {
-		size, opt = aoDelSize, tcpAODelKey
-		prefix, snd, rcv = aoDelPrefix, aoDelSndID, aoDelRcvID
+		return rawao.Del(fd, unix.AF_INET, rk)
 	}
-	b := make([]byte, size)
-	binary.NativeEndian.PutUint16(b[0:], unix.AF_INET) // sockaddr_in: family, port 0, address
-	a := k.Peer.Addr().As4()
-	copy(b[4:8], a[:])
-	b[prefix], b[snd], b[rcv] = byte(k.Peer.Bits()), k.SendID, k.RecvID
-	if !del {
-		copy(b[aoAddAlg:aoAddAlg+63], k.Algorithm)
-		b[aoAddMACLen] = 12
-		b[aoAddKeyLen] = byte(copy(b[aoAddKey:], k.Secret))
-	}
-	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, uintptr(opt), uintptr(unsafe.Pointer(&b[0])), uintptr(size), 0)
-	if errno != 0 {
-		return os.NewSyscallError("setsockopt", errno)
-	}
-	return nil
+	return rawao.Add(fd, unix.AF_INET, rk)
 }
 
 type xsysAOListener struct{ *net.TCPListener }

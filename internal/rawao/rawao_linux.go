@@ -1,0 +1,66 @@
+package rawao
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The socket options and the offsets of struct tcp_ao_add (288 bytes) and
+// struct tcp_ao_del (144 bytes).
+const (
+	optAdd, optDel = 38, 39
+
+	addSize, addAlg, addPrefix, addSndID, addRcvID, addMACLen, addKeyLen, addKey = 288, 128, 202, 203, 204, 205, 207, 208
+	delSize, delPrefix, delSndID, delRcvID                                       = 144, 138, 139, 140
+)
+
+// Key is one master key tuple as the UAPI takes it.
+type Key struct {
+	Peer           netip.Prefix // an IPv4 peer on an IPv6 socket goes v4-mapped, with its IPv4 prefix
+	SendID, RecvID uint8
+	Algorithm      string
+	MACLen         uint8 // 0: the kernel's default, 12
+	Secret         []byte
+}
+
+// Add installs k on fd, a TCP socket of family (AF_INET or AF_INET6).
+func Add(fd, family int, k Key) error {
+	b := make([]byte, addSize)
+	sockaddr(b, family, k.Peer.Addr())
+	b[addPrefix], b[addSndID], b[addRcvID], b[addMACLen] = byte(k.Peer.Bits()), k.SendID, k.RecvID, k.MACLen
+	copy(b[addAlg:addAlg+63], k.Algorithm)
+	b[addKeyLen] = byte(copy(b[addKey:addKey+80], k.Secret))
+	return setsockopt(fd, optAdd, b)
+}
+
+// Del deletes the key of fd for k's peer and KeyIDs.
+func Del(fd, family int, k Key) error {
+	b := make([]byte, delSize)
+	sockaddr(b, family, k.Peer.Addr())
+	b[delPrefix], b[delSndID], b[delRcvID] = byte(k.Peer.Bits()), k.SendID, k.RecvID
+	return setsockopt(fd, optDel, b)
+}
+
+// sockaddr writes a sockaddr_in or sockaddr_in6 of a, port 0, at b.
+func sockaddr(b []byte, family int, a netip.Addr) {
+	binary.NativeEndian.PutUint16(b, uint16(family))
+	if family == unix.AF_INET {
+		a4 := a.As4()
+		copy(b[4:8], a4[:])
+		return
+	}
+	a16 := a.As16()
+	copy(b[8:24], a16[:])
+}
+
+func setsockopt(fd, opt int, b []byte) error {
+	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, uintptr(opt), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0)
+	if errno != 0 {
+		return os.NewSyscallError("setsockopt", errno)
+	}
+	return nil
+}
