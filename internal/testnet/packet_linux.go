@@ -33,6 +33,9 @@ type Segment struct {
 	// RawOptions are the option bytes RawSocket.Send puts after the
 	// header, a multiple of 4 long; captured segments leave it nil.
 	RawOptions []byte
+	// TCP is a captured segment as it crossed the wire, header, options
+	// and payload.
+	TCP []byte
 }
 
 // Option is one TCP option: its kind and its length byte (1 for the
@@ -237,6 +240,7 @@ func parseFrame(f []byte) (Segment, bool) {
 		opts = opts[opts[1]:]
 	}
 	s.Payload = append([]byte(nil), tcp[off:]...)
+	s.TCP = append([]byte(nil), tcp...)
 	return s, true
 }
 
