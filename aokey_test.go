@@ -99,3 +99,34 @@ func TestAOKeyNeverPrintsTheSecret(t *testing.T) {
 	assert.Equal(t, `tcpmd5.AOKey{Peer:netip.MustParsePrefix("2001:db8::/64"), SendID:1, RecvID:2, Algorithm:"hmac(sha1)", MACLen:12, Secret:<redacted>, Ifindex:3, ExcludeOptions:true}`, fmt.Sprintf("%#v", k))
 	assert.Contains(t, fmt.Sprintf("%v", tcpmd5.AOKey{}), "<no peer>")
 }
+
+// FuzzParseAOKey: ParseAOKey never panics, never shows the secret in an
+// error, and what it accepts, written back as words, parses to the same
+// key.
+func FuzzParseAOKey(f *testing.F) {
+	f.Add("192.0.2.1", "send=1 recv=2 alg=hmac(sha1)", aoSecret)
+	f.Add("2001:db8::/64", "recv=255 send=0 alg=cmac(aes128) mac=16 exclude-options", aoSecret)
+	f.Add("::ffff:10.0.0.0/104", "send=1 recv=1 alg=hmac(sha256) mac=4", "x")
+	f.Add("192.0.2.1", "send=1 recv=2", "")
+	f.Fuzz(func(t *testing.T, peer, spec, secret string) {
+		k, err := tcpmd5.ParseAOKey(peer, spec, secret)
+		if err != nil {
+			if len(secret) >= 8 && !strings.Contains(peer+spec, secret) {
+				assert.NotContains(t, err.Error(), secret)
+			}
+			return
+		}
+		words := fmt.Sprintf("send=%d recv=%d alg=%s mac=%d", k.SendID, k.RecvID, k.Algorithm, k.MACLen)
+		if k.ExcludeOptions {
+			words += " exclude-options"
+		}
+		p := k.Peer.String()
+		if k.Ifindex != 0 { // only a host carries a zone
+			p = k.Peer.Addr().String() + "%" + fmt.Sprint(k.Ifindex)
+		}
+		again, err := tcpmd5.ParseAOKey(p, words, string(k.Secret))
+		require.NoError(t, err)
+		assert.Equal(t, k, again)
+		assert.NotContains(t, fmt.Sprint(k), "secret:"+secret+" ")
+	})
+}
