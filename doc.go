@@ -1,6 +1,7 @@
 // Package tcpmd5 gives existing Go network code RFC 2385 TCP MD5 signatures,
 // the option BGP routers and route servers use against spoofed segments and
-// resets, without a new connection type.
+// resets, and their successor RFC 5925 TCP-AO, without a new connection
+// type.
 //
 // [ListenConfig], [Listen] and [Dialer] are drop-ins for [net.ListenConfig],
 // [net.Listen] and [net.Dialer]. They install keys on the socket through
@@ -39,6 +40,21 @@
 // A peer with a different key, or none, drops signed segments in silence, so
 // a mismatch shows up as a dial timeout. Such errors say so in their text and
 // still report Timeout() as a [net.Error].
+//
+// # TCP-AO
+//
+// [ListenConfig.AOKeys] and [Dialer.AOKeys] install TCP-AO keys ([AOKey],
+// RFC 5925; Linux 6.7+ with CONFIG_TCP_AO) through setsockopt(2)
+// TCP_AO_ADD_KEY, as Keys are installed: before listen and connect, all or
+// none. One listener serves MD5 peers and AO peers side by side, which is
+// how operators migrate; a peer is one or the other, and keys of both kinds
+// for overlapping peers are refused. [Listener.SetAOKey] and
+// [Listener.RemoveAOKey] change AO keys on a live listener. On one
+// connection, [AddAOKey], [SetAORNext], [SetAOCurrent], [RemoveAOKey] and
+// [AOInfo] change its keys without a reset: both ends add the new key, each
+// asks for it with SetAORNext, each kernel follows the other's request, and
+// then each removes the old key. [AOSupported] reports whether the kernel
+// has TCP-AO; where it has not, AO calls fail with [ErrAOUnsupported].
 //
 // # Who fails our signatures
 //

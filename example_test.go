@@ -150,3 +150,86 @@ func ExampleWatchDrops() {
 	}
 	fmt.Printf("%d more not reported (buffers full)\n", w.Lost())
 }
+
+// One listener serves a peer that still signs with MD5 and one that moved
+// to TCP-AO: each peer is MD5 or AO, never both.
+func ExampleListenConfig_tcpAO() {
+	md5, err := tcpmd5.ParseKey("192.0.2.1", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// We sign with KeyID 1 (the peer's RecvID) and verify KeyID 2 (its SendID).
+	ao, err := tcpmd5.ParseAOKey("192.0.2.2", "send=1 recv=2 alg=hmac(sha1)", "not-a-real-secret-either")
+	if err != nil {
+		log.Fatal(err)
+	}
+	lc := tcpmd5.ListenConfig{Keys: []tcpmd5.Key{md5}, AOKeys: []tcpmd5.AOKey{ao}}
+	ln, err := lc.Listen(context.Background(), "tcp", ":179")
+	if err != nil {
+		log.Fatal(err) // ErrAOUnsupported before Linux 6.7 or without CONFIG_TCP_AO
+	}
+	defer ln.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+}
+
+// A Dialer with TCP-AO keys signs the SYN with the first key for the
+// destination and asks the peer to sign with that key's RecvID.
+func ExampleDialer_tcpAO() {
+	k, err := tcpmd5.ParseAOKey("192.0.2.1", "send=2 recv=1 alg=hmac(sha1)", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	d := &tcpmd5.Dialer{AOKeys: []tcpmd5.AOKey{k}}
+	d.Timeout = 5 * time.Second
+	conn, err := d.Dial("tcp", "192.0.2.1:179")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := tcpmd5.AOInfo(conn.(*net.TCPConn))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("signing with KeyID", st.Current, "verified segments:", st.Good)
+}
+
+// A key change on a live TCP-AO session, without a reset (RFC 5925
+// section 7.3). Both ends run the same steps with their own KeyIDs: add
+// the new key, ask the peer for it, wait until both sign with it, then
+// remove the old one.
+func ExampleSetAORNext() {
+	var conn *net.TCPConn // an established TCP-AO connection, from Accept or Dial
+	old, err := tcpmd5.ParseAOKey("192.0.2.1", "send=2 recv=1 alg=hmac(sha1)", "not-a-real-secret")
+	if err != nil {
+		log.Fatal(err)
+	}
+	next, err := tcpmd5.ParseAOKey("192.0.2.1", "send=4 recv=3 alg=hmac(sha256)", "not-a-real-secret-2")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := tcpmd5.AddAOKey(conn, next); err != nil {
+		log.Fatal(err)
+	}
+	// Ask the peer to sign with its side of the new key; once it does, our
+	// kernel follows the peer's request for our side.
+	if err := tcpmd5.SetAORNext(conn, next.RecvID); err != nil {
+		log.Fatal(err)
+	}
+	for {
+		st, err := tcpmd5.AOInfo(conn)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if st.Current == next.SendID && st.RNext == next.RecvID {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // segments flow meanwhile: the peer may be slower
+	}
+	if err := tcpmd5.RemoveAOKey(conn, old); err != nil {
+		log.Fatal(err)
+	}
+}
