@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -83,15 +82,7 @@ func TestAOConnects(t *testing.T) {
 					t.Skipf("the kernel's crypto API has no %s: %v", alg, err)
 				}
 				require.NoError(t, err)
-				t.Cleanup(func() { ln.Close() })
-				accepted := make(chan net.Conn, 1)
-				go func() {
-					c, err := ln.Accept()
-					if assert.NoError(t, err) {
-						accepted <- c
-						_, _ = io.Copy(c, c)
-					}
-				}()
+				accepted := serveEcho(t, ln)
 				before := counters(t)
 				port := ln.Addr().(*net.TCPAddr).Port
 				c, err := aoDialer(fam.peer, aoKey(t, fam.host, 2, 1, alg, secretA)).Dial(fam.network, net.JoinHostPort(fam.host, itoa(port)))
@@ -245,19 +236,11 @@ func TestAOKeyChangeUnderLoad(t *testing.T) {
 	oldServer, oldClient := aoKey(t, peer, 1, 2, "hmac(sha1)", secretA), aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA)
 	newServer, newClient := aoKey(t, peer, 11, 12, "hmac(sha256)", secretB), aoKey(t, "127.0.0.1", 12, 11, "hmac(sha256)", secretB)
 	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{oldServer}}, "tcp4", "127.0.0.1:0")
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if assert.NoError(t, err) {
-			accepted <- c
-			_, _ = io.Copy(c, c)
-			c.(*net.TCPConn).CloseWrite()
-		}
-	}()
+	accepted := serveEcho(t, ln)
 	c, err := aoDialer(peer, oldClient).Dial("tcp4", ln.Addr().String())
 	require.NoError(t, err)
 	defer c.Close()
-	server := (<-accepted).(*net.TCPConn)
+	server := <-accepted
 	client := c.(*net.TCPConn)
 
 	// Data flows all along, before, during and after the change: a writer
@@ -459,23 +442,7 @@ func TestAOAcceptOrderings(t *testing.T) {
 			default:
 				d.AllowUnsigned = true
 			}
-			client, err := d.Dial("tcp", ln.Addr().String()) // the kernel completes the handshake; nobody accepts yet
-			require.NoError(t, err)
-			defer client.Close()
-			require.NoError(t, tt.change(ln))
-
-			require.NoError(t, ln.SetDeadline(time.Now().Add(time.Second)))
-			c, err := ln.Accept()
-			if !tt.handedOver {
-				require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Accept handed over an unsigned connection from a covered peer")
-				assert.EqualValues(t, 1, ln.RefusedUnsigned())
-				return
-			}
-			require.NoError(t, err)
-			defer c.Close()
-			assert.Zero(t, ln.RefusedUnsigned())
-			go func() { _, _ = io.Copy(c, c) }()
-			ping(t, client) // the connection works with the key of its handshake
+			acceptAfter(t, ln, d, tt.change, tt.handedOver)
 		})
 	}
 }

@@ -370,27 +370,35 @@ func (l *Listener) SetKey(k Key) error {
 	if l.closed {
 		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
 	}
-	// Make room: a new host key whose socket holds keysPerSocket keys
-	// grows the group first, at most doubling it (by then every socket has
-	// been split once). The cap is for speed: if growing fails, a socket
-	// with room in its option memory still takes the key.
 	if ao, ok := l.aoKeys.overlapping(k.Peer, k.Ifindex); ok {
 		return mixedKeysError(k, ao)
 	}
 	_, installed := l.keys.get(k.id())
+	if err := l.place(k.id(), installed, func() (*shard, error) { return l.install(k) }); err != nil {
+		return err
+	}
+	l.keys.set(k.clone())
+	l.keyed = true
+	return nil
+}
+
+// place makes room for a key of either kind, then installs it with
+// install, which returns the socket that refused it. A new host key whose
+// socket holds keysPerSocket keys grows the group first, at most doubling
+// it (by then every socket has been split once); the cap is for speed: if
+// growing fails, a socket with room in its option memory still takes the
+// key. A socket whose option memory is full makes room the same way, if
+// growing can move host keys off it.
+func (l *Listener) place(id keyID, installed bool, install func() (*shard, error)) error {
 	n := len(l.shards)
-	for grown := 0; grown < n && l.crowded(k.id(), installed); grown++ {
+	for grown := 0; grown < n && l.crowded(id, installed); grown++ {
 		if l.grow() != nil {
 			break
 		}
 	}
-	// Install. A socket whose option memory is full makes room the same
-	// way, if growing can move host keys off it.
 	for grown := 0; ; grown++ {
-		full, err := l.install(k)
+		full, err := install()
 		if err == nil {
-			l.keys.set(k.clone())
-			l.keyed = true
 			return nil
 		}
 		if !keysFull(err) || len(full.keys.hosts)+len(full.aoKeys.hosts) == 0 || grown >= n {

@@ -101,29 +101,38 @@ func TestAcceptOrderings(t *testing.T) {
 			} else {
 				d.AllowUnsigned = true
 			}
-			client, err := d.Dial("tcp", ln.Addr().String()) // the kernel completes the handshake; nobody accepts yet
-			require.NoError(t, err)
-			defer client.Close()
-			require.NoError(t, tt.change(ln))
-
-			require.NoError(t, ln.SetDeadline(time.Now().Add(time.Second)))
-			c, err := ln.Accept()
-			if !tt.handedOver {
-				require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Accept handed over an unsigned connection from a covered peer")
-				assert.EqualValues(t, 1, ln.RefusedUnsigned())
-				require.NoError(t, client.SetReadDeadline(time.Now().Add(mustConnect)))
-				_, err = client.Read(make([]byte, 1))
-				require.ErrorIs(t, err, syscall.ECONNRESET)
-				return
-			}
-			require.NoError(t, err)
-			defer c.Close()
-			assert.Zero(t, ln.RefusedUnsigned())
-			assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
-			go func() { _, _ = io.Copy(c, c) }()
-			ping(t, client) // the connection works with the secret of its handshake
+			acceptAfter(t, ln, d, tt.change, tt.handedOver)
 		})
 	}
+}
+
+// acceptAfter dials ln with d, which the kernel completes while nobody
+// accepts yet, then changes the listener's keys with change and requires
+// Accept to hand the connection over, working with the key of its
+// handshake, or to refuse it with a reset.
+func acceptAfter(t *testing.T, ln *tcpmd5.Listener, d *tcpmd5.Dialer, change func(*tcpmd5.Listener) error, handedOver bool) {
+	t.Helper()
+	client, err := d.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	require.NoError(t, change(ln))
+
+	require.NoError(t, ln.SetDeadline(time.Now().Add(time.Second)))
+	c, err := ln.Accept()
+	if !handedOver {
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded, "Accept handed over an unsigned connection from a covered peer")
+		assert.EqualValues(t, 1, ln.RefusedUnsigned())
+		require.NoError(t, client.SetReadDeadline(time.Now().Add(mustConnect)))
+		_, err = client.Read(make([]byte, 1))
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+		return
+	}
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Zero(t, ln.RefusedUnsigned())
+	assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
+	go func() { _, _ = io.Copy(c, c) }()
+	ping(t, client) // the connection works with the key of its handshake
 }
 
 // growGroup adds n keys for peers of 127.33.0.0/16 to ln, which grows its

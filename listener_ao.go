@@ -8,17 +8,7 @@ import (
 )
 
 // normalizeAOKeys checks every AO key and returns normalized copies.
-func normalizeAOKeys(keys []AOKey) ([]AOKey, error) {
-	out := make([]AOKey, len(keys))
-	for i, k := range keys {
-		nk, err := k.normalize()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = nk
-	}
-	return out, nil
-}
+func normalizeAOKeys(keys []AOKey) ([]AOKey, error) { return normalizeAll(keys, AOKey.normalize) }
 
 // clone returns k with its own copy of the secret.
 func (k AOKey) clone() AOKey {
@@ -54,26 +44,12 @@ func (l *Listener) SetAOKey(k AOKey) error {
 		return mixedKeysError(md5, k)
 	}
 	_, installed := l.aoKeys.get(k.id())
-	n := len(l.shards)
-	for grown := 0; grown < n && l.crowded(k.id(), installed); grown++ {
-		if l.grow() != nil {
-			break
-		}
+	if err := l.place(k.id(), installed, func() (*shard, error) { return l.installAO(k) }); err != nil {
+		return err
 	}
-	for grown := 0; ; grown++ {
-		full, err := l.installAO(k)
-		if err == nil {
-			l.aoKeys.set(k.clone())
-			l.aoKeyed = true
-			return nil
-		}
-		if !keysFull(err) || len(full.keys.hosts)+len(full.aoKeys.hosts) == 0 || grown >= n {
-			return err
-		}
-		if gerr := l.grow(); gerr != nil {
-			return fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
-		}
-	}
+	l.aoKeys.set(k.clone())
+	l.aoKeyed = true
+	return nil
 }
 
 // installAO puts k on the sockets that need it, a host key on the one
@@ -81,11 +57,7 @@ func (l *Listener) SetAOKey(k AOKey) error {
 // restores the earlier key with k's identity, or deletes k. It returns the
 // socket that refused k.
 func (l *Listener) installAO(k AOKey) (*shard, error) {
-	targets := l.shards
-	if k.Peer.IsSingleIP() {
-		i := shardOf(peerHash(k.Peer.Addr()), len(l.shards))
-		targets = l.shards[i : i+1]
-	}
+	targets := l.holders(k.Peer)
 	old, had := l.aoKeys.get(k.id())
 	for i, s := range targets {
 		if err := replaceAOKey(s.rc, s.family, k, old, had); err != nil {

@@ -138,10 +138,13 @@ func (k Key) normalizePeer() (Key, error) {
 }
 
 // normalizeKeys checks every key and returns normalized copies.
-func normalizeKeys(keys []Key) ([]Key, error) {
-	out := make([]Key, len(keys))
+func normalizeKeys(keys []Key) ([]Key, error) { return normalizeAll(keys, Key.normalize) }
+
+// normalizeAll returns normalized copies of keys, or the first error.
+func normalizeAll[K any](keys []K, normalize func(K) (K, error)) ([]K, error) {
+	out := make([]K, len(keys))
 	for i, k := range keys {
-		nk, err := k.normalize()
+		nk, err := normalize(k)
 		if err != nil {
 			return nil, err
 		}

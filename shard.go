@@ -318,16 +318,22 @@ func (l *Listener) closeShards() error {
 	return err
 }
 
+// holders returns the sockets that hold keys for peer: the one shardOf
+// picks for a host, every one for a prefix.
+func (l *Listener) holders(peer netip.Prefix) []*shard {
+	if peer.IsSingleIP() {
+		i := shardOf(peerHash(peer.Addr()), len(l.shards))
+		return l.shards[i : i+1]
+	}
+	return l.shards
+}
+
 // install puts k on the sockets that need it, a host key on the one shardOf
 // picks and a prefix key on all, or on none: after a failure it restores
 // the earlier key with k's Peer and Ifindex, or deletes k. It returns the
 // socket that refused k.
 func (l *Listener) install(k Key) (*shard, error) {
-	targets := l.shards
-	if k.Peer.IsSingleIP() {
-		i := shardOf(peerHash(k.Peer.Addr()), len(l.shards))
-		targets = l.shards[i : i+1]
-	}
+	targets := l.holders(k.Peer)
 	for i, s := range targets {
 		if err := setKey(s.rc, s.family, k); err != nil {
 			old, had := l.keys.get(k.id())

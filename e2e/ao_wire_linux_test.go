@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -219,15 +218,7 @@ func TestAOOnTheWire(t *testing.T) {
 			// The server signs with KeyID 1 and the client with 2; after the
 			// change, 11 and 12, with another secret.
 			ln := listenIn(t, server.Host, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{key(caddr, 1, 2, testkit.SecretA)}}, "tcp", net.JoinHostPort(saddr.String(), "0"))
-			accepted := make(chan *net.TCPConn, 1)
-			go func() {
-				c, err := ln.AcceptTCP()
-				if assert.NoError(t, err) {
-					accepted <- c
-					_, _ = io.Copy(c, c)
-					c.Close()
-				}
-			}()
+			accepted := testkit.ServeEcho(t, ln)
 			capture := client.Capture(t)
 			d := &tcpmd5.Dialer{AOKeys: []tcpmd5.AOKey{key(saddr, 2, 1, testkit.SecretA)}}
 			d.Timeout = testkit.MustConnect
@@ -254,18 +245,7 @@ func TestAOOnTheWire(t *testing.T) {
 			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 			remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 			require.NoError(t, c.Close())
-			segs := capture.WaitFor(t, local, remote, testkit.MustConnect, "the closing handshake", func(segs []testnet.Segment) bool {
-				var serverFIN *testnet.Segment
-				for i, s := range segs {
-					if s.Src == remote && s.Flags&testnet.FIN != 0 {
-						serverFIN = &segs[i]
-					}
-					if serverFIN != nil && s.Src == local && s.Flags&testnet.ACK != 0 && s.Ack == serverFIN.End() {
-						return true
-					}
-				}
-				return false
-			})
+			segs := wholeConnection(t, capture, local, remote)
 
 			var clientISN, serverISN uint32
 			for _, s := range segs {

@@ -32,6 +32,23 @@ func badSYN(src, dst netip.AddrPort, seq uint32) testnet.Segment {
 	return testnet.Segment{Src: src, Dst: dst, Seq: seq, Flags: testnet.SYN, Window: 64240, RawOptions: opt}
 }
 
+// floodTarget makes, in a network namespace of the test's own, a listener
+// with a key for all of 127.0.0.0/8, a DropWatcher for its port and a raw
+// socket to send it bad SYNs; t's cleanup closes them.
+func floodTarget(t testing.TB) (netip.AddrPort, *tcpmd5.DropWatcher, *testnet.RawSocket) {
+	t.Helper()
+	testenv.Netns(t)
+	ln := testkit.Listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.Key(t, "127.0.0.0/8", testkit.SecretA)}}, "tcp4", "127.0.0.1:0")
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: dst.Port()})
+	require.NoError(t, err)
+	t.Cleanup(func() { w.Close() })
+	raw, err := testnet.NewRawSocket()
+	require.NoError(t, err)
+	t.Cleanup(func() { raw.Close() })
+	return dst, w, raw
+}
+
 // tallying reads w into a DropTally until stop is called; tally returns
 // what it holds now.
 func tallying(t testing.TB, w *tcpmd5.DropWatcher) (tally func() (total uint64, peers []tcpmd5.PeerDrops), stop func()) {
@@ -80,16 +97,8 @@ func TestDropFlood(t *testing.T) {
 }
 
 func dropFlood(t *testing.T, readDuring bool) {
-	testenv.Netns(t)
 	const syns, sources = 100_000, 1_000
-	ln := testkit.Listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.Key(t, "127.0.0.0/8", testkit.SecretA)}}, "tcp4", "127.0.0.1:0")
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: dst.Port()})
-	require.NoError(t, err)
-	defer w.Close()
-	raw, err := testnet.NewRawSocket()
-	require.NoError(t, err)
-	defer raw.Close()
+	dst, w, raw := floodTarget(t)
 
 	runtime.GC()
 	var m0 runtime.MemStats
@@ -146,16 +155,8 @@ func dropFlood(t *testing.T, readDuring bool) {
 // what share it could not report.
 func BenchmarkWatchDrops(b *testing.B) {
 	testkit.RequireMD5(b)
-	testenv.Netns(b)
 	testenv.Require(b, testenv.Tracepoints)
-	ln := testkit.Listen(b, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.Key(b, "127.0.0.0/8", testkit.SecretA)}}, "tcp4", "127.0.0.1:0")
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: dst.Port()})
-	require.NoError(b, err)
-	defer w.Close()
-	raw, err := testnet.NewRawSocket()
-	require.NoError(b, err)
-	defer raw.Close()
+	dst, w, raw := floodTarget(b)
 	tally, stop := tallying(b, w)
 	b.ResetTimer()
 	start := time.Now()

@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -59,19 +58,7 @@ func TestEverySegmentIsSigned(t *testing.T) {
 				}
 				require.NoError(t, c.Close())
 
-				// The server answers our FIN with its own; our ACK of it is the last segment.
-				segs := capture.WaitFor(t, local, remote, 5*time.Second, "the closing handshake", func(segs []testnet.Segment) bool {
-					var serverFIN *testnet.Segment
-					for i, s := range segs {
-						if s.Src == remote && s.Flags&testnet.FIN != 0 {
-							serverFIN = &segs[i]
-						}
-						if serverFIN != nil && s.Src == local && s.Flags&testnet.ACK != 0 && s.Ack == serverFIN.End() {
-							return true
-						}
-					}
-					return false
-				})
+				segs := wholeConnection(t, capture, local, remote)
 
 				seen := map[string]bool{}
 				for _, s := range segs {
@@ -99,4 +86,24 @@ func TestEverySegmentIsSigned(t *testing.T) {
 			})
 		}
 	}
+}
+
+// wholeConnection waits until capture holds the closing handshake of the
+// connection from local to remote, which local closed first, and returns
+// its segments: the server answers our FIN with its own, and our ACK of it
+// is the last segment.
+func wholeConnection(t *testing.T, capture *testnet.Capture, local, remote netip.AddrPort) []testnet.Segment {
+	t.Helper()
+	return capture.WaitFor(t, local, remote, testkit.MustConnect, "the closing handshake", func(segs []testnet.Segment) bool {
+		var serverFIN *testnet.Segment
+		for i, s := range segs {
+			if s.Src == remote && s.Flags&testnet.FIN != 0 {
+				serverFIN = &segs[i]
+			}
+			if serverFIN != nil && s.Src == local && s.Flags&testnet.ACK != 0 && s.Ack == serverFIN.End() {
+				return true
+			}
+		}
+		return false
+	})
 }

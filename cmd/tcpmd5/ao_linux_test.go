@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"encoding/json"
 	"net"
 	"regexp"
@@ -19,11 +18,7 @@ import (
 // namespace, serving an echo.
 func aoListen(t *testing.T, keys ...tcpmd5.AOKey) *tcpmd5.Listener {
 	t.Helper()
-	lc := tcpmd5.ListenConfig{AOKeys: keys}
-	ln, err := lc.Listen(context.Background(), "tcp4", peerAddr+":0")
-	require.NoError(t, err)
-	serve(t, ln, echo)
-	return ln
+	return listenWith(t, tcpmd5.ListenConfig{AOKeys: keys}, echo)
 }
 
 func aoKeyFor(t *testing.T, peer, spec, secret string) tcpmd5.AOKey {

@@ -154,7 +154,13 @@ func echo(c net.Conn) { _, _ = io.Copy(c, c) }
 // namespace, serving fn.
 func listen(t *testing.T, fn func(net.Conn), keys ...tcpmd5.Key) *tcpmd5.Listener {
 	t.Helper()
-	lc := tcpmd5.ListenConfig{Keys: keys}
+	return listenWith(t, tcpmd5.ListenConfig{Keys: keys}, fn)
+}
+
+// listenWith starts a tcpmd5 listener of lc on peerAddr in the test's
+// namespace, serving fn.
+func listenWith(t *testing.T, lc tcpmd5.ListenConfig, fn func(net.Conn)) *tcpmd5.Listener {
+	t.Helper()
 	ln, err := lc.Listen(context.Background(), "tcp4", peerAddr+":0")
 	require.NoError(t, err)
 	serve(t, ln, fn)

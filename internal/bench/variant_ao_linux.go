@@ -83,20 +83,7 @@ func xsysAOVariant() Variant {
 }
 
 func xsysAOControl(keys []tcpmd5.AOKey) func(network, address string, c syscall.RawConn) error {
-	return func(network, address string, c syscall.RawConn) error {
-		var err error
-		cerr := c.Control(func(fd uintptr) {
-			for _, k := range keys {
-				if err = xsysAO(int(fd), k, false); err != nil {
-					return
-				}
-			}
-		})
-		if cerr != nil {
-			return cerr
-		}
-		return err
-	}
+	return controlEach(keys, func(fd int, k tcpmd5.AOKey) error { return xsysAO(fd, k, false) })
 }
 
 // xsysAO adds k, an IPv4 host key, to fd, or deletes it with del.

@@ -165,11 +165,16 @@ func xsysVariant() Variant {
 }
 
 func xsysControl(keys []tcpmd5.Key) func(network, address string, c syscall.RawConn) error {
+	return controlEach(keys, xsysSetKey)
+}
+
+// controlEach is a Control hook that calls set on the socket for each key.
+func controlEach[K any](keys []K, set func(fd int, k K) error) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error {
 		var err error
 		cerr := c.Control(func(fd uintptr) {
 			for _, k := range keys {
-				if err = xsysSetKey(int(fd), k); err != nil {
+				if err = set(int(fd), k); err != nil {
 					return
 				}
 			}

@@ -75,9 +75,12 @@ func Listen(t testing.TB, lc *tcpmd5.ListenConfig, network, address string) *tcp
 }
 
 // ServeEcho accepts connections on ln and echoes what they send until ln is
-// closed; t's cleanup closes ln and waits for every goroutine.
-func ServeEcho(t testing.TB, ln net.Listener) {
+// closed; t's cleanup closes ln and waits for every goroutine. The
+// connections it accepts come out of the channel it returns, for tests that
+// look at the server's side, as long as it has room (16).
+func ServeEcho(t testing.TB, ln net.Listener) <-chan *net.TCPConn {
 	t.Helper()
+	accepted := make(chan *net.TCPConn, 16)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -86,6 +89,12 @@ func ServeEcho(t testing.TB, ln net.Listener) {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if tc, ok := c.(*net.TCPConn); ok {
+				select {
+				case accepted <- tc:
+				default:
+				}
 			}
 			wg.Add(1)
 			go func() {
@@ -99,6 +108,7 @@ func ServeEcho(t testing.TB, ln net.Listener) {
 		ln.Close()
 		wg.Wait()
 	})
+	return accepted
 }
 
 // Dialer returns a Dialer from source address src with keys, for dials
