@@ -62,6 +62,12 @@ func TestAOKeyBadInput(t *testing.T) {
 					return err
 				},
 				func() error { return tcpmd5.AddAOKey(nil, k) },
+				func() error {
+					ln, err := (&tcpmd5.ListenConfig{AllowUnsigned: true}).Listen(t.Context(), "tcp", "127.0.0.1:0")
+					require.NoError(t, err)
+					defer ln.Close()
+					return ln.SetAOKey(k)
+				},
 			} {
 				err := call()
 				require.Error(t, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
 // watch starts a DropWatcher for port in the caller's namespace and closes
@@ -202,4 +203,29 @@ func runWithoutCaps(t *testing.T, test, env string) (string, int) {
 	}
 	require.NoError(t, err, "%s", out)
 	return string(out), 0
+}
+
+// TestWatchDropsBadHeader: a SYN whose MD5 option has the wrong length is
+// dropped for a malformed header, whoever sent it, and reported so. The
+// kernel counts no such drop, so the test sends exactly one and wants one.
+func TestWatchDropsBadHeader(t *testing.T) {
+	requireMD5(t)
+	testenv.Netns(t)
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.41.1", secretA)}}, "tcp4", "127.0.0.1:0")
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	w := watch(t, int(dst.Port()))
+	raw, err := testnet.NewRawSocket()
+	require.NoError(t, err)
+	defer raw.Close()
+	src := netip.MustParseAddrPort("127.0.41.9:40009")
+	// An MD5 option 10 bytes long, then NOPs: the kernel looks for
+	// signature options only in 18 bytes of options or more.
+	opts := []byte{19, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}
+	require.NoError(t, raw.Send(testnet.Segment{Src: src, Dst: dst, Seq: 1, Flags: testnet.SYN, Window: 64240, RawOptions: opts}))
+	drops := collect(t, w, 1)
+	require.Len(t, drops, 1)
+	assert.Equal(t, tcpmd5.DropBadHeader, drops[0].Reason)
+	assert.Equal(t, src, drops[0].Remote)
+	assert.Equal(t, dst, drops[0].Local)
+	assert.Equal(t, "S", drops[0].Flags)
 }

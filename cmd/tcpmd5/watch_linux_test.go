@@ -172,6 +172,10 @@ func TestWatchFor(t *testing.T) {
 	r = run(t, "", nil, "watch", "-port", "70000")
 	assert.Equal(t, 2, r.code)
 	assert.Contains(t, r.stderr, "-port takes 0 to 65535")
+	r = run(t, "", nil, "listen", "-h")
+	assert.Equal(t, 0, r.code)
+	assert.Contains(t, r.stderr, "Without -k, listen accepts one connection, stops listening, and exits")
+	assert.Contains(t, r.stderr, "-k\tkeep listening after a connection ends")
 }
 
 // TestListenShowsDropsAndKeeps: listen -k says why a peer with the wrong
