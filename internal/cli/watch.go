@@ -66,11 +66,13 @@ func (e *env) watch(args []string) int {
 	if err != nil {
 		e.warnf("cannot read the kernel's drop events: %v", err)
 		e.warnf("falling back to the kernel's drop counters: the peer is unknown")
+		out.note = "the peer is unknown: the kernel's drop events are out of reach, these are its counters"
 		return e.watchCounters(ctx, out)
 	}
 	defer w.Close()
 	if m := w.Missing(); len(m) > 0 {
-		fmt.Fprintf(e.stderr, "tcpmd5 watch: this kernel does not report %v (it lacks their tracepoints)\n", m)
+		out.note = fmt.Sprintf("this kernel does not report %v (it lacks their tracepoints)", m)
+		fmt.Fprintf(e.stderr, "tcpmd5 watch: %s\n", out.note)
 	}
 	what := "every port"
 	if *port != 0 {
@@ -156,6 +158,7 @@ type watchOutput struct {
 	*env
 	json, live bool
 	printed    map[string]uint64 // JSON: the count last printed for each line
+	note       string            // under the live table's title: what the kernel cannot report
 }
 
 func (o *watchOutput) show(peers []tcpmd5.PeerDrops, others, lost uint64, final bool) {
@@ -178,7 +181,11 @@ func (o *watchOutput) show(peers []tcpmd5.PeerDrops, others, lost uint64, final 
 	}
 	if o.live {
 		fmt.Fprint(o.stdout, "\x1b[H\x1b[2J") // home, clear
-		fmt.Fprintf(o.stdout, "tcpmd5 watch  %s  (Ctrl-C to stop)\n\n", time.Now().Format(time.TimeOnly))
+		fmt.Fprintf(o.stdout, "tcpmd5 watch  %s  (Ctrl-C to stop)\n", time.Now().Format(time.TimeOnly))
+		if o.note != "" {
+			fmt.Fprintln(o.stdout, o.note)
+		}
+		fmt.Fprintln(o.stdout)
 	}
 	tw := tabwriter.NewWriter(o.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tLOCAL\tREASON\tFLAGS\tCOUNT\tLAST SEEN")
