@@ -301,17 +301,19 @@ func connAO(fd int, k AOKey, del bool) error {
 	return aoAdd(fd, family, k, false, false)
 }
 
-// applyAOKeys installs keys on the socket behind c, all of them or none.
-// With current, the first key becomes the one the socket signs with and
-// asks the peer for.
-func applyAOKeys(c syscall.RawConn, keys []AOKey, current bool) error {
+// applyAOKeys installs keys on the socket behind c, of family (0: read it
+// from the kernel), all of them or none. With current, the first key
+// becomes the one the socket signs with and asks the peer for.
+func applyAOKeys(c syscall.RawConn, family int, keys []AOKey, current bool) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	return controlErr(c, func(fd int) error {
-		family, err := socketFamily(fd)
-		if err != nil {
-			return err
+		if family == 0 {
+			var err error
+			if family, err = socketFamily(fd); err != nil {
+				return err
+			}
 		}
 		for i, k := range keys {
 			if err := aoAdd(fd, family, k, current && i == 0, current && i == 0); err != nil {

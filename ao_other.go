@@ -16,7 +16,7 @@ func aoKeyCharge(string) int                        { return 0 }
 func aoInfo(int) (AOStats, error)                   { return AOStats{}, aoUnsupported() }
 func aoSetInfo(int, bool, uint8, bool, uint8) error { return aoUnsupported() }
 
-func applyAOKeys(_ syscall.RawConn, keys []AOKey, _ bool) error {
+func applyAOKeys(_ syscall.RawConn, _ int, keys []AOKey, _ bool) error {
 	if len(keys) == 0 {
 		return nil
 	}

@@ -51,11 +51,15 @@ func controlErr(c syscall.RawConn, f func(fd int) error) error {
 }
 
 // applyKeys installs keys on the socket behind c, all of them or none.
-func applyKeys(c syscall.RawConn, keys []Key) error {
+func applyKeys(c syscall.RawConn, keys []Key) error { return applyKeysFamily(c, 0, keys) }
+
+// applyKeysFamily is applyKeys on a socket of family, or of a family to
+// read from the kernel if 0.
+func applyKeysFamily(c syscall.RawConn, family int, keys []Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return controlErr(c, func(fd int) error { return setKeys(fd, keys) })
+	return controlErr(c, func(fd int) error { return setKeys(fd, family, keys) })
 }
 
 // setKey installs k on the socket behind c, whose address family the
@@ -161,11 +165,14 @@ func removeKey(c syscall.RawConn, family int, k Key) error {
 	})
 }
 
-// setKeys installs keys on fd; if one fails, it deletes those it installed.
-func setKeys(fd int, keys []Key) error {
-	family, err := socketFamily(fd)
-	if err != nil {
-		return err
+// setKeys installs keys on fd, a socket of family (0: read it from the
+// kernel); if one fails, it deletes those it installed.
+func setKeys(fd, family int, keys []Key) error {
+	if family == 0 {
+		var err error
+		if family, err = socketFamily(fd); err != nil {
+			return err
+		}
 	}
 	for _, k := range keys {
 		if _, _, err := md5sig(family, k, false); err != nil {

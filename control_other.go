@@ -16,6 +16,9 @@ func applyKeys(_ syscall.RawConn, keys []Key) error {
 	return unsupported(keys[0])
 }
 
+// applyKeysFamily fails for any key: only Linux signs segments.
+func applyKeysFamily(c syscall.RawConn, _ int, keys []Key) error { return applyKeys(c, keys) }
+
 // setKey fails: only Linux signs segments.
 func setKey(_ syscall.RawConn, _ int, k Key) error {
 	return unsupported(k)

@@ -98,6 +98,19 @@ func (d *Dialer) keyTable() *dialTable {
 	return t
 }
 
+// socketFamilyOf returns the address family of a socket that a Control
+// hook is told has network "tcp4" or "tcp6", and 0, for the kernel to say,
+// for any other.
+func socketFamilyOf(network string) int {
+	switch network {
+	case "tcp4":
+		return syscall.AF_INET
+	case "tcp6":
+		return syscall.AF_INET6
+	}
+	return 0
+}
+
 // sameSlice reports whether a and b are the same slice: array and length.
 func sameSlice[E any](a, b []E) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
@@ -143,7 +156,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	userCtx, user := nd.ControlContext, nd.Control
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
-	sign := func(_, address string, c syscall.RawConn) error {
+	sign := func(network, address string, c syscall.RawConn) error {
 		if table.keys.len() == 0 && table.aoKeys.len() == 0 {
 			return nil
 		}
@@ -170,11 +183,11 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 			return mixedKeysError(best[0], aoBest[0])
 		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
 			slices.SortFunc(aoBest, func(a, b AOKey) int { return cmp.Compare(table.aoRank[a.id()], table.aoRank[b.id()]) })
-			if err := applyAOKeys(c, aoBest, true); err != nil {
+			if err := applyAOKeys(c, socketFamilyOf(network), aoBest, true); err != nil {
 				return err
 			}
 		default:
-			if err := applyKeys(c, best); err != nil {
+			if err := applyKeysFamily(c, socketFamilyOf(network), best); err != nil {
 				return err
 			}
 		}

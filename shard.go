@@ -172,7 +172,7 @@ func bareAO(k AOKey) AOKey { k.Secret = nil; return k }
 func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, aoKeys []AOKey, more ...hook) (*shard, error) {
 	join := func(_, _ string, c syscall.RawConn) error { return joinGroup(c) }
 	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, keys) }
-	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, aoKeys, false) }
+	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, 0, aoKeys, false) }
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if err != nil {
