@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -600,4 +601,46 @@ func TestAOAgainstTheRawUAPI(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestAOKeysChurnUnderLoad: goroutines add and remove AO keys on a live
+// listener, growing and using its group, while a keyed peer dials it again
+// and again: every dial connects, and the listener ends with exactly the
+// keys that were left.
+func TestAOKeysChurnUnderLoad(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const peer = "127.0.61.1"
+	ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)}}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	other := func(w, i int) tcpmd5.AOKey {
+		return tcpmd5.AOKey{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 62, byte(w), byte(i)}), 32), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", Secret: []byte(secretB)}
+	}
+	const workers, rounds = 4, 200
+	stop := make(chan struct{})
+	var churn sync.WaitGroup
+	for w := range workers {
+		churn.Go(func() {
+			for i := range rounds {
+				assert.NoError(t, ln.SetAOKey(other(w, i)))
+				if i%2 == 1 {
+					assert.NoError(t, ln.RemoveAOKey(other(w, i-1)))
+				}
+			}
+		})
+	}
+	d := aoDialer(peer, aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA))
+	dials := 0
+	go func() { churn.Wait(); close(stop) }()
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+		default:
+		}
+		requireEcho(t, d, ln.Addr().String())
+		dials++
+	}
+	assert.Len(t, ln.AOKeys(), 1+workers*rounds/2, "the peer's key and every odd-numbered one")
+	t.Logf("%d dials while %d goroutines changed AO keys %d times each", dials, workers, rounds*3/2)
 }
