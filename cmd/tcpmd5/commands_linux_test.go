@@ -218,11 +218,12 @@ func TestListenDialRoundTrip(t *testing.T) {
 
 // listenCmd is a running "tcpmd5 listen".
 type listenCmd struct {
-	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr io.Reader
-	line   string // its first line on stderr, "listening on ADDR ..."
-	addr   string
+	cmd      *exec.Cmd
+	stdout   bytes.Buffer
+	stderr   io.Reader
+	line     string   // its first line on stderr but warnings, "listening on ADDR ..."
+	warnings []string // the warnings before it
+	addr     string
 }
 
 // startListen runs "tcpmd5 listen" with args and stdin, from the calling
@@ -243,6 +244,7 @@ func startListen(t *testing.T, stdin string, args ...string) *listenCmd {
 	go func() {
 		line, _ := r.ReadString('\n')
 		for strings.HasPrefix(line, "tcpmd5: warning:") {
+			l.warnings = append(l.warnings, line)
 			line, _ = r.ReadString('\n')
 		}
 		lines <- line

@@ -208,7 +208,7 @@ func TestListenShowsDropsAndKeeps(t *testing.T) {
 		}
 		assert.True(t, has("to "+ln.addr+": md5-mismatch: the peer signed with another secret than our key for it (1 so far)"), "listen did not say why: %q", stderr)
 	} else {
-		assert.Eventually(t, func() bool { return has("cannot show the segments the kernel drops") }, mustConnect, 50*time.Millisecond)
+		assert.True(t, contains(ln.warnings, "cannot show the segments the kernel drops"), "listen did not say it cannot show drops: %q", ln.warnings)
 	}
 	for i := range 3 {
 		r := run(t, "hello "+strconv.Itoa(i)+"\n", []string{"TCPMD5_SECRET=" + secretA}, "dial", "-source", ourAddr, ln.addr)

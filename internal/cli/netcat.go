@@ -127,9 +127,11 @@ func (e *env) listen(args []string) int {
 		return e.errorf(ExitNo, "%v", err)
 	}
 	defer ln.Close()
-	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), keys.Len(), ttlNote(*hops))
+	// Watching starts before the line that says the port is ready, so
+	// that no drop on it goes unseen.
 	stopDrops := e.showDrops(uint16(ln.Addr().(*net.TCPAddr).Port))
 	defer stopDrops()
+	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), keys.Len(), ttlNote(*hops))
 	if !*keep {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -170,7 +172,7 @@ const dropRepeat = 5 * time.Second
 func (e *env) showDrops(port uint16) (stop func()) {
 	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: port})
 	if err != nil {
-		fmt.Fprintf(e.stderr, "tcpmd5 listen: cannot show the segments the kernel drops for their signature: %v\n", err)
+		e.warnf("cannot show the segments the kernel drops for their signature: %v", err)
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
