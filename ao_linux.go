@@ -115,23 +115,12 @@ func bit(n, size int) uint32 {
 	return 1 << n
 }
 
-// aoAddr encodes k's peer for a socket of family: a host's full prefix,
-// IPv4 peers v4-mapped on an IPv6 socket with prefix 32.
+// aoAddr encodes k's peer for a socket of family, as putPeer does, and
+// returns its prefix length: a host's full one, 32 for an IPv4 peer on an
+// IPv6 socket.
 func aoAddr(family int, k AOKey, sa *sockaddrStorage) (prefix uint8, err error) {
-	addr := k.Peer.Addr()
-	switch {
-	case family == unix.AF_INET && addr.Is4():
-		s := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		s.Family = unix.AF_INET
-		s.Addr = addr.As4()
-	case family == unix.AF_INET6:
-		s := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-		s.Family = unix.AF_INET6
-		s.Addr = addr.As16()
-	case family == unix.AF_INET:
-		return 0, fmt.Errorf("tcpmd5: AO key %s: an IPv6 peer cannot be keyed on an IPv4 socket; listen or dial with tcp6, or on a dual-stack address such as [::]", k.name())
-	default:
-		return 0, fmt.Errorf("tcpmd5: AO key %s: address family %d is neither IPv4 nor IPv6", k.name(), family)
+	if err := putPeer(family, k.Peer.Addr(), unsafe.Pointer(sa)); err != nil {
+		return 0, fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), err)
 	}
 	return uint8(k.Peer.Bits()), nil
 }
@@ -154,6 +143,9 @@ func aoAdd(fd, family int, k AOKey, current, rnext bool) error {
 	var cmd aoAddCmd
 	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
 		return err
+	}
+	if err := unreachableIPv4(fd, family, k.Peer.Addr()); err != nil {
+		return fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), err)
 	}
 	copy(cmd.AlgName[:], k.Algorithm)
 	cmd.Ifindex = int32(k.Ifindex)
@@ -262,6 +254,8 @@ func aoError(err error, what string) error {
 		return fmt.Errorf("tcpmd5: %s: a key for an overlapping peer already uses this SendID or RecvID; give each key its own pair: %w", what, err)
 	case errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("tcpmd5: %s: the kernel has no such algorithm (its crypto API lacks it): %w", what, err)
+	case errors.Is(err, unix.ENOMEM):
+		return fmt.Errorf("tcpmd5: %s: the socket's option memory is full (%s; an AO key takes more than an MD5 key); raise it, or let a Listener spread host keys over more sockets: %w", what, optmemFull(), err)
 	case errors.Is(err, unix.EMSGSIZE):
 		return fmt.Errorf("tcpmd5: %s: the MAC does not fit a SYN's option space: %w", what, err)
 	case errors.Is(err, unix.EBUSY):

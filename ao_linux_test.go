@@ -644,3 +644,13 @@ func TestAOKeysChurnUnderLoad(t *testing.T) {
 	assert.Len(t, ln.AOKeys(), 1+workers*rounds/2, "the peer's key and every odd-numbered one")
 	t.Logf("%d dials while %d goroutines changed AO keys %d times each", dials, workers, rounds*3/2)
 }
+
+// TestAOIPv4KeyOnIPv6OnlySocket: an IPv4 AO key on a tcp6 socket, which no
+// IPv4 peer can reach, is refused as an MD5 key is.
+func TestAOIPv4KeyOnIPv6OnlySocket(t *testing.T) {
+	requireAO(t)
+	requireIPv6(t)
+	_, err := (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, "127.0.63.1", 1, 2, "hmac(sha1)", secretA)}}).Listen(context.Background(), "tcp6", "[::1]:0")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AO key 127.0.63.1 send 1 recv 2: the socket is IPv6-only (tcp6)")
+}

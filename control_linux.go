@@ -213,21 +213,9 @@ func socketFamily(fd int) (int, error) {
 // form such a socket takes.
 func md5sig(family int, k Key, del bool) (*unix.TCPMD5Sig, int, error) {
 	var sig unix.TCPMD5Sig
-	addr := k.Peer.Addr()
-	full := k.Peer.Bits() == addr.BitLen()
-	switch {
-	case family == unix.AF_INET && addr.Is4():
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sig.Addr))
-		sa.Family = unix.AF_INET
-		sa.Addr = addr.As4()
-	case family == unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sig.Addr))
-		sa.Family = unix.AF_INET6
-		sa.Addr = addr.As16()
-	case family == unix.AF_INET:
-		return nil, 0, fmt.Errorf("tcpmd5: key for %s: an IPv6 peer cannot be keyed on an IPv4 socket; listen or dial with tcp6, or on a dual-stack address such as [::]", k.peerString())
-	default:
-		return nil, 0, fmt.Errorf("tcpmd5: key for %s: address family %d is neither IPv4 nor IPv6", k.peerString(), family)
+	full := k.Peer.Bits() == k.Peer.Addr().BitLen()
+	if err := putPeer(family, k.Peer.Addr(), unsafe.Pointer(&sig.Addr)); err != nil {
+		return nil, 0, fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 	}
 	opt := unix.TCP_MD5SIG
 	if !full {
@@ -246,6 +234,48 @@ func md5sig(family int, k Key, del bool) (*unix.TCPMD5Sig, int, error) {
 	return &sig, opt, nil
 }
 
+// putPeer writes peer as the sockaddr_in or sockaddr_in6 that a socket of
+// family takes in a key's address field at dst: an IPv4 peer goes
+// v4-mapped on an AF_INET6 socket.
+func putPeer(family int, peer netip.Addr, dst unsafe.Pointer) error {
+	switch {
+	case family == unix.AF_INET && peer.Is4():
+		sa := (*unix.RawSockaddrInet4)(dst)
+		sa.Family = unix.AF_INET
+		sa.Addr = peer.As4()
+	case family == unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(dst)
+		sa.Family = unix.AF_INET6
+		sa.Addr = peer.As16()
+	case family == unix.AF_INET:
+		return errors.New("an IPv6 peer cannot be keyed on an IPv4 socket; listen or dial with tcp6, or on a dual-stack address such as [::]")
+	default:
+		return fmt.Errorf("address family %d is neither IPv4 nor IPv6", family)
+	}
+	return nil
+}
+
+// unreachableIPv4 reports an IPv4 peer keyed on an IPv6-only socket
+// (tcp6): the kernel takes the v4-mapped key, but no IPv4 peer can ever
+// use it.
+func unreachableIPv4(fd, family int, peer netip.Addr) error {
+	if family != unix.AF_INET6 || !peer.Is4() {
+		return nil
+	}
+	if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 1 {
+		return errors.New("the socket is IPv6-only (tcp6), so no IPv4 peer can reach it; listen or dial with tcp, or tcp4")
+	}
+	return nil
+}
+
+// optmemFull says what a socket's full option memory (ENOMEM) holds.
+func optmemFull() string {
+	if n, err := optmemMax(); err == nil {
+		return fmt.Sprintf("net.core.optmem_max is %d bytes, about %d MD5 keys", n, n/keyBytes)
+	}
+	return "net.core.optmem_max"
+}
+
 // setsockopt installs k on fd, or deletes it with del, and gives the kernel's
 // error a meaning an operator can act on.
 func setsockopt(fd, family int, k Key, del bool) error {
@@ -253,11 +283,9 @@ func setsockopt(fd, family int, k Key, del bool) error {
 	if err != nil {
 		return err
 	}
-	if family == unix.AF_INET6 && k.Peer.Addr().Is4() && !del {
-		// The kernel takes the v4-mapped key, but on an IPv6-only socket
-		// (tcp6) no IPv4 peer can ever use it.
-		if v6only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err == nil && v6only == 1 {
-			return fmt.Errorf("tcpmd5: key for %s: the socket is IPv6-only (tcp6), so no IPv4 peer can reach it; listen or dial with tcp, or tcp4", k.peerString())
+	if !del {
+		if err := unreachableIPv4(fd, family, k.Peer.Addr()); err != nil {
+			return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 		}
 	}
 	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
@@ -280,11 +308,7 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		}
 		return fmt.Errorf("%w (key for %s: the kernel lacks CONFIG_TCP_MD5SIG or runs in a sandbox without it: %w)", ErrMD5Unsupported, peer, serr)
 	case errors.Is(err, unix.ENOMEM):
-		limit := "net.core.optmem_max"
-		if n, rerr := optmemMax(); rerr == nil {
-			limit = fmt.Sprintf("net.core.optmem_max is %d bytes, about %d keys", n, n/keyBytes)
-		}
-		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (%s); raise it, or let a Listener spread host keys over more sockets: %w", peer, limit, serr)
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (%s); raise it, or let a Listener spread host keys over more sockets: %w", peer, optmemFull(), serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0 && !interfaceExists(k.Ifindex):
 		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace; give the index of a VRF device: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:
