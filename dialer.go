@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -68,9 +67,8 @@ type dialTable struct {
 	src    []Key
 	aoSrc  []AOKey
 	keys   keyTable[Key]
-	aoKeys keyTable[AOKey]
-	aoRank map[keyID]int // the position of each AO key in AOKeys
-	err    error         // the first invalid key's
+	aoKeys keyTable[AOKey] // best returns them in AOKeys order
+	err    error           // the first invalid key's
 }
 
 // keyTable returns the table for d.Keys, building it if d.Keys is another
@@ -87,11 +85,7 @@ func (d *Dialer) keyTable() *dialTable {
 	}
 	aoNormalized, err := normalizeAOKeys(aoKeys)
 	t.err = cmp.Or(t.err, err)
-	t.aoRank = make(map[keyID]int, len(aoNormalized))
-	for i, k := range aoNormalized {
-		if _, dup := t.aoRank[k.id()]; !dup {
-			t.aoRank[k.id()] = i
-		}
+	for _, k := range aoNormalized {
 		t.aoKeys.set(k.clone())
 	}
 	d.table.Store(t)
@@ -182,7 +176,6 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
 			return mixedKeysError(best[0], aoBest[0])
 		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
-			slices.SortFunc(aoBest, func(a, b AOKey) int { return cmp.Compare(table.aoRank[a.id()], table.aoRank[b.id()]) })
 			if err := applyAOKeys(c, socketFamilyOf(network), aoBest, true); err != nil {
 				return err
 			}

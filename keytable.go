@@ -4,6 +4,7 @@ import (
 	"iter"
 	"maps"
 	"net/netip"
+	"slices"
 )
 
 // keyID is what identifies a key to the kernel: the peer prefix and the
@@ -30,7 +31,7 @@ func (k AOKey) id() keyID { return keyID{k.Peer, k.Ifindex, k.SendID, k.RecvID} 
 // which keys the kernel would choose among for a peer.
 type keyTable[K tableKey] struct {
 	hosts, prefixes map[keyID]K
-	peers           map[netip.Prefix][]keyID // the keys of each peer prefix, over interfaces and KeyIDs
+	peers           map[netip.Prefix][]keyID // the keys of each peer prefix, over interfaces and KeyIDs, in the order first set
 	bits            [2][129]int              // peer prefixes per length: [0] IPv4, [1] IPv6
 	interfaces      int                      // keys with an Ifindex
 }
@@ -71,14 +72,7 @@ func (t *keyTable[K]) remove(id keyID) {
 	if id.ifindex != 0 {
 		t.interfaces--
 	}
-	ids := t.peers[id.peer]
-	for i, other := range ids {
-		if other == id {
-			ids[i] = ids[len(ids)-1]
-			ids = ids[:len(ids)-1]
-			break
-		}
-	}
+	ids := slices.DeleteFunc(t.peers[id.peer], func(other keyID) bool { return other == id })
 	if len(ids) == 0 {
 		delete(t.peers, id.peer)
 		t.bits[family(id.peer.Addr())][id.peer.Bits()]--
@@ -109,8 +103,8 @@ func (t *keyTable[K]) all() iter.Seq[K] {
 
 // best returns the keys that the kernel would choose among for peer addr
 // on a socket bound to VRF l3index (0: none): those whose prefix holds addr
-// with the longest prefix, for any interface or for that VRF. covers
-// reports whether there is one.
+// with the longest prefix, for any interface or for that VRF, in the order
+// they were first set. covers reports whether there is one.
 func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
 	addr = addr.Unmap().WithZone("")
 	f := family(addr)
