@@ -283,8 +283,8 @@ var aoProbeOnce = sync.OnceValue(func() error {
 	return nil
 })
 
-// connAO adds k to fd, a socket of any family, or deletes it with del.
-func connAO(fd int, k AOKey, del bool) error {
+// aoChange adds k to fd, a socket of any family, or deletes it with del.
+func aoChange(fd int, k AOKey, del bool) error {
 	family, err := socketFamily(fd)
 	if err != nil {
 		return err
@@ -293,6 +293,19 @@ func connAO(fd int, k AOKey, del bool) error {
 		return aoDel(fd, family, k)
 	}
 	return aoAdd(fd, family, k, false, false)
+}
+
+// connAO adds k to the socket behind c, or deletes it with del.
+func connAO(c syscall.RawConn, k AOKey, del bool) error {
+	return controlErr(c, func(fd int) error { return aoChange(fd, k, del) })
+}
+
+// connAOInfo is aoInfo on the socket behind c.
+func connAOInfo(c syscall.RawConn) (AOStats, error) { return control(c, aoInfo) }
+
+// connSetAOInfo is aoSetInfo on the socket behind c.
+func connSetAOInfo(c syscall.RawConn, setCurrent bool, current uint8, setRNext bool, rnext uint8) error {
+	return controlErr(c, func(fd int) error { return aoSetInfo(fd, setCurrent, current, setRNext, rnext) })
 }
 
 // applyAOKeys installs keys on the socket behind c, of family (0: read it

@@ -10,11 +10,16 @@ import (
 
 func aoUnsupported() error { return fmt.Errorf("%w (%s)", ErrAOUnsupported, runtime.GOOS) }
 
-func aoProbeOnce() error                            { return aoUnsupported() }
-func connAO(int, AOKey, bool) error                 { return aoUnsupported() }
-func aoKeyCharge(string) int                        { return 0 }
-func aoInfo(int) (AOStats, error)                   { return AOStats{}, aoUnsupported() }
-func aoSetInfo(int, bool, uint8, bool, uint8) error { return aoUnsupported() }
+// Everything that touches a TCP-AO key fails: only Linux has TCP-AO. No
+// socket here has AO state, and none holds AO keys to charge.
+
+func aoProbeOnce() error                          { return aoUnsupported() }
+func connAO(syscall.RawConn, AOKey, bool) error   { return aoUnsupported() }
+func aoKeyCharge(string) int                      { return 0 }
+func connAOInfo(syscall.RawConn) (AOStats, error) { return AOStats{}, aoUnsupported() }
+func connSetAOInfo(syscall.RawConn, bool, uint8, bool, uint8) error {
+	return aoUnsupported()
+}
 
 func applyAOKeys(_ syscall.RawConn, _ int, keys []AOKey, _ bool) error {
 	if len(keys) == 0 {

@@ -202,7 +202,11 @@ func AddAOKey(c syscall.Conn, k AOKey) error {
 	if err != nil {
 		return err
 	}
-	return onConn(c, func(fd int) error { return connAO(fd, k, false) })
+	rc, err := rawConn(c, "AddAOKey")
+	if err != nil {
+		return err
+	}
+	return connAO(rc, k, false)
 }
 
 // RemoveAOKey deletes the key of the socket behind c that matches k's Peer,
@@ -215,7 +219,11 @@ func RemoveAOKey(c syscall.Conn, k AOKey) error {
 		return err
 	}
 	k.Peer = peer.Peer
-	return onConn(c, func(fd int) error { return connAO(fd, k, true) })
+	rc, err := rawConn(c, "RemoveAOKey")
+	if err != nil {
+		return err
+	}
+	return connAO(rc, k, true)
 }
 
 // SetAOCurrent makes the connection behind c sign with its key of SendID
@@ -223,7 +231,11 @@ func RemoveAOKey(c syscall.Conn, k AOKey) error {
 // the kernel switches to whichever key the peer's next segment asks for, so
 // a key change is driven by [SetAORNext] on both ends.
 func SetAOCurrent(c syscall.Conn, sendID uint8) error {
-	return onConn(c, func(fd int) error { return aoSetInfo(fd, true, sendID, false, 0) })
+	rc, err := rawConn(c, "SetAOCurrent")
+	if err != nil {
+		return err
+	}
+	return connSetAOInfo(rc, true, sendID, false, 0)
 }
 
 // SetAORNext makes the connection behind c ask the peer to sign with its key
@@ -233,33 +245,19 @@ func SetAOCurrent(c syscall.Conn, sendID uint8) error {
 // follows the other's request, and once [AOInfo] shows the new key current
 // on both, each removes the old one ([RemoveAOKey]).
 func SetAORNext(c syscall.Conn, recvID uint8) error {
-	return onConn(c, func(fd int) error { return aoSetInfo(fd, false, 0, true, recvID) })
+	rc, err := rawConn(c, "SetAORNext")
+	if err != nil {
+		return err
+	}
+	return connSetAOInfo(rc, false, 0, true, recvID)
 }
 
 // AOInfo returns the current and RNext KeyIDs of the connection behind c and
 // its segment counters (getsockopt(2) TCP_AO_INFO).
 func AOInfo(c syscall.Conn) (AOStats, error) {
-	var st AOStats
-	err := onConn(c, func(fd int) error {
-		var err error
-		st, err = aoInfo(fd)
-		return err
-	})
-	return st, err
-}
-
-// onConn runs f on the socket behind c.
-func onConn(c syscall.Conn, f func(fd int) error) error {
-	if c == nil {
-		return errors.New("tcpmd5: no socket (nil)")
-	}
-	rc, err := c.SyscallConn()
+	rc, err := rawConn(c, "AOInfo")
 	if err != nil {
-		return fmt.Errorf("tcpmd5: %w", err)
+		return AOStats{}, err
 	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
-		return fmt.Errorf("tcpmd5: %w", err)
-	}
-	return ferr
+	return connAOInfo(rc)
 }

@@ -282,12 +282,21 @@ func SetKeys(c syscall.Conn, keys ...Key) error {
 	if err != nil {
 		return err
 	}
+	rc, err := rawConn(c, "SetKeys")
+	if err != nil {
+		return err
+	}
+	return applyKeys(rc, keys)
+}
+
+// rawConn returns the raw socket behind c for the function named fn.
+func rawConn(c syscall.Conn, fn string) (syscall.RawConn, error) {
 	if c == nil {
-		return errors.New("tcpmd5: SetKeys needs a socket, got nil")
+		return nil, fmt.Errorf("tcpmd5: %s needs a socket, got nil", fn)
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("tcpmd5: %w", err)
+		return nil, fmt.Errorf("tcpmd5: %w", err)
 	}
-	return applyKeys(rc, keys)
+	return rc, nil
 }
