@@ -38,25 +38,12 @@ type aoOption struct {
 	at           int
 }
 
-// findAO returns the TCP-AO option of a captured TCP segment.
-func findAO(tcp []byte) (aoOption, bool) {
-	off := int(tcp[12]>>4) * 4
-	for i := 20; i < off; {
-		switch tcp[i] {
-		case 0:
-			return aoOption{}, false
-		case 1:
-			i++
-			continue
+// findAO returns the TCP-AO option of a captured segment.
+func findAO(s testnet.Segment) (aoOption, bool) {
+	for _, o := range s.Options {
+		if o.Kind == 29 && o.Len >= 4 {
+			return aoOption{keyID: s.TCP[o.At+2], rnext: s.TCP[o.At+3], mac: s.TCP[o.At+4 : o.At+int(o.Len)], at: o.At + 4}, true
 		}
-		if i+1 >= off || tcp[i+1] < 2 {
-			return aoOption{}, false
-		}
-		n := int(tcp[i+1])
-		if tcp[i] == 29 && n >= 4 && i+n <= off {
-			return aoOption{keyID: tcp[i+2], rnext: tcp[i+3], mac: tcp[i+4 : i+n], at: i + 4}, true
-		}
-		i += n
 	}
 	return aoOption{}, false
 }
@@ -86,7 +73,7 @@ func cmacAES(key, msg []byte) []byte {
 	n := (len(msg) + 15) / 16
 	last := make([]byte, 16)
 	if n > 0 && len(msg)%16 == 0 {
-		subtle(last, msg[(n-1)*16:], k1)
+		xor16(last, msg[(n-1)*16:], k1)
 	} else {
 		if n == 0 {
 			n = 1
@@ -95,20 +82,20 @@ func cmacAES(key, msg []byte) []byte {
 		padded := make([]byte, 16)
 		copy(padded, rest)
 		padded[len(rest)] = 0x80
-		subtle(last, padded, k2)
+		xor16(last, padded, k2)
 	}
 	x := make([]byte, 16)
 	for i := 0; i < n-1; i++ {
-		subtle(x, x, msg[i*16:(i+1)*16])
+		xor16(x, x, msg[i*16:(i+1)*16])
 		block.Encrypt(x, x)
 	}
-	subtle(x, x, last)
+	xor16(x, x, last)
 	block.Encrypt(x, x)
 	return x
 }
 
-// subtle sets dst to a xor b (16 bytes).
-func subtle(dst, a, b []byte) {
+// xor16 sets dst to a xor b (16 bytes).
+func xor16(dst, a, b []byte) {
 	for i := range 16 {
 		dst[i] = a[i] ^ b[i]
 	}
@@ -260,7 +247,7 @@ func TestAOOnTheWire(t *testing.T) {
 			secrets := map[uint8]string{1: testkit.SecretA, 2: testkit.SecretA, 11: testkit.SecretB, 12: testkit.SecretB}
 			newIDs := 0
 			for _, s := range segs {
-				ao, ok := findAO(s.TCP)
+				ao, ok := findAO(s)
 				if !assert.True(t, ok, "a segment without TCP-AO: %v", s) {
 					continue
 				}
@@ -291,7 +278,7 @@ func TestAOOnTheWire(t *testing.T) {
 				assert.Positive(t, newIDs, "no segment with the new KeyIDs after the change")
 				last := map[netip.AddrPort]aoOption{}
 				for _, s := range segs {
-					last[s.Src], _ = findAO(s.TCP)
+					last[s.Src], _ = findAO(s)
 				}
 				assert.Equal(t, [2]uint8{12, 11}, [2]uint8{last[local].keyID, last[local].rnext}, "the client's last segment")
 				assert.Equal(t, [2]uint8{11, 12}, [2]uint8{last[remote].keyID, last[remote].rnext}, "the server's last segment")

@@ -38,9 +38,13 @@ type Segment struct {
 	TCP []byte
 }
 
-// Option is one TCP option: its kind and its length byte (1 for the
-// one-byte options, End of Option List and No-Operation).
-type Option struct{ Kind, Len uint8 }
+// Option is one TCP option: its kind, its length byte (1 for the one-byte
+// options, End of Option List and No-Operation), and where it starts in
+// the segment's TCP bytes.
+type Option struct {
+	Kind, Len uint8
+	At        int
+}
 
 // MD5 reports whether s carries an RFC 2385 signature option: kind 19,
 // length 18.
@@ -225,19 +229,19 @@ func parseFrame(f []byte) (Segment, bool) {
 	s.Ack = binary.BigEndian.Uint32(tcp[8:])
 	s.Flags = tcp[13]
 	s.Window = binary.BigEndian.Uint16(tcp[14:])
-	for opts := tcp[20:off]; len(opts) > 0; {
-		kind := opts[0]
+	for at := 20; at < off; {
+		kind := tcp[at]
 		if kind == 0 || kind == 1 {
-			s.Options = append(s.Options, Option{kind, 1})
-			opts = opts[1:]
+			s.Options = append(s.Options, Option{Kind: kind, Len: 1, At: at})
+			at++
 			continue
 		}
-		if len(opts) < 2 || int(opts[1]) < 2 || int(opts[1]) > len(opts) {
-			s.Options = append(s.Options, Option{kind, 0}) // malformed: recorded, never matched as MD5
+		if at+1 >= off || tcp[at+1] < 2 || at+int(tcp[at+1]) > off {
+			s.Options = append(s.Options, Option{Kind: kind, At: at}) // malformed: recorded, never matched as MD5
 			break
 		}
-		s.Options = append(s.Options, Option{kind, opts[1]})
-		opts = opts[opts[1]:]
+		s.Options = append(s.Options, Option{Kind: kind, Len: tcp[at+1], At: at})
+		at += int(tcp[at+1])
 	}
 	s.Payload = append([]byte(nil), tcp[off:]...)
 	s.TCP = append([]byte(nil), tcp...)
