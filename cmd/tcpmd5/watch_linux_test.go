@@ -18,6 +18,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 )
 
 // background is a command running in the background whose output the test
@@ -61,7 +62,7 @@ func start(t *testing.T, argv ...string) *background {
 // waitFor waits until cond holds on the output so far, or fails t.
 func (b *background) waitFor(t *testing.T, what string, cond func(stdout, stderr []string) bool) {
 	t.Helper()
-	deadline := time.Now().Add(mustConnect)
+	deadline := time.Now().Add(testkit.MustConnect)
 	for time.Now().Before(deadline) {
 		b.mu.Lock()
 		ok := cond(b.stdout, b.stderr)
@@ -88,9 +89,6 @@ func (b *background) exit(t *testing.T) int {
 	}
 	return b.cmd.ProcessState.ExitCode()
 }
-
-// mustConnect bounds waits for what must happen.
-const mustConnect = 30 * time.Second
 
 // TestWatch runs "tcpmd5 watch -json" while a peer signs with the wrong
 // secret, and requires a line naming that peer, the listener and the
@@ -128,13 +126,13 @@ func TestWatch(t *testing.T) {
 				})
 			}
 
-			before := counters(t)
+			before := testkit.Counters(t)
 			d := &tcpmd5.Dialer{Keys: []tcpmd5.Key{key(t, peerAddr, secretB)}}
 			d.Timeout = 700 * time.Millisecond
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ourAddr)}
 			_, err := d.Dial("tcp4", ln.Addr().String())
 			require.Error(t, err)
-			moved := before.Delta(counters(t), netstat.MD5Failure)[netstat.MD5Failure]
+			moved := before.Delta(testkit.Counters(t), netstat.MD5Failure)[netstat.MD5Failure]
 			require.Positive(t, moved)
 
 			var last dropJSON
@@ -202,7 +200,7 @@ func TestListenShowsDropsAndKeeps(t *testing.T) {
 	assert.Equal(t, 1, wrong.code)
 	if ok, _, _ := testenv.Has(testenv.Tracepoints); ok {
 		want := "from " + ourAddr + ":"
-		deadline := time.Now().Add(mustConnect)
+		deadline := time.Now().Add(testkit.MustConnect)
 		for !(has(want) && has("md5-mismatch: the peer signed with another secret")) && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -238,11 +236,4 @@ func contains(lines []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func counters(t *testing.T) netstat.Counters {
-	t.Helper()
-	c, err := netstat.Read()
-	require.NoError(t, err)
-	return c
 }
