@@ -192,9 +192,8 @@ func freePort(t testing.TB, network, host string) netip.AddrPort {
 // capability there, and returns its output and exit code.
 func runWithoutCaps(t *testing.T, test, env string) (string, int) {
 	t.Helper()
-	setpriv := testenv.RequireTool(t, "setpriv", "util-linux")
-	cmd := exec.Command(setpriv, "--bounding-set", "-all", "--inh-caps", "-all", "--",
-		os.Args[0], "-test.run", "^"+test+"$", "-test.count", "1")
+	argv := testenv.WithoutCaps(t, os.Args[0], "-test.run", "^"+test+"$", "-test.count", "1")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env)
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError

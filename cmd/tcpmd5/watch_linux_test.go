@@ -112,7 +112,7 @@ func TestWatch(t *testing.T) {
 			if mode == "counters" && events {
 				// Without any capability, root included, the events are
 				// out of reach.
-				argv = append([]string{testenv.RequireTool(t, "setpriv", "util-linux"), "--bounding-set", "-all", "--inh-caps", "-all", "--"}, argv...)
+				argv = testenv.WithoutCaps(t, argv...)
 			}
 			w := start(t, argv...)
 			ready := "watching segments dropped for their signature on port " + strconv.Itoa(port)

@@ -37,3 +37,11 @@ func RequireTool(t testing.TB, name, pkg string) string {
 	}
 	return p
 }
+
+// WithoutCaps returns argv prefixed so that it runs with an empty
+// capability bounding set (setpriv): even root has no capability there.
+func WithoutCaps(t testing.TB, argv ...string) []string {
+	t.Helper()
+	setpriv := RequireTool(t, "setpriv", "util-linux")
+	return append([]string{setpriv, "--bounding-set", "-all", "--inh-caps", "-all", "--"}, argv...)
+}
