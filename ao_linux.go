@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -357,33 +356,6 @@ func replaceAOKey(c syscall.RawConn, family int, k, old AOKey, had bool) error {
 // removeAOKeyFrom deletes k from the socket behind c, of family.
 func removeAOKeyFrom(c syscall.RawConn, family int, k AOKey) error {
 	return controlErr(c, func(fd int) error { return aoDel(fd, family, k) })
-}
-
-// aoKeyCharges caches aoKeyCharge by algorithm.
-var aoKeyCharges sync.Map // string -> int
-
-// aoKeyCharge is what the kernel charges to a socket's option memory for
-// one TCP-AO key of algorithm alg (struct tcp_ao_key and two traffic keys
-// of the MAC's size), measured once per algorithm on a throwaway socket; 0
-// if it could not be measured.
-func aoKeyCharge(alg string) int {
-	if v, ok := aoKeyCharges.Load(alg); ok {
-		return v.(int)
-	}
-	charge := 0
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err == nil {
-		defer unix.Close(fd)
-		k := AOKey{Peer: netip.MustParsePrefix("192.0.2.1/32"), Algorithm: alg, MACLen: 12, Secret: []byte("tcpmd5-charge")}
-		before, berr := fdOptmem(fd)
-		if berr == nil && aoAdd(fd, unix.AF_INET, k, false, false) == nil {
-			if after, aerr := fdOptmem(fd); aerr == nil {
-				charge = after - before
-			}
-		}
-	}
-	aoKeyCharges.Store(alg, charge)
-	return charge
 }
 
 // acceptedAO reports whether the connection behind c completed its

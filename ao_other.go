@@ -15,7 +15,6 @@ func aoUnsupported() error { return fmt.Errorf("%w (%s)", ErrAOUnsupported, runt
 
 func aoProbeOnce() error                          { return aoUnsupported() }
 func connAO(syscall.RawConn, AOKey, bool) error   { return aoUnsupported() }
-func aoKeyCharge(string) int                      { return 0 }
 func connAOInfo(syscall.RawConn) (AOStats, error) { return AOStats{}, aoUnsupported() }
 func connSetAOInfo(syscall.RawConn, bool, uint8, bool, uint8) error {
 	return aoUnsupported()

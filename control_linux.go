@@ -71,72 +71,75 @@ func setKey(c syscall.RawConn, family int, k Key) error {
 // rawFamily reads the address family of the socket behind c.
 func rawFamily(c syscall.RawConn) (int, error) { return control(c, socketFamily) }
 
-// optmem reads how many bytes of option memory the socket behind c holds
-// (SO_MEMINFO's SK_MEMINFO_OPTMEM, sk_omem_alloc): its TCP MD5 keys, each
-// charged keyCharge bytes, and an attached socket filter, if any.
-func optmem(c syscall.RawConn) (int, error) {
-	return control(c, fdOptmem)
+// watchQueue returns a second descriptor of the listening socket behind c,
+// for waitQueued: the net package cannot wait for a listener's readiness
+// on its behalf (its RawConn has no Read). Closing the listener does not
+// end the socket while this descriptor stays open: close both.
+func watchQueue(c syscall.RawConn) (*os.File, error) {
+	return control(c, func(fd int) (*os.File, error) {
+		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("tcpmd5: a descriptor to wait on the listening socket: %w", os.NewSyscallError("fcntl", err))
+		}
+		return os.NewFile(uintptr(nfd), "listening socket"), nil // nonblocking, as the listener: the runtime polls it
+	})
 }
 
-// fdOptmem is optmem on a file descriptor.
-func fdOptmem(fd int) (int, error) {
-	var info [unix.SK_MEMINFO_VARS]uint32
-	n := uint32(unsafe.Sizeof(info))
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO, uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-	if errno != 0 {
-		return 0, fmt.Errorf("tcpmd5: reading the socket's option memory: %w", os.NewSyscallError("getsockopt SO_MEMINFO", errno))
+// waitQueued waits until the listening socket behind w (from watchQueue)
+// has a connection in its accept queue and returns with mu read-locked, so
+// that no key change runs between that moment and the accept(2) that
+// follows; release unlocks it. It looks at the queue under the lock,
+// because a key change may drain the queue between the wake-up and the
+// lock.
+func waitQueued(w syscall.RawConn, mu *sync.RWMutex) (release func(), err error) {
+	err = w.Read(func(fd uintptr) bool {
+		mu.RLock()
+		if fdQueued(int(fd)) {
+			return true
+		}
+		mu.RUnlock()
+		return false
+	})
+	if err != nil {
+		return nil, err
 	}
-	return int(info[unix.SK_MEMINFO_OPTMEM]), nil
+	return mu.RUnlock, nil
 }
 
-// keyCharge is what the kernel charges to a socket's option memory for one
-// TCP MD5 key, sizeof(struct tcp_md5sig_key), measured once on a throwaway
-// socket; 0 if it could not be measured.
-var keyCharge = sync.OnceValue(func() int {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err != nil {
-		return 0
-	}
-	f := os.NewFile(uintptr(fd), "throwaway TCP socket")
-	defer f.Close()
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	before, err := optmem(rc)
-	if err != nil {
-		return 0
-	}
-	if err := applyKeys(rc, []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte("tcpmd5-charge")}}); err != nil {
-		return 0
-	}
-	after, err := optmem(rc)
-	if err != nil {
-		return 0
-	}
-	return after - before
-})
+// queued reports whether the listening socket behind c has a connection in
+// its accept queue; false if that cannot be read.
+func queued(c syscall.RawConn) bool {
+	q, _ := control(c, func(fd int) (bool, error) { return fdQueued(fd), nil })
+	return q
+}
 
-// acceptedSigned reports whether the kernel copied a key to connection c
-// when listening socket ln, which holds keys MD5 keys and AO keys that
-// cost aoMem, accepted it: then every segment of its handshake was
-// verified, and every later one is. A child socket inherits the listener's
-// socket filter, whose charge the listener's option memory shows beside its
-// keys; a copied key adds one keyCharge to that.
-func acceptedSigned(ln, c syscall.RawConn, keys, aoMem int) (bool, error) {
-	per := keyCharge()
-	if per <= 0 {
-		return false, errors.New("tcpmd5: cannot measure what a key costs a socket (SO_MEMINFO)")
-	}
-	lnMem, err := optmem(ln)
-	if err != nil {
-		return false, err
-	}
-	cMem, err := optmem(c)
-	if err != nil {
-		return false, err
-	}
-	return cMem-(lnMem-keys*per-aoMem) >= per, nil
+// fdQueued is queued on a file descriptor: poll(2) without waiting.
+func fdQueued(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// md5Held reports whether connection c holds an MD5 key for peer on
+// interface ifindex, the copy the kernel makes when it verified the
+// handshake with a listener's key: deleting it succeeds, where a socket
+// without one answers ENOENT. A deleted key is put back at once with
+// secret, which must be the one the kernel copied; if that fails, c is
+// left without a key and the error says so, and the caller must close c.
+func md5Held(c syscall.RawConn, peer netip.Addr, ifindex int, secret []byte) (bool, error) {
+	return control(c, func(fd int) (bool, error) {
+		family, err := socketFamily(fd)
+		if err != nil {
+			return false, err
+		}
+		k := Key{Peer: netip.PrefixFrom(peer, peer.BitLen()), Ifindex: ifindex, Secret: secret}
+		if err := setsockopt(fd, family, k, true); errors.Is(err, unix.ENOENT) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		return true, setsockopt(fd, family, k, false)
+	})
 }
 
 // boundIfindex returns the interface the socket behind c is bound to

@@ -4,7 +4,10 @@ package tcpmd5
 
 import (
 	"fmt"
+	"net/netip"
+	"os"
 	"runtime"
+	"sync"
 	"syscall"
 )
 
@@ -27,8 +30,20 @@ func setKey(_ syscall.RawConn, _ int, k Key) error {
 // rawFamily reports no family: no socket here takes keys.
 func rawFamily(syscall.RawConn) (int, error) { return 0, nil }
 
-// acceptedSigned reports false: no socket here holds keys.
-func acceptedSigned(_, _ syscall.RawConn, _, _ int) (bool, error) { return false, nil }
+// watchQueue needs no second descriptor here: waitQueued does not wait.
+func watchQueue(syscall.RawConn) (*os.File, error) { return nil, nil }
+
+// waitQueued returns at once: no key can change on a socket here, so
+// Accept needs no lock against key changes and lets accept(2) wait.
+func waitQueued(syscall.RawConn, *sync.RWMutex) (release func(), err error) {
+	return func() {}, nil
+}
+
+// queued reports false: no key change here drains a queue.
+func queued(syscall.RawConn) bool { return false }
+
+// md5Held reports false: no socket here holds keys.
+func md5Held(syscall.RawConn, netip.Addr, int, []byte) (bool, error) { return false, nil }
 
 // boundIfindex reports no interface: no socket here takes interface keys.
 func boundIfindex(syscall.RawConn) (int, error) { return 0, nil }

@@ -106,6 +106,11 @@ func (t *keyTable[K]) all() iter.Seq[K] {
 // with the longest prefix, for any interface or for that VRF, in the order
 // they were first set. covers reports whether there is one.
 func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
+	return t.match(addr, l3index, keyID{})
+}
+
+// match is best without the key skip.
+func (t *keyTable[K]) match(addr netip.Addr, l3index int, skip keyID) []K {
 	addr = addr.Unmap().WithZone("")
 	f := family(addr)
 	for bits := addr.BitLen(); bits >= 0; bits-- {
@@ -118,7 +123,7 @@ func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
 		}
 		var out []K
 		for _, id := range t.peers[p] {
-			if id.ifindex == 0 || id.ifindex == l3index {
+			if id != skip && (id.ifindex == 0 || id.ifindex == l3index) {
 				out = append(out, t.kind(id)[id])
 			}
 		}
@@ -133,6 +138,11 @@ func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
 // l3index (0: none): a key for any interface, or one for that VRF.
 func (t *keyTable[K]) covers(addr netip.Addr, l3index int) bool {
 	return len(t.best(addr, l3index)) > 0
+}
+
+// coversExcept is covers without the key skip.
+func (t *keyTable[K]) coversExcept(addr netip.Addr, l3index int, skip keyID) bool {
+	return len(t.match(addr, l3index, skip)) > 0
 }
 
 // overlapping returns a key whose peers overlap p and whose interface

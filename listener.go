@@ -204,22 +204,38 @@ type Listener struct {
 	deadline *deadline
 }
 
-// accepted is a connection, or an error, from one socket of the group.
+// accepted is a connection, judged, or an error, from one socket of the
+// group.
 type accepted struct {
-	c   *net.TCPConn
-	s   *shard
-	err error
+	c     *net.TCPConn
+	admit bool // the Accept policy hands c over
+	err   error
+
+	// An unsigned connection admitted because no key covered its peer:
+	// Accept asks again when it hands it over.
+	unsigned bool
+	peer     netip.Addr
+	l3index  int
 }
 
 var _ net.Listener = (*Listener)(nil)
 
+// errNoListener is the error of a Listener that Listen did not make.
+var errNoListener = errors.New("tcpmd5: the Listener was not made by Listen")
+
 // Accept waits for and returns the next connection, a *[net.TCPConn]: one
 // whose handshake the kernel verified with a key, or, with AllowUnsigned,
 // an unsigned one from a peer that no key covers. Any other connection is
-// closed with a reset and counted, and Accept waits for the next one. The
-// kernel says whether a connection was signed (it copies the key to the
-// connection at the handshake), so an unsigned handshake that completed
-// before SetKey covered its peer is never handed over as signed.
+// closed with a reset and counted, and Accept waits for the next one.
+//
+// What decides is what the kernel did with the handshake, not the keys
+// Accept finds now: the kernel completes no unsigned handshake with a peer
+// a key covers, so a connection queued since the last key change was
+// verified if and only if its peer is covered; the connections queued
+// while a key change is made are taken off the queue and judged by that
+// change (see [Listener.SetKey]). AO connections are judged by their AO
+// state (TCP_AO_INFO). Socket filters, IPv6 sticky options and descriptor
+// limits change nothing of this.
 func (l *Listener) Accept() (net.Conn, error) {
 	c, err := l.AcceptTCP()
 	if err != nil {
@@ -230,12 +246,15 @@ func (l *Listener) Accept() (net.Conn, error) {
 
 // AcceptTCP is [Listener.Accept] with the concrete type.
 func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
+	if l.first == nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: errNoListener}
+	}
 	for {
 		a := l.next()
 		if a.err != nil {
 			return nil, a.err
 		}
-		if l.admit(a.s, a.c) {
+		if a.admit && (!a.unsigned || l.stillUncovered(a)) {
 			return a.c, nil
 		}
 		l.refused.Add(1)
@@ -276,76 +295,165 @@ func (l *Listener) opError(err error) error {
 func (l *Listener) acceptFrom(s *shard) {
 	go func() {
 		for {
-			c, err := s.ln.AcceptTCP()
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			a := accepted{c: c, s: s}
-			if err != nil {
-				var oe *net.OpError
-				if errors.As(err, &oe) {
-					err = oe.Err
-				}
-				a.err = l.opError(err)
-			}
-			select {
-			case l.conns <- a:
-			case <-l.done:
-				if c != nil {
-					c.Close()
-				}
+			a := l.acceptOne(s)
+			if errors.Is(a.err, net.ErrClosed) || errors.Is(a.err, os.ErrClosed) || !l.handOver(a) {
 				return
 			}
 		}
 	}()
 }
 
-// admit reports whether Accept hands over connection c that socket s
-// accepted: if the kernel verified its handshake with a key, which it then
-// copied to c, or if c is unsigned, no key covers its peer now and unsigned
-// peers are allowed. A key covers the peer when its prefix holds the peer's
-// address and, for an interface key, c came through that key's VRF, as the
-// kernel matches them. Whatever cannot be read is refused.
-//
-// Whether c holds a key is read from the kernel, not from the keys the
-// listener holds now: a connection that completed its handshake unsigned
-// before SetKey covered its peer stays unsigned in the accept queue.
-func (l *Listener) admit(s *shard, c *net.TCPConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
+// acceptOne takes the next connection off the queue of s and judges it,
+// with no key change in between: key changes hold l.mu, and the queue is
+// read with l.mu read-locked.
+func (l *Listener) acceptOne(s *shard) accepted {
+	release, err := waitQueued(s.qrc, &l.mu)
+	if err == nil {
+		defer release()
+		var c *net.TCPConn
+		if c, err = s.ln.AcceptTCP(); err == nil {
+			return l.judge(s, c, nil)
+		}
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return accepted{err: l.opError(err)}
+}
+
+// handOver gives a to Accept, or closes it once the listener is closed; it
+// reports whether the listener is still open.
+func (l *Listener) handOver(a accepted) bool {
+	select {
+	case l.conns <- a:
+		return true
+	case <-l.done:
+		if a.c != nil {
+			a.c.Close()
+		}
 		return false
 	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	signed := false
-	if l.aoKeyed { // else nothing could have signed it, and no syscall need say so
-		if signed, err = acceptedAO(rc); err != nil {
-			return false
-		}
+}
+
+// judge decides whether Accept hands over connection c, which socket s
+// accepted: if the kernel verified its handshake with a key, or if c is
+// unsigned, unsigned peers are allowed and no key covers its peer (which
+// Accept asks again when it hands c over). l.mu is held, for reading at
+// least.
+//
+// The invariant that makes this exact: every connection in the accept
+// queue of s completed its handshake after the last change to which peers
+// the MD5 keys of s cover, because each such change takes the queue's
+// connections off it (drainMD5). The kernel completes no unsigned
+// handshake with a covered peer, and copies the key to every verified one,
+// so c was verified if and only if the keys of s cover its peer now. For c
+// taken off the queue during a change, during holds the keys added or
+// removed: a peer whose cover that change flipped is asked of c's own key
+// (md5Held). Whatever cannot be read is refused.
+func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
+	refuse := accepted{c: c}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return refuse
 	}
-	if l.keyed && !signed {
-		if signed, err = acceptedSigned(s.rc, rc, s.keys.len(), s.aoMem); err != nil {
-			return false
+	if l.aoKeyed { // else nothing could have signed it with AO, and no syscall need say so
+		if ao, err := acceptedAO(rc); err != nil {
+			return refuse
+		} else if ao {
+			return accepted{c: c, admit: true}
 		}
-	}
-	if signed || !l.allowUnsigned {
-		return signed
 	}
 	ta, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok {
-		return false
+		return refuse
 	}
 	addr, ok := netip.AddrFromSlice(ta.IP)
 	if !ok {
-		return false
+		return refuse
 	}
+	addr = addr.Unmap()
 	l3index := 0
 	if l.keys.interfaces > 0 || l.aoKeys.interfaces > 0 {
 		if l3index, err = boundIfindex(rc); err != nil {
-			return false
+			return refuse
 		}
 	}
-	return !l.keys.covers(addr, l3index) && !l.aoKeys.covers(addr, l3index) // covers unmaps a v4-mapped peer
+	signed := s.keys.covers(addr, l3index)
+	if k, ok := flipped(&s.keys, during, addr, l3index); ok {
+		if signed, err = md5Held(rc, addr, k.Ifindex, k.Secret); err != nil {
+			return refuse
+		}
+	}
+	switch {
+	case signed:
+		return accepted{c: c, admit: true}
+	case l.allowUnsigned && !l.covered(addr, l3index):
+		return accepted{c: c, admit: true, unsigned: true, peer: addr, l3index: l3index}
+	}
+	return refuse
+}
+
+// covered reports whether a key of the listener, MD5 or AO, covers peer
+// addr reached through VRF l3index. l.mu is held, for reading at least.
+func (l *Listener) covered(addr netip.Addr, l3index int) bool {
+	return l.keys.covers(addr, l3index) || l.aoKeys.covers(addr, l3index)
+}
+
+// stillUncovered reports whether no key covers the peer of a, an unsigned
+// connection, now that Accept hands it over.
+func (l *Listener) stillUncovered(a accepted) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return !l.covered(a.peer, a.l3index)
+}
+
+// flipped returns the key of changed, added to t or removed from it, that
+// alone decides whether t covers addr on l3index: the only key whose copy a
+// connection from addr can hold if its handshake completed during the
+// change. A peer no key of changed covers, or that other keys of t cover
+// too, was covered or not before and after alike.
+func flipped(t *keyTable[Key], changed []Key, addr netip.Addr, l3index int) (Key, bool) {
+	for _, k := range changed {
+		if k.Peer.Contains(addr) && (k.Ifindex == 0 || k.Ifindex == l3index) && !t.coversExcept(addr, l3index, k.id()) {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// drainMD5 takes the connections queued on s off its queue and judges
+// them, during being the MD5 keys just added to s or removed from it (nil
+// before a change), and hands them to Accept; it keeps judge's invariant
+// across a change to the peers the MD5 keys of s cover. A change that
+// removes keys drains before (so that connections verified with them are
+// judged signed) and after (for those that completed meanwhile); one that
+// adds keys drains after. l.mu is held, so nothing else accepts on s, and
+// accept(2) does not wait while the queue is not empty.
+func (l *Listener) drainMD5(s *shard, during []Key) error {
+	var judged []accepted
+	var err error
+	for queued(s.rc) {
+		var c *net.TCPConn
+		if c, err = s.ln.AcceptTCP(); err != nil {
+			err = fmt.Errorf("tcpmd5: taking the connections that waited for a key change: %w", err)
+			break
+		}
+		judged = append(judged, l.judge(s, c, during))
+	}
+	if len(judged) > 0 {
+		go func() {
+			for i, a := range judged {
+				if !l.handOver(a) {
+					for _, rest := range judged[i+1:] {
+						rest.c.Close()
+					}
+					return
+				}
+			}
+		}()
+	}
+	return err
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -360,6 +468,12 @@ func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 // which moves some host keys to the new socket (see [Listener]). It returns
 // the kernel's ENOMEM only when growing cannot help, such as for a prefix
 // key on a socket holding nothing but prefix keys.
+//
+// A key that covers peers no key covered before also takes the connections
+// waiting in the accept queue of its sockets off it, to judge each by
+// whether its handshake was verified (see [Listener.Accept]): if that
+// fails (EMFILE, say), the key is deleted again and SetKey returns the
+// error, with nothing changed.
 func (l *Listener) SetKey(k Key) error {
 	k, err := k.normalize()
 	if err != nil {
@@ -367,7 +481,7 @@ func (l *Listener) SetKey(k Key) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.closed || l.first == nil {
 		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
 	}
 	if ao, ok := l.aoKeys.overlapping(k.Peer, k.Ifindex); ok {
@@ -379,7 +493,29 @@ func (l *Listener) SetKey(k Key) error {
 	}
 	l.keys.set(k.clone())
 	l.keyed = true
+	if installed { // a new secret for an installed key covers no new peer
+		return nil
+	}
+	for _, s := range l.holders(k.Peer) {
+		if !s.flips(k) {
+			continue
+		}
+		if err := l.drainMD5(s, []Key{k}); err != nil {
+			l.uninstall(k)
+			l.keys.remove(k.id())
+			return fmt.Errorf("%w; the key for %s was not installed", err, k.peerString())
+		}
+	}
 	return nil
+}
+
+// uninstall deletes k, new to the listener, from the sockets that hold it.
+func (l *Listener) uninstall(k Key) {
+	for _, s := range l.holders(k.Peer) {
+		if removeKey(s.rc, s.family, k) == nil {
+			s.keys.remove(k.id())
+		}
+	}
 }
 
 // place makes room for a key of either kind, then installs it with
@@ -412,7 +548,8 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 
 // RemoveKey deletes the key for k.Peer and k.Ifindex from the listener; the
 // secret is ignored. Removing a key that is not installed is not an error.
-// Connections already accepted keep their keys.
+// Connections already accepted keep their keys, and so do the ones waiting
+// to be accepted: they are judged by the key that verified them.
 func (l *Listener) RemoveKey(k Key) error {
 	k, err := k.normalizePeer()
 	if err != nil {
@@ -421,19 +558,46 @@ func (l *Listener) RemoveKey(k Key) error {
 	id := k.id()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.keys.get(id); !ok {
+	old, ok := l.keys.get(id)
+	if !ok {
 		return nil
 	}
 	for _, s := range l.shards {
 		if _, ok := s.keys.get(id); ok {
-			if err := removeKey(s.rc, s.family, k); err != nil {
+			if err := l.removeFrom(s, old); err != nil {
 				return err
 			}
-			s.keys.remove(id)
 		}
 	}
 	l.keys.remove(id)
 	return nil
+}
+
+// removeFrom deletes keys, with their secrets, from s, keeping judge's
+// invariant: the connections they verified are judged before they go, and
+// those that completed while they went are judged after. What the second
+// drain cannot take stays queued and is judged unsigned: refused, never
+// let in.
+func (l *Listener) removeFrom(s *shard, keys ...Key) error {
+	flips := slices.ContainsFunc(keys, s.flips)
+	if flips {
+		if err := l.drainMD5(s, nil); err != nil {
+			return err
+		}
+	}
+	var err error
+	var removed []Key
+	for _, k := range keys {
+		if err = removeKey(s.rc, s.family, k); err != nil {
+			break
+		}
+		s.keys.remove(k.id())
+		removed = append(removed, k)
+	}
+	if flips {
+		_ = l.drainMD5(s, removed)
+	}
+	return err
 }
 
 // Keys returns copies of the keys installed now, ordered by peer and
@@ -457,27 +621,43 @@ func (l *Listener) Keys() []Key {
 	return out
 }
 
-// Addr returns the listener's network address, a *[net.TCPAddr].
-func (l *Listener) Addr() net.Addr { return l.first.ln.Addr() }
+// Addr returns the listener's network address, a *[net.TCPAddr]; nil for
+// a Listener that Listen did not make.
+func (l *Listener) Addr() net.Addr {
+	if l.first == nil {
+		return nil
+	}
+	return l.first.ln.Addr()
+}
 
 // Close stops listening on every socket of the group. Connections already
 // accepted stay open.
 func (l *Listener) Close() error {
+	if l.first == nil {
+		return &net.OpError{Op: "close", Net: "tcp", Err: errNoListener}
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+	closed := l.closed
+	if !closed {
+		l.closed = true // nothing changes the group from now on
+		close(l.done)
+	}
+	l.mu.Unlock()
+	if closed {
 		return l.first.ln.Close() // the net package's error for a second Close
 	}
-	l.closed = true
-	err := l.closeShards()
-	close(l.done)
-	return err
+	// Without l.mu: a socket's descriptors close only once the accept
+	// that waits on them has returned, which takes l.mu for reading.
+	return l.closeShards()
 }
 
 // SetDeadline sets the deadline for Accept, as [net.TCPListener.SetDeadline]:
 // a zero t means none, and a t in the past makes waiting Accept calls
 // return an error that wraps [os.ErrDeadlineExceeded].
 func (l *Listener) SetDeadline(t time.Time) error {
+	if l.first == nil {
+		return &net.OpError{Op: "set", Net: "tcp", Err: errNoListener}
+	}
 	l.deadline.set(t)
 	return nil
 }
@@ -528,4 +708,9 @@ func (d *deadline) wait() <-chan struct{} {
 // SyscallConn returns the raw listening socket, as
 // [net.TCPListener.SyscallConn]: the first socket of the group. Keys set on
 // it directly bypass [Listener.Keys] and the Accept policy.
-func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.first.ln.SyscallConn() }
+func (l *Listener) SyscallConn() (syscall.RawConn, error) {
+	if l.first == nil {
+		return nil, errNoListener
+	}
+	return l.first.ln.SyscallConn()
+}

@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"syscall"
 
@@ -133,28 +134,25 @@ type shard struct {
 	ln     *net.TCPListener
 	rc     syscall.RawConn
 	family int // the socket's address family, read once
+	queue  *os.File        // a second descriptor of the socket, to wait on its accept queue
+	qrc    syscall.RawConn // queue's
 
 	// Guarded by the Listener's mu.
 	keys   keyTable[Key]   // the MD5 keys installed on the socket, without secrets
 	aoKeys keyTable[AOKey] // the AO keys, without secrets
-	aoMem  int             // what the AO keys cost the socket's option memory
 }
 
-// setAO records k, installed on the socket, and its charge.
-func (s *shard) setAO(k AOKey) {
-	if old, ok := s.aoKeys.get(k.id()); ok {
-		s.aoMem -= aoKeyCharge(old.Algorithm)
-	}
-	s.aoKeys.set(bareAO(k))
-	s.aoMem += aoKeyCharge(k.Algorithm)
-}
+// setAO records k, installed on the socket.
+func (s *shard) setAO(k AOKey) { s.aoKeys.set(bareAO(k)) }
 
-// removeAO forgets the key id, deleted from the socket, and its charge.
-func (s *shard) removeAO(id keyID) {
-	if old, ok := s.aoKeys.get(id); ok {
-		s.aoMem -= aoKeyCharge(old.Algorithm)
-		s.aoKeys.remove(id)
-	}
+// removeAO forgets the key id, deleted from the socket.
+func (s *shard) removeAO(id keyID) { s.aoKeys.remove(id) }
+
+// flips reports whether adding or removing the MD5 key k changes which
+// peers the socket's MD5 keys cover: always for a prefix key, and for a
+// host key unless another key covers the host too.
+func (s *shard) flips(k Key) bool {
+	return !k.Peer.IsSingleIP() || !s.keys.coversExcept(k.Peer.Addr(), k.Ifindex, k.id())
 }
 
 // load is how many keys the socket holds.
@@ -190,6 +188,16 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		return nil, err
 	}
 	s := &shard{ln: tl, rc: rc, family: family}
+	if s.queue, err = watchQueue(rc); err != nil {
+		tl.Close()
+		return nil, err
+	}
+	if s.queue != nil {
+		if s.qrc, err = s.queue.SyscallConn(); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
 	for _, k := range keys {
 		s.keys.set(bare(k))
 	}
@@ -304,6 +312,15 @@ func checkGroup(s *shard, want int) error {
 	return nil
 }
 
+// close closes the socket: its listener and the descriptor to wait on.
+func (s *shard) close() error {
+	err := s.ln.Close()
+	if s.queue != nil {
+		s.queue.Close()
+	}
+	return err
+}
+
 // addrPort is the address the socket is bound to.
 func (s *shard) addrPort() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrPort() }
 
@@ -313,7 +330,7 @@ func (s *shard) addrPort() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).Ad
 func (l *Listener) closeShards() error {
 	var err error
 	for i := len(l.shards) - 1; i >= 0; i-- {
-		err = l.shards[i].ln.Close()
+		err = l.shards[i].close()
 	}
 	return err
 }
@@ -395,18 +412,15 @@ func (l *Listener) grow() error {
 		err = steer(l.shards[0].rc, n+1)
 	}
 	if err != nil {
-		s.ln.Close() // the last socket of the group: closing it moves no other
+		s.close() // the last socket of the group: closing it moves no other
 		return err
 	}
 	l.shards = append(l.shards, s)
 	l.acceptFrom(s)
 	// A connection the split shard verified before the switch may still
-	// wait in its queue: it holds its own copy of the key.
-	for _, k := range moved {
-		if removeKey(split.rc, split.family, k) == nil {
-			split.keys.remove(k.id())
-		}
-	}
+	// wait in its queue: it holds its own copy of the key, and removeFrom
+	// judges it before the key goes. A key it cannot delete stays, unused.
+	_ = l.removeFrom(split, moved...)
 	for _, k := range aoMoved {
 		if removeAOKeyFrom(split.rc, split.family, k) == nil {
 			split.removeAO(k.id())
