@@ -133,7 +133,7 @@ func shardOf(h uint32, n int) int {
 type shard struct {
 	ln     *net.TCPListener
 	rc     syscall.RawConn
-	family int // the socket's address family, read once
+	family int             // the socket's address family, read once
 	queue  *os.File        // a second descriptor of the socket, to wait on its accept queue
 	qrc    syscall.RawConn // queue's
 
