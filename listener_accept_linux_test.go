@@ -1,17 +1,22 @@
 package tcpmd5_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
@@ -182,4 +187,185 @@ func TestAcceptErrors(t *testing.T) {
 	}
 	require.NoError(t, ln.Close())
 	requireAcceptError(net.ErrClosed)
+}
+
+// acceptAllFilter is a classic BPF socket filter of n instructions that
+// lets every segment through: what a caller's Control might attach, whose
+// charge to the socket's option memory grows with n.
+func acceptAllFilter(t testing.TB, n int) []unix.SockFilter {
+	t.Helper()
+	prog := make([]bpf.Instruction, 0, n)
+	for len(prog) < n-1 {
+		prog = append(prog, bpf.LoadConstant{Dst: bpf.RegX, Val: uint32(len(prog))})
+	}
+	raw, err := bpf.Assemble(append(prog, bpf.RetConstant{Val: 0xffffffff}))
+	require.NoError(t, err)
+	out := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return out
+}
+
+// setFilter attaches a filter of n instructions to the socket behind c, or
+// detaches it for n = 0.
+func setFilter(t testing.TB, c syscall.RawConn, n int) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if n == 0 {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
+			return
+		}
+		f := acceptAllFilter(t, n)
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]})
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// TestAcceptIgnoresSocketFilters: a socket filter the caller attaches, then
+// replaces or detaches through SyscallConn while a connection waits,
+// changes nothing of what Accept hands over. The filter's charge to option
+// memory is no proof of a key.
+func TestAcceptIgnoresSocketFilters(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	const covered, uncovered = "127.0.26.1", "127.0.26.2"
+	tests := []struct {
+		name        string
+		before      int // instructions of the filter at Listen
+		after       int // ... once the connection waits; 0 detaches it
+		signed      bool
+		handedOver  bool
+		allowUnsign bool
+	}{
+		{name: "unsigned, 64 instructions then 1", before: 64, after: 1},
+		{name: "unsigned, 64 instructions then none", before: 64, after: 0},
+		{name: "unsigned, 1 instruction then 64", before: 1, after: 64},
+		{name: "signed, 1 instruction then 64", before: 1, after: 64, signed: true, handedOver: true},
+		{name: "signed, 64 instructions then none", before: 64, after: 0, signed: true, handedOver: true},
+		{name: "unsigned and allowed, 64 then 1", before: 64, after: 1, handedOver: true, allowUnsign: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			testenv.Netns(t)
+			lc := tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, covered, secretA)}, AllowUnsigned: tt.allowUnsign}
+			lc.Control = func(_, _ string, c syscall.RawConn) error { return setFilter(t, c, tt.before) }
+			ln := listen(t, &lc, "tcp4", "127.0.0.1:0")
+			d := dialer(uncovered)
+			d.AllowUnsigned = true
+			if tt.signed {
+				d = dialer(covered, key(t, "127.0.0.1", secretA))
+			}
+			change := func(ln *tcpmd5.Listener) error {
+				rc, err := ln.SyscallConn()
+				if err != nil {
+					return err
+				}
+				return setFilter(t, rc, tt.after)
+			}
+			acceptAfter(t, ln, d, change, tt.handedOver)
+		})
+	}
+}
+
+// TestAcceptDualStackStickyOptions: IPv6 sticky options (IPV6_DSTOPTS) on a
+// dual-stack listener, which the kernel charges to its IPv6 children and
+// not to its IPv4 ones, change nothing of what Accept hands over: signed
+// peers of both families are served, an unsigned one is refused.
+func TestAcceptDualStackStickyOptions(t *testing.T) {
+	requireMD5(t)
+	requireIPv6(t)
+	t.Parallel()
+	testenv.Netns(t)
+	dstopts := []byte{0, 0, 1, 4, 0, 0, 0, 0} // next header, length 0 (8 bytes), a PadN of 4
+	lc := tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.26.20", secretA), key(t, "::1", secretA)}}
+	lc.Control = func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, string(dstopts))
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	ln := listen(t, &lc, "tcp", "[::]:0")
+	port := itoa(ln.Addr().(*net.TCPAddr).Port)
+	serveEcho(t, ln)
+	requireEcho(t, dialer("127.0.26.20", key(t, "127.0.0.1", secretA)), "127.0.0.1:"+port)
+	requireEcho(t, dialer("::1", key(t, "::1", secretA)), "[::1]:"+port)
+
+	unsigned := dialer("127.0.26.21")
+	unsigned.AllowUnsigned = true
+	c, err := unsigned.Dial("tcp", "127.0.0.1:"+port) // no key covers it: the kernel completes the handshake
+	if err == nil {                                   // unless Accept's reset was quicker than connect(2)
+		defer c.Close()
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(mustConnect)))
+		_, err = c.Read(make([]byte, 1))
+	}
+	require.ErrorIs(t, err, syscall.ECONNRESET, "Accept must refuse the unsigned peer")
+	assert.EqualValues(t, 1, ln.RefusedUnsigned())
+}
+
+// TestAcceptOutOfDescriptors: a process that is out of file descriptors
+// when Accept first judges a signed connection goes on serving signed
+// peers, then and afterwards. Accept opens no descriptor of its own to
+// judge. It runs in a child of the test binary, whose descriptor limit it
+// lowers.
+func TestAcceptOutOfDescriptors(t *testing.T) {
+	requireMD5(t)
+	if os.Getenv("TCPMD5_FD_CHILD") == "" {
+		testenv.RequireRoot(t)
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestAcceptOutOfDescriptors$", "-test.count", "1", "-test.v")
+		cmd.Env = append(os.Environ(), "TCPMD5_FD_CHILD=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), "--- PASS: TestAcceptOutOfDescriptors", "%s", out)
+		require.Contains(t, string(out), "handed over with no descriptor free", "%s", out)
+		return
+	}
+	testenv.Netns(t)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 256, Max: 256}))
+	ln := listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{key(t, "127.0.26.30/31", secretA)}}, "tcp4", "127.0.0.1:0")
+	d := dialer("127.0.26.30", key(t, "127.0.0.1", secretA))
+	client, err := d.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+
+	// Take every descriptor. If the connection still waits for accept(2),
+	// give back one at a time until it is taken: then none is free.
+	var fill []int
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			require.ErrorIs(t, err, unix.EMFILE)
+			break
+		}
+		fill = append(fill, fd)
+	}
+	require.NotEmpty(t, fill)
+	require.NoError(t, ln.SetDeadline(time.Now().Add(mustConnect)))
+	c, err := ln.Accept()
+	for errors.Is(err, unix.EMFILE) && len(fill) > 0 {
+		unix.Close(fill[len(fill)-1])
+		fill = fill[:len(fill)-1]
+		c, err = ln.Accept()
+	}
+	require.NoError(t, err)
+	t.Log("handed over with no descriptor free")
+	for _, fd := range fill {
+		unix.Close(fd)
+	}
+	defer c.Close()
+	go func() { _, _ = io.Copy(c, c) }()
+	ping(t, client)
+	assert.Zero(t, ln.RefusedUnsigned())
+
+	// And so is the next signed peer.
+	serveEcho(t, ln)
+	requireEcho(t, dialer("127.0.26.31", key(t, "127.0.0.1", secretA)), ln.Addr().String())
+	assert.Zero(t, ln.RefusedUnsigned())
 }
