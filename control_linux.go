@@ -62,6 +62,31 @@ func applyKeysFamily(c syscall.RawConn, family int, keys []Key) error {
 	return controlErr(c, func(fd int) error { return setKeys(fd, family, keys) })
 }
 
+// installEach installs keys on the socket behind c, a socket made
+// elsewhere, in order, and stops at the first the kernel refuses. It
+// deletes none: an installed key may have replaced one whose secret the
+// kernel cannot give back, and deleting it would leave that peer without
+// a key. It returns how many it installed.
+func installEach(c syscall.RawConn, keys []Key) (int, error) {
+	return control(c, func(fd int) (int, error) {
+		family, err := socketFamily(fd)
+		if err != nil {
+			return 0, err
+		}
+		for _, k := range keys {
+			if _, _, err := md5sig(family, k, false); err != nil {
+				return 0, err
+			}
+		}
+		for i, k := range keys {
+			if err := setsockopt(fd, family, k, false); err != nil {
+				return i, err
+			}
+		}
+		return len(keys), nil
+	})
+}
+
 // setKey installs k on the socket behind c, whose address family the
 // caller already knows: one setsockopt(2), as a live listener's SetKey costs.
 func setKey(c syscall.RawConn, family int, k Key) error {

@@ -22,6 +22,9 @@ func applyKeys(_ syscall.RawConn, keys []Key) error {
 // applyKeysFamily fails for any key: only Linux signs segments.
 func applyKeysFamily(c syscall.RawConn, _ int, keys []Key) error { return applyKeys(c, keys) }
 
+// installEach installs none: only Linux signs segments.
+func installEach(c syscall.RawConn, keys []Key) (int, error) { return 0, applyKeys(c, keys) }
+
 // setKey fails: only Linux signs segments.
 func setKey(_ syscall.RawConn, _ int, k Key) error {
 	return unsupported(k)

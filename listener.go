@@ -481,8 +481,8 @@ func (l *Listener) SetKey(k Key) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed || l.first == nil {
-		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), net.ErrClosed)
+	if err := l.open(); err != nil {
+		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 	}
 	if ao, ok := l.aoKeys.overlapping(k.Peer, k.Ifindex); ok {
 		return mixedKeysError(k, ao)
@@ -505,6 +505,18 @@ func (l *Listener) SetKey(k Key) error {
 			l.keys.remove(k.id())
 			return fmt.Errorf("%w; the key for %s was not installed", err, k.peerString())
 		}
+	}
+	return nil
+}
+
+// open returns why keys cannot change on l: it is closed, or Listen did
+// not make it. l.mu is held.
+func (l *Listener) open() error {
+	switch {
+	case l.first == nil:
+		return errNoListener
+	case l.closed:
+		return net.ErrClosed
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package tcpmd5
 import (
 	"cmp"
 	"fmt"
-	"net"
 	"slices"
 )
 
@@ -37,8 +36,8 @@ func (l *Listener) SetAOKey(k AOKey) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), net.ErrClosed)
+	if err := l.open(); err != nil {
+		return fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), err)
 	}
 	if md5, ok := l.keys.overlapping(k.Peer, k.Ifindex); ok {
 		return mixedKeysError(md5, k)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -272,11 +273,13 @@ func chain(user hook, ours ...hook) hook {
 // stalls; once the other end holds the same key, the retransmissions get
 // through and the connection resumes, unless it has timed out by then.
 //
-// SetKeys installs all keys or none: every key is checked before the first
-// setsockopt(2) call, and if the kernel refuses one, the keys already
-// installed by this call are removed again. A key that replaced an earlier
-// key for the same peer is then removed, not restored, because the kernel
-// offers no way to read keys back.
+// SetKeys checks every key before the first setsockopt(2) call, then
+// installs them in order and stops at the first the kernel refuses. It
+// removes none of those it installed: the kernel cannot give back a secret
+// that a key replaced, so deleting the new key would leave that peer with
+// no key at all. After a failure, the keys before the refused one are
+// installed, with their new secrets, and the refused one and those after it
+// are as they were; the error names the refused key and how many went in.
 func SetKeys(c syscall.Conn, keys ...Key) error {
 	keys, err := normalizeKeys(keys)
 	if err != nil {
@@ -286,13 +289,20 @@ func SetKeys(c syscall.Conn, keys ...Key) error {
 	if err != nil {
 		return err
 	}
-	return applyKeys(rc, keys)
+	n, err := installEach(rc, keys)
+	if err != nil && n > 0 {
+		return fmt.Errorf("%w (the %d keys before it are installed, with their new secrets)", err, n)
+	}
+	return err
 }
 
 // rawConn returns the raw socket behind c for the function named fn.
 func rawConn(c syscall.Conn, fn string) (syscall.RawConn, error) {
 	if c == nil {
 		return nil, fmt.Errorf("tcpmd5: %s needs a socket, got nil", fn)
+	}
+	if v := reflect.ValueOf(c); v.Kind() == reflect.Pointer && v.IsNil() {
+		return nil, fmt.Errorf("tcpmd5: %s needs a socket, got a nil %T", fn, c)
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {

@@ -2,6 +2,7 @@ package tcpmd5_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 // TestBadInputKernel covers the invalid input only the kernel can judge:
@@ -103,4 +106,36 @@ func TestBadInputKernel(t *testing.T) {
 	serveEcho(t, ln)
 	require.Error(t, ln.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: lo.Index}))
 	requireEcho(t, dialer("127.4.2.1"), ln.Addr().String())
+}
+
+// TestSetKeysFailureKeepsEveryPeerKeyed: a SetKeys call the kernel refuses
+// halfway leaves every peer that had a key with one. On a socket made
+// elsewhere, .80 is keyed with v1; SetKeys(.80 with v2, .81 on an interface
+// that does not exist) fails on the second key: .80 keeps a key, the new
+// one, so an unsigned peer from .80 is dropped and v2 connects.
+func TestSetKeysFailureKeepsEveryPeerKeyed(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	ln := plainListener(t, "127.0.0.1:0", nil)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	require.NoError(t, tcpmd5.SetKeys(ln, key(t, "127.0.28.80", secretA)))
+	err := tcpmd5.SetKeys(ln, key(t, "127.0.28.80", secretB), tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.28.81/32"), Secret: []byte(secretB), Ifindex: 999})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no interface with index 999")
+	assert.Contains(t, err.Error(), "the 1 keys before it are installed")
+
+	unsigned := dialer("127.0.28.80")
+	unsigned.AllowUnsigned = true
+	dropDial(t, unsigned, "tcp", ln.Addr().String(), netstat.MD5NotFound)
+	dropDial(t, dialer("127.0.28.80", key(t, "127.0.0.1", secretA)), "tcp", ln.Addr().String(), netstat.MD5Failure)
+	requireEcho(t, dialer("127.0.28.80", key(t, "127.0.0.1", secretB)), ln.Addr().String())
 }

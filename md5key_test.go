@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -214,4 +216,39 @@ func TestBadNetworksAndAddresses(t *testing.T) {
 			requireNoSecret(t, err)
 		})
 	}
+}
+
+// TestNilAndZeroValues: typed nil connections and a Listener that Listen
+// did not make give errors, not panics, on every method.
+func TestNilAndZeroValues(t *testing.T) {
+	t.Parallel()
+	k := tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte(badSecret)}
+	ao := tcpmd5.AOKey{Peer: k.Peer, Algorithm: "hmac(sha1)", Secret: []byte(badSecret)}
+	for name, c := range map[string]syscall.Conn{
+		"nil":              nil,
+		"nil *TCPConn":     (*net.TCPConn)(nil),
+		"nil *TCPListener": (*net.TCPListener)(nil),
+	} {
+		assert.Error(t, tcpmd5.SetKeys(c, k), name)
+		assert.Error(t, tcpmd5.AddAOKey(c, ao), name)
+		assert.Error(t, tcpmd5.RemoveAOKey(c, ao), name)
+		assert.Error(t, tcpmd5.SetAOCurrent(c, 1), name)
+		assert.Error(t, tcpmd5.SetAORNext(c, 1), name)
+		_, err := tcpmd5.AOInfo(c)
+		assert.Error(t, err, name)
+	}
+	var l tcpmd5.Listener
+	assert.Nil(t, l.Addr())
+	_, err := l.Accept()
+	assert.Error(t, err)
+	_, err = l.AcceptTCP()
+	assert.Error(t, err)
+	assert.Error(t, l.SetDeadline(time.Now()))
+	assert.Error(t, l.Close())
+	assert.Error(t, l.SetKey(k))
+	assert.Error(t, l.SetAOKey(ao))
+	assert.NoError(t, l.RemoveKey(k), "nothing to remove")
+	assert.Empty(t, l.Keys())
+	_, err = l.SyscallConn()
+	assert.Error(t, err)
 }
