@@ -63,12 +63,13 @@ func ParseAOKey(peer, spec, secret string) (AOKey, error) {
 	}
 	k := AOKey{Peer: base.Peer, Ifindex: base.Ifindex, Secret: []byte(secret)}
 	var have struct{ send, recv bool }
-	for _, word := range strings.Fields(spec) {
+	// No error repeats a word: a secret may have strayed into the spec.
+	for i, word := range strings.Fields(spec) {
 		name, value, _ := strings.Cut(word, "=")
 		id := func() (uint8, error) {
 			n, err := strconv.ParseUint(value, 10, 8)
 			if err != nil {
-				return 0, fmt.Errorf("tcpmd5: AO key for %s: %s=%q: want a KeyID from 0 to 255", base.peerString(), name, value)
+				return 0, fmt.Errorf("tcpmd5: AO key for %s: %s= wants a KeyID from 0 to 255", base.peerString(), name)
 			}
 			return uint8(n), nil
 		}
@@ -84,12 +85,12 @@ func ParseAOKey(peer, spec, secret string) (AOKey, error) {
 		case name == "mac":
 			k.MACLen, err = strconv.Atoi(value)
 			if err != nil {
-				err = fmt.Errorf("tcpmd5: AO key for %s: mac=%q: want a MAC length in bytes, 1 to %d", base.peerString(), value, MaxAOMACLen)
+				err = fmt.Errorf("tcpmd5: AO key for %s: mac= wants a MAC length in bytes, 1 to %d", base.peerString(), MaxAOMACLen)
 			}
 		case word == "exclude-options":
 			k.ExcludeOptions = true
 		default:
-			err = fmt.Errorf("tcpmd5: AO key for %s: unknown word %q; want send=N recv=N alg=NAME [mac=N] [exclude-options]", base.peerString(), word)
+			err = fmt.Errorf("tcpmd5: AO key for %s: word %d (not shown) is none of send=N recv=N alg=NAME mac=N exclude-options", base.peerString(), i+1)
 		}
 		if err != nil {
 			return AOKey{}, err
@@ -129,11 +130,11 @@ func (k AOKey) normalize() (AOKey, error) {
 		return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: no Algorithm; give the kernel's name of a MAC, such as hmac(sha1) or cmac(aes128)", k.name())
 	}
 	if len(k.Algorithm) >= aoAlgNameLen {
-		return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: Algorithm %q is longer than the kernel's %d bytes", k.name(), k.Algorithm, aoAlgNameLen-1)
+		return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: the Algorithm (not shown) is longer than the kernel's %d bytes", k.name(), aoAlgNameLen-1)
 	}
 	for _, c := range k.Algorithm {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '(' || c == ')' || c == '-' || c == '_' || c == ',') {
-			return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: Algorithm %q is not a kernel crypto name such as hmac(sha1) or cmac(aes128)", k.name(), k.Algorithm)
+			return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: the Algorithm (not shown) is not a kernel crypto name such as hmac(sha1) or cmac(aes128)", k.name())
 		}
 	}
 	return k, nil

@@ -78,10 +78,14 @@ func TestAOKeyBadInput(t *testing.T) {
 	}
 	for _, tc := range []struct{ peer, spec, want string }{
 		{"192.0.2.1", "send=1 alg=hmac(sha1)", "give both send=N and recv=N"},
-		{"192.0.2.1", "send=1 recv=256 alg=hmac(sha1)", `recv="256": want a KeyID from 0 to 255`},
-		{"192.0.2.1", "send=x recv=2 alg=hmac(sha1)", `send="x"`},
-		{"192.0.2.1", "send=1 recv=2 alg=hmac(sha1) mac=big", `mac="big"`},
-		{"192.0.2.1", "send=1 recv=2 alg=hmac(sha1) colour=red", `unknown word "colour=red"`},
+		{"192.0.2.1", "send=1 recv=256 alg=hmac(sha1)", `recv= wants a KeyID from 0 to 255`},
+		{"192.0.2.1", "send=x recv=2 alg=hmac(sha1)", `send= wants a KeyID`},
+		{"192.0.2.1", "send=1 recv=2 alg=hmac(sha1) mac=big", `mac= wants a MAC length`},
+		{"192.0.2.1", "send=1 recv=2 alg=hmac(sha1) colour=red", `word 4 (not shown) is none of send=N`},
+		// A secret where a word belongs is never repeated.
+		{"192.0.2.1", "send=1 recv=2 alg=hmac(sha1) " + aoSecret, `word 4 (not shown)`},
+		{"192.0.2.1", "send=" + aoSecret + " recv=2 alg=hmac(sha1)", `send= wants a KeyID`},
+		{"192.0.2.1", "send=1 recv=2 mac=" + aoSecret + " alg=hmac(sha1)", `mac= wants a MAC length`},
 		{"192.0.2.1", "send=1 recv=2", "no Algorithm"},
 		{"not-an-address", "send=1 recv=2 alg=hmac(sha1)", "is not an IP address"},
 	} {
@@ -90,6 +94,9 @@ func TestAOKeyBadInput(t *testing.T) {
 		assert.Contains(t, err.Error(), tc.want)
 		assert.NotContains(t, err.Error(), aoSecret)
 	}
+	_, err := tcpmd5.ParseAOKey("192.0.2.1", "send=1 recv=2 alg=Fake+Secret/9", aoSecret)
+	require.ErrorContains(t, err, "the Algorithm (not shown) is not a kernel crypto name")
+	assert.NotContains(t, err.Error(), "Fake+Secret/9")
 }
 
 // TestAOKeyNeverPrintsTheSecret: no verb shows the secret.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -300,8 +301,9 @@ func TestIfindexKeyNeedsVRF(t *testing.T) {
 	t.Parallel()
 	lo, err := net.InterfaceByName("lo")
 	require.NoError(t, err)
-	k := key(t, "127.0.0.1%lo", secretA)
-	require.Equal(t, lo.Index, k.Ifindex)
+	_, err = tcpmd5.ParseKey("127.0.0.1%lo", secretA)
+	require.ErrorContains(t, err, "interface lo is not a VRF device", "ParseKey refuses a zone that names a plain interface")
+	k := tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte(secretA), Ifindex: lo.Index}
 	_, err = tcpmd5.Listen("tcp4", "127.0.0.1:0", k)
 	require.ErrorIs(t, err, syscall.EINVAL)
 	assert.Contains(t, err.Error(), "is not a VRF (L3 master) device")

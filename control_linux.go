@@ -354,6 +354,28 @@ func interfaceExists(idx int) bool {
 	return err == nil
 }
 
+// vrfDevice fails if the interface with index idx is not a VRF (L3
+// master) device, the only kind the kernel confines a key to: it asks the
+// kernel, with an interface key on a throwaway socket, which refuses one
+// for any other interface with EINVAL. Where the kernel takes no such key
+// at all, it says nothing: installing the key will.
+func vrfDevice(idx int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	k := Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Ifindex: idx, Secret: []byte("tcpmd5-probe")}
+	sig, opt, err := md5sig(unix.AF_INET, k, false)
+	if err != nil {
+		return nil
+	}
+	if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig); errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	return nil
+}
+
 // probe installs and deletes a key on a throwaway socket.
 func probe() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)

@@ -56,6 +56,10 @@ func removeKey(_ syscall.RawConn, _ int, k Key) error {
 	return unsupported(k)
 }
 
+// vrfDevice says nothing: no key is installed here, and installing one
+// fails with ErrMD5Unsupported.
+func vrfDevice(int) error { return nil }
+
 func probe() error {
 	return fmt.Errorf("%w (%s has no TCP_MD5SIG; only Linux signs segments)", ErrMD5Unsupported, runtime.GOOS)
 }

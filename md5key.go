@@ -3,6 +3,7 @@ package tcpmd5
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"reflect"
@@ -46,34 +47,37 @@ type Key struct {
 
 // ParseKey returns the Key for secret shared with peer, where peer is an IP
 // address ("192.0.2.1", "2001:db8::1"), a prefix ("192.0.2.0/24",
-// "2001:db8::/64") or an address with a zone ("fe80::1%eth0"), whose
-// interface becomes the key's Ifindex.
+// "2001:db8::/64") or an address with a zone that names a VRF device
+// ("fe80::1%blue"), which becomes the key's Ifindex. A zone that names a
+// plain interface is an error: the kernel confines a key to a VRF only, and
+// matches a link-local peer on every other interface alike, so write the
+// address without a zone.
+//
+// Its errors never repeat a peer that does not parse, nor a zone that names
+// no interface: either may be a secret written in the wrong place.
 func ParseKey(peer, secret string) (Key, error) {
 	var k Key
 	addr, zone, hasZone := strings.Cut(peer, "%")
-	if hasZone && zone == "" {
-		return Key{}, fmt.Errorf("tcpmd5: peer %q: the zone after %% is empty; name an interface, as in fe80::1%%eth0", peer)
-	}
 	if strings.Contains(addr, "/") {
-		if zone != "" {
-			return Key{}, fmt.Errorf("tcpmd5: peer %q: a zone goes with a single address, not a prefix", peer)
-		}
 		p, err := netip.ParsePrefix(addr)
 		if err != nil {
-			return Key{}, fmt.Errorf("tcpmd5: peer %q is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", peer)
+			return Key{}, errBadPeer(peer)
+		}
+		if hasZone {
+			return Key{}, fmt.Errorf("tcpmd5: peer %s: a zone goes with a single address, not a prefix", p)
 		}
 		k.Peer = p
 	} else {
 		a, err := netip.ParseAddr(addr)
 		if err != nil {
-			return Key{}, fmt.Errorf("tcpmd5: peer %q is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", peer)
+			return Key{}, errBadPeer(peer)
 		}
 		k.Peer = netip.PrefixFrom(a, a.BitLen())
 	}
-	if zone != "" {
+	if hasZone {
 		idx, err := zoneIndex(zone)
 		if err != nil {
-			return Key{}, fmt.Errorf("tcpmd5: peer %q: %w", peer, err)
+			return Key{}, fmt.Errorf("tcpmd5: peer %s: %w", k.Peer.Addr(), err)
 		}
 		k.Ifindex = idx
 	}
@@ -85,18 +89,31 @@ func ParseKey(peer, secret string) (Key, error) {
 	return k, nil
 }
 
-// zoneIndex returns the interface index a zone names: a number, or the name
-// of an interface on this host.
+// errBadPeer says that peer is no address or prefix, without repeating it.
+func errBadPeer(peer string) error {
+	return fmt.Errorf("tcpmd5: the peer (%d bytes, not shown) is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", len(peer))
+}
+
+// zoneIndex returns the interface index a zone names, a number or the name
+// of an interface on this host, which must be a VRF device.
 func zoneIndex(zone string) (int, error) {
-	if n, err := strconv.Atoi(zone); err == nil {
-		if n <= 0 {
+	var ifi *net.Interface
+	var err error
+	if zone == "" {
+		return 0, errors.New("the zone after % is empty; name a VRF device, as in fe80::1%blue")
+	}
+	if n, nerr := strconv.Atoi(zone); nerr == nil {
+		if n <= 0 || n > math.MaxInt32 {
 			return 0, fmt.Errorf("interface index %d is not a valid interface", n)
 		}
-		return n, nil
+		if ifi, err = net.InterfaceByIndex(n); err != nil {
+			return 0, fmt.Errorf("no interface with index %d on this host", n)
+		}
+	} else if ifi, err = net.InterfaceByName(zone); err != nil {
+		return 0, errors.New("the zone names no interface on this host (it is not shown, in case it is a secret)")
 	}
-	ifi, err := net.InterfaceByName(zone)
-	if err != nil {
-		return 0, fmt.Errorf("no interface %q on this host", zone)
+	if err := vrfDevice(ifi.Index); err != nil {
+		return 0, fmt.Errorf("interface %s is not a VRF device, the only kind a key can be confined to: the kernel matches a link-local peer on any other interface alike, so write the address without a zone", ifi.Name)
 	}
 	return ifi.Index, nil
 }
@@ -132,8 +149,11 @@ func (k Key) normalizePeer() (Key, error) {
 	if k.Peer.Addr().Is4In6() && k.Peer.Bits() >= 96 {
 		k.Peer = netip.PrefixFrom(k.Peer.Addr().Unmap(), k.Peer.Bits()-96)
 	}
-	if k.Ifindex < 0 {
+	switch {
+	case k.Ifindex < 0:
 		return Key{}, fmt.Errorf("tcpmd5: key for %s: Ifindex %d is negative; use 0 for any interface", k.Peer, k.Ifindex)
+	case k.Ifindex > math.MaxInt32:
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: Ifindex %d is larger than any interface index", k.Peer, k.Ifindex)
 	}
 	return k, nil
 }

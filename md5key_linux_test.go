@@ -54,9 +54,11 @@ func TestBadInputKernel(t *testing.T) {
 			return tcp4.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: 1 << 30})
 		}, syscall.EINVAL, "there is no interface with index 1073741824 in this network namespace"},
 		{"zone of lo through ParseKey", func() error {
-			k, err := tcpmd5.ParseKey("127.4.2.1%lo", badSecret)
-			require.NoError(t, err)
-			return tcp4.SetKey(k)
+			_, err := tcpmd5.ParseKey("127.4.2.1%lo", badSecret)
+			return err
+		}, nil, "interface lo is not a VRF device"},
+		{"interface lo through SetKey", func() error {
+			return tcp4.SetKey(tcpmd5.Key{Peer: host, Secret: secret, Ifindex: lo.Index})
 		}, syscall.EINVAL, "key for 127.4.2.1%"},
 		{"IPv6 peer on an IPv4 listener", func() error {
 			return tcp4.SetKey(tcpmd5.Key{Peer: netip.MustParsePrefix("2001:db8::/32"), Secret: secret})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -58,7 +59,11 @@ func TestBadParseKey(t *testing.T) {
 		{"192.0.2.1/24", badSecret, "host bits set; did you mean 192.0.2.0/24?"},
 		{"2001:db8::1/64", badSecret, "host bits set; did you mean 2001:db8::/64?"},
 		{"192.0.2.0/24%eth0", badSecret, "a zone goes with a single address, not a prefix"},
-		{"fe80::1%md5t-no-such-if", badSecret, `no interface "md5t-no-such-if" on this host`},
+		{"fe80::1%md5t-no-such-if", badSecret, `the zone names no interface on this host`},
+		{badSecret, "x", "the peer (26 bytes, not shown) is not an IP address"},
+		{"fe80::1%" + badSecret, "x", "the zone names no interface on this host"},
+		{"192.0.2.0/24%" + badSecret, "x", "a zone goes with a single address"},
+		{strings.Repeat("a", 1<<20), "x", "the peer (1048576 bytes, not shown)"},
 		{"fe80::1%0", badSecret, "interface index 0 is not a valid interface"},
 		{"fe80::1%", badSecret, "the zone after % is empty"},
 		{"fe80::1%-3", badSecret, "interface index -3 is not a valid interface"},
@@ -251,4 +256,22 @@ func TestNilAndZeroValues(t *testing.T) {
 	assert.Empty(t, l.Keys())
 	_, err = l.SyscallConn()
 	assert.Error(t, err)
+}
+
+// TestIfindexRange: an Ifindex the kernel's 32-bit field cannot hold is an
+// error, never truncated to another interface (1<<32 to the default VRF,
+// 1<<32+1 to index 1).
+func TestIfindexRange(t *testing.T) {
+	t.Parallel()
+	if strconv.IntSize < 64 {
+		t.Skip("int holds no index beyond 31 bits here: nothing to truncate")
+	}
+	for _, idx := range []int64{1 << 31, 1 << 32, 1<<32 + 1} {
+		k := tcpmd5.Key{Peer: netip.MustParsePrefix("192.0.2.1/32"), Secret: []byte(badSecret), Ifindex: int(idx)}
+		_, err := tcpmd5.Listen("tcp4", "127.0.0.1:0", k)
+		require.ErrorContains(t, err, "larger than any interface index")
+		ao := tcpmd5.AOKey{Peer: k.Peer, Algorithm: "hmac(sha1)", Secret: k.Secret, Ifindex: int(idx)}
+		_, err = (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao}}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+		require.ErrorContains(t, err, "larger than any interface index")
+	}
 }

@@ -335,6 +335,7 @@ func TestKeySources(t *testing.T) {
 func TestUsageErrors(t *testing.T) {
 	t.Parallel()
 	badFile := keyFile(t, 0o600, "192.0.2.1 "+secretA+"\n"+secretB+" 192.0.2.2\n")
+	zoneFile := keyFile(t, 0o600, "fe80::1%"+secretB+" x\n")
 	tests := []struct {
 		name string
 		args []string
@@ -356,6 +357,10 @@ func TestUsageErrors(t *testing.T) {
 		{"listen bad peer", []string{"listen", "-key", "192.0.2.0/33=" + secretA, "127.3.0.1:0"}, 2, "is not an IP address or prefix"},
 		{"key file with a bad line", []string{"dial", "-key-file", badFile, "192.0.2.1:179"}, 2, badFile + ":2: the first field is not an IP address"},
 		{"dial without target", []string{"dial"}, 2, "dial takes one HOST:PORT"},
+		// A secret in the wrong place is never printed: run checks.
+		{"listen secret with padding for PEER=SECRET", []string{"listen", "-key", secretA + "==", "127.3.0.1:0"}, 2, "not shown"},
+		{"dial secret among the AO words", []string{"dial", "-ao", "send=1 recv=2 alg=hmac(sha1) " + secretA, "-key", "127.0.0.2=x", "127.0.0.1:1"}, 2, "word 4 (not shown)"},
+		{"key file zone holds the secret", []string{"dial", "-key-file", zoneFile, "192.0.2.1:179"}, 2, zoneFile + ":1: tcpmd5: peer fe80::1: the zone names no interface"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -64,7 +64,7 @@ func TestParseErrors(t *testing.T) {
 		{"host bits", "192.0.2.1/24 " + secretA + "\n", "did you mean 192.0.2.0/24"},
 		{"duplicate", "192.0.2.1 " + secretA + "\n192.0.2.1/32 " + secretA + "\n", "peers.keys:2: peer 192.0.2.1/32 already has a key on line 1"},
 		{"too long", "192.0.2.1 " + strings.Repeat("x", tcpmd5.MaxSecretLen+1) + "\n", "longer than the kernel's limit"},
-		{"unknown zone", "fe80::1%no-such-if0 " + secretA + "\n", `no interface "no-such-if0"`},
+		{"unknown zone", "fe80::1%no-such-if0 " + secretA + "\n", `the zone names no interface on this host`},
 		{"two words unquoted", "192.0.2.1 " + secretA + " more\n", "peers.keys:1: more than a secret follows the peer; put a secret with blanks in double quotes"},
 		{"# inside a bare word", "192.0.2.1 " + secretA + "#x\n", "the secret holds # or \""},
 		{"quote inside a bare word", "192.0.2.1 " + secretA + "\"\n", "the secret holds # or \""},
