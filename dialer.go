@@ -33,7 +33,10 @@ type Dialer struct {
 	// first dial checks and indexes them, so that a dial costs the same
 	// with 10,000 keys as with one; a dial with another slice (a new one,
 	// or the same grown by append) indexes that. An element changed in
-	// place is not seen: assign a new slice to change keys.
+	// place is not seen. Like every field of a Dialer, Keys is read by each
+	// dial without a lock: assign it only while no dial runs, as with
+	// [net.Dialer]'s fields; a Dialer whose keys change while it dials
+	// needs a Dialer per set of keys.
 	Keys []Key
 
 	// AOKeys are TCP-AO keys (RFC 5925), indexed as Keys are. A dial
