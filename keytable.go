@@ -182,3 +182,6 @@ func family(a netip.Addr) int {
 	}
 	return 1
 }
+
+// name names the peers and interface of id, as errors do.
+func (id keyID) name() string { return Key{Peer: id.peer, Ifindex: id.ifindex}.peerString() }

@@ -191,6 +191,7 @@ type Listener struct {
 	aoKeys  keyTable[AOKey]
 	aoKeyed bool     // an AO key was ever installed
 	shards  []*shard // the group, in the order the sockets joined it
+	learned int      // the keys a socket held when the kernel refused one more (0: none refused)
 	steered bool     // the steering program is attached to the group
 	closed  bool
 	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
@@ -296,7 +297,7 @@ func (l *Listener) acceptFrom(s *shard) {
 	go func() {
 		for {
 			a := l.acceptOne(s)
-			if errors.Is(a.err, net.ErrClosed) || errors.Is(a.err, os.ErrClosed) || !l.handOver(a) {
+			if s.closed.Load() || !l.handOver(a) {
 				return
 			}
 		}
@@ -531,31 +532,102 @@ func (l *Listener) uninstall(k Key) {
 }
 
 // place makes room for a key of either kind, then installs it with
-// install, which returns the socket that refused it. A new host key whose
-// socket holds keysPerSocket keys grows the group first, at most doubling
-// it (by then every socket has been split once); the cap is for speed: if
-// growing fails, a socket with room in its option memory still takes the
-// key. A socket whose option memory is full makes room the same way, if
-// growing can move host keys off it.
+// install, which returns the socket that refused it and leaves no socket
+// changed when it fails. A new secret for an installed key takes no room.
+//
+// The group is bounded: a prefix key goes on every socket, so more sockets
+// cannot make room for it, and it never grows the group; a host key grows
+// it by at most maxGrowth sockets, only while the socket its peer's SYNs
+// reach holds hostRoom host keys. A key that cannot fit is refused before
+// any socket is added, and a key the kernel refuses after the group grew
+// shrinks it back: a refused key changes nothing. A refusal (ENOMEM)
+// teaches the listener what its sockets really hold, the caller's socket
+// filters and options included.
 func (l *Listener) place(id keyID, installed bool, install func() (*shard, error)) error {
+	if installed {
+		_, err := install()
+		return err
+	}
+	prefixes := len(l.keys.prefixes) + len(l.aoKeys.prefixes)
+	if !id.peer.IsSingleIP() {
+		if prefixes+1 > l.capacity() {
+			return fmt.Errorf("tcpmd5: key for %s: %d prefix keys on every socket is more than its option memory holds (%s): %w", id.name(), prefixes+1, optmemFull(), errFull)
+		}
+		if full, err := install(); err != nil {
+			if keysFull(err) {
+				l.learn(full)
+				return fmt.Errorf("%w; a prefix key takes room on every socket of the group, so more sockets cannot make room for it", err)
+			}
+			return err
+		}
+		return nil
+	}
+	room, hosts := l.hostRoom(prefixes), len(l.keys.hosts)+len(l.aoKeys.hosts)+1
+	if room < 1 || (hosts+room-1)/room > maxShards {
+		return fmt.Errorf("tcpmd5: key for %s: %d prefix keys leave no room for %d host keys on %d sockets (%s): %w", id.name(), prefixes, hosts, maxShards, optmemFull(), errFull)
+	}
 	n := len(l.shards)
-	for grown := 0; grown < n && l.crowded(id, installed); grown++ {
+	budget := min(n, maxGrowth)
+	for ; budget > 0 && l.crowded(id, room); budget-- {
 		if l.grow() != nil {
-			break
+			break // a socket with room in its option memory still takes the key
 		}
 	}
-	for grown := 0; ; grown++ {
+	for {
 		full, err := install()
 		if err == nil {
 			return nil
 		}
-		if !keysFull(err) || len(full.keys.hosts)+len(full.aoKeys.hosts) == 0 || grown >= n {
-			return err
+		if keysFull(err) {
+			l.learn(full)
+			if len(full.keys.hosts)+len(full.aoKeys.hosts) > 0 && budget > 0 {
+				budget--
+				if err = l.grow(); err == nil {
+					continue
+				}
+			}
 		}
-		if gerr := l.grow(); gerr != nil {
-			return fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
-		}
+		l.shrink(n)
+		return err
 	}
+}
+
+// maxGrowth bounds the sockets one key adds to the group, so that no
+// SetKey holds the listener, and Accept with it, for long: linear hashing
+// may need the group to double before the one socket a peer's SYNs reach
+// is split, and a key that still finds its socket crowded goes there
+// while its option memory has room.
+const maxGrowth = 4
+
+// capacity is how many keys one socket of the group holds: what its
+// option memory holds for MD5 keys, or less if the kernel said so (learn).
+// l.mu is held.
+func (l *Listener) capacity() int {
+	if l.learned > 0 {
+		return min(l.learned, socketCapacity())
+	}
+	return socketCapacity()
+}
+
+// learn records that s, which refused a key with ENOMEM, holds no more
+// keys than it has. l.mu is held.
+func (l *Listener) learn(s *shard) {
+	if s != nil && (l.learned == 0 || s.load() < l.learned) {
+		l.learned = s.load()
+	}
+}
+
+// errFull is what a key that no socket of the group has room for wraps.
+var errFull = errors.New("no socket of the group can take it")
+
+// hostRoom is how many host keys one socket takes beside prefixes prefix
+// keys: keysPerSocket in all while the prefix keys leave room, else what
+// its option memory holds beside them.
+func (l *Listener) hostRoom(prefixes int) int {
+	if soft := min(keysPerSocket(), l.capacity()); prefixes < soft {
+		return soft - prefixes
+	}
+	return l.capacity() - prefixes
 }
 
 // RemoveKey deletes the key for k.Peer and k.Ifindex from the listener; the

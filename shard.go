@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/bpf"
@@ -136,6 +137,7 @@ type shard struct {
 	family int             // the socket's address family, read once
 	queue  *os.File        // a second descriptor of the socket, to wait on its accept queue
 	qrc    syscall.RawConn // queue's
+	closed atomic.Bool     // close was called: its accept goroutine ends
 
 	// Guarded by the Listener's mu.
 	keys   keyTable[Key]   // the MD5 keys installed on the socket, without secrets
@@ -314,6 +316,7 @@ func checkGroup(s *shard, want int) error {
 
 // close closes the socket: its listener and the descriptor to wait on.
 func (s *shard) close() error {
+	s.closed.Store(true)
 	err := s.ln.Close()
 	if s.queue != nil {
 		s.queue.Close()
@@ -368,15 +371,13 @@ func (l *Listener) install(k Key) (*shard, error) {
 	return nil, nil
 }
 
-// crowded reports whether installing k would put a new host key on a
-// socket that already holds maxSocketKeys (or what its option memory holds,
-// if less) and could give some away by growing the group.
-func (l *Listener) crowded(id keyID, installed bool) bool {
-	if !id.peer.IsSingleIP() || installed { // a new secret for an installed key takes no room
-		return false
-	}
+// crowded reports whether the new host key id would find its socket with
+// room host keys already, and that socket could give some away by growing
+// the group.
+func (l *Listener) crowded(id keyID, room int) bool {
 	s := l.shards[shardOf(peerHash(id.peer.Addr()), len(l.shards))]
-	return s.load() >= keysPerSocket() && len(s.keys.hosts)+len(s.aoKeys.hosts) > 0
+	hosts := len(s.keys.hosts) + len(s.aoKeys.hosts)
+	return hosts >= room && hosts > 0
 }
 
 // grow adds a socket to the group. Going from n to n+1 shards, linear
@@ -427,6 +428,44 @@ func (l *Listener) grow() error {
 		}
 	}
 	return nil
+}
+
+// shrink undoes grow until the group has n sockets again: the last
+// socket's host keys go back to the socket it was split from, the program
+// steers among one socket fewer, and the last socket, its queue judged and
+// handed to Accept, is closed. A step that fails stops it, and the group
+// keeps the sockets it has, each holding its keys.
+func (l *Listener) shrink(n int) {
+	for len(l.shards) > n {
+		last := l.shards[len(l.shards)-1]
+		m := len(l.shards) - 1
+		into := l.shards[m-1<<(bits.Len(uint(m))-1)]
+		var back []Key
+		for id := range last.keys.hosts {
+			k := l.keys.hosts[id]
+			if setKey(into.rc, into.family, k) != nil {
+				return
+			}
+			into.keys.set(bare(k))
+			back = append(back, k)
+		}
+		for id := range last.aoKeys.hosts {
+			k := l.aoKeys.hosts[id]
+			if replaceAOKey(into.rc, into.family, k, AOKey{}, false) != nil {
+				return
+			}
+			into.setAO(k)
+		}
+		if l.drainMD5(into, back) != nil || steer(l.shards[0].rc, m) != nil {
+			return
+		}
+		_ = l.drainMD5(last, nil)
+		l.shards = l.shards[:m]
+		// The last socket of the group: closing it moves no other. Its
+		// descriptors close once its accept goroutine, which waits for
+		// l.mu, has let go of them: not while l.mu is held.
+		go last.close()
+	}
 }
 
 // movedKeys returns the host keys of all, among those of split, that

@@ -91,13 +91,17 @@ func keysFull(err error) bool { return errors.Is(err, unix.ENOMEM) }
 // peers grow. Prefix keys, which go on every socket, may exceed it.
 const maxSocketKeys = 128
 
-// keysPerSocket is how many keys a Listener puts on one socket: what its
-// option memory (net.core.optmem_max, read once) holds, at most
-// maxSocketKeys.
-var keysPerSocket = sync.OnceValue(func() int {
+// socketCapacity is how many MD5 keys one socket's option memory
+// (net.core.optmem_max, read once) holds: about 960 on 6.x kernels, 150
+// on older ones.
+var socketCapacity = sync.OnceValue(func() int {
 	n := 150 // what the smallest default, optmem_max 20480 on old kernels, holds
 	if optmem, err := optmemMax(); err == nil && optmem >= keyBytes {
 		n = optmem / keyBytes
 	}
-	return min(n, maxSocketKeys)
+	return n
 })
+
+// keysPerSocket is how many keys a Listener puts on one socket: what its
+// option memory holds, at most maxSocketKeys.
+func keysPerSocket() int { return min(socketCapacity(), maxSocketKeys) }

@@ -517,3 +517,65 @@ func TestConcurrentListenOnPortZero(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestGroupStaysBounded: prefix keys, which take room on every socket,
+// never grow the group, and the one that does not fit is refused at once,
+// naming optmem_max, with nothing changed. With the caller's socket filter
+// taking option memory the Listener does not count, host keys grow the
+// group as far as it helps, and the one the kernel refuses all the same
+// shrinks it back to where it was.
+func TestGroupStaysBounded(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	prefix := func(i int) tcpmd5.Key {
+		return tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, byte(192 + i>>8), byte(i), 0}), 24), Secret: []byte(secretB)}
+	}
+	host := func(i int) tcpmd5.Key { return tcpmd5.Key{Peer: hostPrefix(i), Secret: []byte(secretA)} }
+	var lc tcpmd5.ListenConfig
+	lc.Keys = []tcpmd5.Key{host(0)}
+	ln := listen(t, &lc, "tcp4", "127.0.0.1:0")
+	p := port(ln)
+
+	var err error
+	prefixes := 0
+	for ; prefixes < 4096; prefixes++ {
+		if err = ln.SetKey(prefix(prefixes)); err != nil {
+			break
+		}
+	}
+	require.Error(t, err, "a socket's option memory holds fewer than 4,096 keys")
+	assert.Contains(t, err.Error(), "net.core.optmem_max")
+	t.Logf("one socket took %d prefix keys beside a host key: %v", prefixes, err)
+	assert.Equal(t, 1, listeningSockets(t, p), "prefix keys grew the group")
+	assert.Len(t, ln.Keys(), prefixes+1, "the refused key changed the keys")
+
+	// Room for a few hundred host keys beside the prefix keys, then a
+	// filter that takes part of it: the group grows for host keys until
+	// the kernel refuses one, which leaves the group as it found it.
+	for i := range prefixes - 700 {
+		require.NoError(t, ln.RemoveKey(prefix(i)))
+	}
+	ln2 := listen(t, &tcpmd5.ListenConfig{
+		ListenConfig: net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error { return setFilter(t, c, 4096) }},
+		Keys:         ln.Keys(),
+	}, "tcp4", "127.0.0.1:0")
+	require.NoError(t, ln.Close())
+	p = port(ln2)
+	for i := 1; i < 100000; i++ {
+		before := listeningSockets(t, p)
+		if err = ln2.SetKey(host(i)); err != nil {
+			// The sockets the key added close as their accept goroutines let
+			// go; /proc of this namespace is read on this goroutine's thread.
+			for end := time.Now().Add(mustConnect); listeningSockets(t, p) != before && time.Now().Before(end); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			assert.Equal(t, before, listeningSockets(t, p), "the refused key left sockets behind")
+			assert.Len(t, ln2.Keys(), 700+i, "the refused key changed the keys")
+			t.Logf("refused host key %d on %d sockets: %v", i, before, err)
+			break
+		}
+		require.LessOrEqual(t, listeningSockets(t, p), 2*before, "one key more than doubled the group")
+	}
+	require.Error(t, err, "the filter's option memory must run out")
+}

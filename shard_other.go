@@ -28,3 +28,9 @@ func keysFull(error) bool { return false }
 // keysPerSocket returns the most keys a socket could hold; here none are
 // ever installed.
 func keysPerSocket() int { return 1 << 30 }
+
+// socketCapacity is keysPerSocket: no socket here holds keys.
+func socketCapacity() int { return keysPerSocket() }
+
+// optmemFull names no setting: no socket here holds keys.
+func optmemFull() string { return "no socket here takes keys" }
