@@ -60,22 +60,17 @@ func steer(c syscall.RawConn, n int) error {
 // program picks sockets by their position in the group, in the order they
 // joined it: a socket of another program that joined before one of ours
 // would take that one's place and its SYNs. The kernel offers no list of a
-// group, so the sockets are counted in /proc/net/tcp or tcp6 of the calling
-// thread's network namespace: every listening socket bound to addr is in
-// the group (the kernel lets one bind there only by joining).
+// group, so the sockets are counted through sock_diag(7) in the calling
+// thread's network namespace, which walks only the listeners of the port:
+// every listening socket bound to addr is in the group (the kernel lets one
+// bind there only by joining).
 func othersInGroup(family int, addr netip.AddrPort, want int) (int, error) {
 	if family == unix.AF_INET6 {
 		addr = netip.AddrPortFrom(netip.AddrFrom16(addr.Addr().As16()), addr.Port())
 	}
-	socks, err := netstat.Sockets()
+	n, err := netstat.Listening(addr)
 	if err != nil {
 		return 0, fmt.Errorf("tcpmd5: counting the sockets on %s: %w", addr, err)
-	}
-	n := 0
-	for _, s := range socks {
-		if s.Local == addr && s.State == netstat.StateListen {
-			n++
-		}
 	}
 	return max(n-want, 0), nil
 }
