@@ -175,6 +175,12 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 			if d.AllowUnsigned {
 				return nil
 			}
+			if vrf, ok := table.keys.confinedTo(ap.Addr()); ok {
+				return fmt.Errorf("%w %s on this socket: its key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
+			}
+			if vrf, ok := table.aoKeys.confinedTo(ap.Addr()); ok {
+				return fmt.Errorf("%w %s on this socket: its AO key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
+			}
 			return fmt.Errorf("%w %s: add a Key or AOKey whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())
 		case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
 			return mixedKeysError(best[0], aoBest[0])

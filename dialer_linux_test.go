@@ -317,3 +317,19 @@ func fakeDNS(t *testing.T, name string, addrs ...string) *net.Resolver {
 		return d.DialContext(ctx, "udp4", server)
 	}}
 }
+
+// TestDialerInterfaceKeyOnUnboundSocket: a Dialer whose only key for the
+// destination is confined to a VRF, dialling from a socket not bound to
+// it, says so rather than that no key covers the destination.
+func TestDialerInterfaceKeyOnUnboundSocket(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	for _, d := range []*tcpmd5.Dialer{
+		{Keys: []tcpmd5.Key{{Peer: netip.MustParsePrefix("127.0.31.0/24"), Secret: []byte(secretA), Ifindex: 999}}},
+		{AOKeys: []tcpmd5.AOKey{{Peer: netip.MustParsePrefix("127.0.31.0/24"), Algorithm: "hmac(sha1)", Secret: []byte(secretA), Ifindex: 999}}},
+	} {
+		_, err := d.Dial("tcp4", "127.0.31.7:9")
+		require.ErrorIs(t, err, tcpmd5.ErrNoKey)
+		assert.Contains(t, err.Error(), "key is for VRF 999; bind the dialer's socket to that VRF")
+	}
+}

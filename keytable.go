@@ -185,3 +185,21 @@ func family(a netip.Addr) int {
 
 // name names the peers and interface of id, as errors do.
 func (id keyID) name() string { return Key{Peer: id.peer, Ifindex: id.ifindex}.peerString() }
+
+// confinedTo returns the VRF of an interface key that covers addr, if one
+// does: a key a socket bound elsewhere does not use.
+func (t *keyTable[K]) confinedTo(addr netip.Addr) (int, bool) {
+	addr = addr.Unmap().WithZone("")
+	for bits := addr.BitLen(); bits >= 0; bits-- {
+		if t.bits[family(addr)][bits] == 0 {
+			continue
+		}
+		p, _ := addr.Prefix(bits)
+		for _, id := range t.peers[p] {
+			if id.ifindex != 0 {
+				return id.ifindex, true
+			}
+		}
+	}
+	return 0, false
+}

@@ -175,8 +175,8 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // their position in the group, in the order they joined, and a foreign
 // socket comes after the Listener's own, where the program never steers: it
 // receives no SYN. The Listener therefore grows its group only while no
-// other socket is bound to its address, which it counts in /proc/net/tcp
-// (or tcp6) before each new socket starts receiving SYNs; with a foreign
+// other socket is bound to its address, which it asks sock_diag(7) for
+// before each new socket starts receiving SYNs; with a foreign
 // socket there, its keys stay on the sockets it has, up to what their
 // option memory holds. A socket bound to the address before Listen makes
 // Listen fail (EADDRINUSE).
@@ -790,8 +790,10 @@ func (d *deadline) wait() <-chan struct{} {
 }
 
 // SyscallConn returns the raw listening socket, as
-// [net.TCPListener.SyscallConn]: the first socket of the group. Keys set on
-// it directly bypass [Listener.Keys] and the Accept policy.
+// [net.TCPListener.SyscallConn]: the first socket of the group. Do not set
+// or delete keys through it: Accept judges connections by the keys the
+// Listener installed, so a key deleted there lets unsigned peers in that
+// the Listener takes for covered.
 func (l *Listener) SyscallConn() (syscall.RawConn, error) {
 	if l.first == nil {
 		return nil, errNoListener

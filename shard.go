@@ -175,6 +175,9 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, 0, aoKeys, false) }
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		return nil, fmt.Errorf("tcpmd5: out of file descriptors for one more socket of the listener's group, which takes two a socket; raise RLIMIT_NOFILE: %w", err)
+	}
 	if err != nil {
 		return nil, err
 	}

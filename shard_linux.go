@@ -48,10 +48,14 @@ func steer(c syscall.RawConn, n int) error {
 	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	return controlErr(c, func(fd int) error {
-		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
-			return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets (SO_ATTACH_REUSEPORT_CBPF): %w", n, os.NewSyscallError("setsockopt", err))
+		err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, unix.ENOMEM): // the program is charged to the first socket's option memory
+			return fmt.Errorf("tcpmd5: the first socket's option memory (%s) has no room for the program that steers SYNs over the group; raise it: %w", optmemFull(), os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
 		}
-		return nil
+		return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets: %w", n, os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
 	})
 }
 
