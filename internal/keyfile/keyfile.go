@@ -24,6 +24,7 @@ package keyfile
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -53,8 +54,15 @@ func Parse(r io.Reader, name string) (File, error) {
 		send, recv uint8
 	}
 	seenAO := make(map[aoID]int)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
+	sc.Buffer(nil, maxLine)
+	n := 1
+	for ; sc.Scan(); n++ {
+		// Only blanks and a carriage return are trimmed: a secret is taken
+		// byte for byte, never shortened by a Unicode space at its end.
+		line := strings.Trim(sc.Text(), " \t\r")
+		if n == 1 && strings.HasPrefix(line, "\ufeff") {
+			return File{}, fmt.Errorf("%s:1: the file starts with a byte-order mark (U+FEFF); save it as UTF-8 without one", name)
+		}
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -99,11 +107,16 @@ func Parse(r io.Reader, name string) (File, error) {
 		seen[k.Peer] = n
 		f.Keys = append(f.Keys, k)
 	}
-	if err := sc.Err(); err != nil {
-		return File{}, fmt.Errorf("%s: %w", name, err)
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		return File{}, fmt.Errorf("%s:%d: the line is longer than %d KiB; a key line is a peer, AO parameters and a secret of at most 80 bytes", name, n, maxLine>>10)
+	} else if err != nil {
+		return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
 	}
 	return f, nil
 }
+
+// maxLine bounds a line of a key file, comments included.
+const maxLine = 64 << 10
 
 // aoParams splits "ao PARAM... SECRET..." into the parameters and the rest.
 // Anything else is no AO line: a secret that is the bare word ao stays one.
@@ -180,6 +193,11 @@ func parseSecret(s string) (string, error) {
 	}
 	if rest = strings.TrimLeft(rest, " \t"); rest != "" && rest[0] != '#' {
 		return "", fmt.Errorf(`more than a secret follows the peer; put a secret with blanks in double quotes, and start a comment with #`)
+	}
+	for i := 0; i < len(secret); i++ {
+		if c := secret[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return "", fmt.Errorf("byte %d of the secret is a control character; a secret is taken byte for byte, so remove it", i+1)
+		}
 	}
 	return secret, nil
 }

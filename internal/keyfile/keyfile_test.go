@@ -2,6 +2,7 @@ package keyfile_test
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -226,3 +227,38 @@ func FuzzParse(f *testing.F) {
 		assert.Equal(t, parsed.AOKeys, again.AOKeys)
 	})
 }
+
+// TestParseTakesSecretsByteForByte: a secret is never altered. Blanks and
+// a carriage return end a line; a Unicode space at the end of a secret is
+// part of it; a control character is refused with the line's number; a
+// byte-order mark, an overlong line and endless input each get an error
+// that says what and where.
+func TestParseTakesSecretsByteForByte(t *testing.T) {
+	t.Parallel()
+	f, err := keyfile.Parse(strings.NewReader("192.0.2.1 fake-secret-nbsp\u00a0\r\n192.0.2.2 \"fake\tsecret\"\n"), "k")
+	require.NoError(t, err)
+	require.Len(t, f.Keys, 2)
+	assert.Equal(t, "fake-secret-nbsp\u00a0", string(f.Keys[0].Secret), "the no-break space is the secret's")
+	assert.Equal(t, "fake\tsecret", string(f.Keys[1].Secret))
+	for _, tc := range []struct {
+		name string
+		in   io.Reader
+		want string
+	}{
+		{"vertical tab", strings.NewReader("# keys\n192.0.2.1 fake-secret-vt\v\n"), "k:2: byte 15 of the secret is a control character"},
+		{"NUL", strings.NewReader("192.0.2.1 fake\x00secret\n"), "k:1: byte 5 of the secret is a control character"},
+		{"byte-order mark", strings.NewReader("\ufeff192.0.2.1 fake-secret-alpha\n"), "k:1: the file starts with a byte-order mark"},
+		{"long line", strings.NewReader("# ok\n192.0.2.1 " + strings.Repeat("x", 70<<10) + "\n"), "k:2: the line is longer than 64 KiB"},
+		{"endless zeros", io.LimitReader(zeros{}, 1<<20), "k:1: the line is longer than 64 KiB"},
+	} {
+		_, err := keyfile.Parse(tc.in, "k")
+		require.Error(t, err, tc.name)
+		assert.Contains(t, err.Error(), tc.want, tc.name)
+		assert.NotContains(t, err.Error(), "fake", tc.name)
+	}
+}
+
+// zeros reads as /dev/zero does.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
