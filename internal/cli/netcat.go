@@ -170,6 +170,7 @@ const dropRepeat = 5 * time.Second
 // port for their signature: the first from each peer for each reason at
 // once, then its count at most every dropRepeat.
 func (e *env) showDrops(port uint16) (stop func()) {
+	const maxDropLines = 4096 // as many as a DropTally keeps
 	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: port})
 	if err != nil {
 		e.warnf("cannot show the segments the kernel drops for their signature: %v", err)
@@ -183,7 +184,8 @@ func (e *env) showDrops(port uint16) (stop func()) {
 			count   uint64
 			printed time.Time
 		}
-		seen := make(map[string]*line)
+		seen := make(map[string]*line) // at most maxDropLines; the rest share others
+		var others line
 		for {
 			ds, err := w.Read(ctx)
 			if err != nil {
@@ -192,6 +194,14 @@ func (e *env) showDrops(port uint16) (stop func()) {
 			for _, d := range ds {
 				k := d.Remote.Addr().String() + " " + string(d.Reason)
 				l := seen[k]
+				if l == nil && len(seen) >= maxDropLines {
+					others.count++
+					if others.count == 1 || d.Time.Sub(others.printed) >= dropRepeat {
+						others.printed = d.Time
+						fmt.Fprintf(e.stderr, "tcpmd5 listen: dropped %d segments from peers beyond the first %d, not told apart (%s, the latest, from %s)\n", others.count, maxDropLines, d.Reason, d.Remote)
+					}
+					continue
+				}
 				if l == nil {
 					l = &line{}
 					seen[k] = l
