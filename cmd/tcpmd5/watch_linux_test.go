@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 	"github.com/tcplowlevel/tcpmd5/internal/testkit"
+	"github.com/tcplowlevel/tcpmd5/internal/testnet"
 )
 
 // background is a command running in the background whose output the test
@@ -236,4 +238,49 @@ func contains(lines []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestListenBoundsDropLines: listen keeps a line for at most 4,096 peers;
+// the drops of a flood from more sources are counted together, so that
+// its memory does not grow with the sources an attacker spoofs.
+func TestListenBoundsDropLines(t *testing.T) {
+	requireMD5(t)
+	testenv.Require(t, testenv.Tracepoints)
+	t.Parallel()
+	testenv.Netns(t)
+	ln := startListen(t, "", "-k", "-key", "127.3.0.0/16="+secretA, peerAddr+":0")
+	var mu sync.Mutex
+	var lines, others int
+	go func() {
+		sc := bufio.NewScanner(ln.stderr)
+		for sc.Scan() {
+			mu.Lock()
+			switch {
+			case strings.Contains(sc.Text(), "beyond the first 4096"):
+				others++
+			case strings.Contains(sc.Text(), "dropped ["):
+				lines++
+			}
+			mu.Unlock()
+		}
+	}()
+	raw, err := testnet.NewRawSocket()
+	require.NoError(t, err)
+	defer raw.Close()
+	dst := netip.MustParseAddrPort(ln.addr)
+	const sources = 4200
+	for i := range sources {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 3, byte(1 + i/250), byte(1 + i%250)}), 40000)
+		opt := []byte{19, 18, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1, 1} // a signature no key made
+		require.NoError(t, raw.Send(testnet.Segment{Src: src, Dst: dst, Seq: uint32(i), Flags: testnet.SYN, Window: 64240, RawOptions: opt}))
+	}
+	done := func() bool { mu.Lock(); defer mu.Unlock(); return lines >= 4096 && others > 0 }
+	for deadline := time.Now().Add(testkit.MustConnect); !done() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.Equal(t, 0, exitListen(t, ln))
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 4096, lines, "one line for each of the first 4,096 peers")
+	assert.Positive(t, others, "the drops of the peers beyond them, counted together")
 }
