@@ -150,3 +150,38 @@ func TestInterfaceKeyDialer(t *testing.T) {
 	assert.Positive(t, before.Delta(countersIn(t, v.out), netstat.MD5NotFound)[netstat.MD5NotFound],
 		"the peer outside the VRF must drop our unsigned SYN")
 }
+
+// TestParseKeyZones: a zone that names a VRF device becomes the key's
+// Ifindex; one that names a plain interface, here the link enslaved to the
+// VRF, is refused: the kernel confines a key to a VRF only.
+func TestParseKeyZones(t *testing.T) {
+	testkit.RequireMD5(t)
+	t.Parallel()
+	v := newVRFNet(t)
+	require.NoError(t, v.us.Do(func() error {
+		k, err := tcpmd5.ParseKey("fe80::1%blue", testkit.SecretA)
+		if err != nil {
+			return err
+		}
+		assert.Equal(t, v.vrf, k.Ifindex)
+		k, err = tcpmd5.ParseKey("192.0.2.2%"+strconv.Itoa(v.vrf), testkit.SecretA)
+		if err != nil {
+			return err
+		}
+		assert.Equal(t, v.vrf, k.Ifindex)
+		ifs, err := net.Interfaces()
+		if err != nil {
+			return err
+		}
+		plain := 0
+		for _, ifi := range ifs {
+			if ifi.Index != v.vrf && ifi.Name != "lo" {
+				plain++
+				_, err := tcpmd5.ParseKey("fe80::1%"+ifi.Name, testkit.SecretA)
+				assert.ErrorContains(t, err, "interface "+ifi.Name+" is not a VRF device", ifi.Name)
+			}
+		}
+		assert.Positive(t, plain, "us has links besides the VRF")
+		return nil
+	}))
+}
