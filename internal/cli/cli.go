@@ -119,7 +119,8 @@ func (e *env) warnf(format string, args ...any) {
 }
 
 func (e *env) errorf(code int, format string, args ...any) int {
-	fmt.Fprintf(e.stderr, "tcpmd5: "+format+"\n", args...)
+	msg := strings.TrimPrefix(fmt.Sprintf(format, args...), "tcpmd5: ") // the library's errors carry the prefix too
+	fmt.Fprintln(e.stderr, "tcpmd5: "+msg)
 	return code
 }
 
