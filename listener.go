@@ -582,9 +582,11 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 			l.learn(full)
 			if len(full.keys.hosts)+len(full.aoKeys.hosts) > 0 && budget > 0 {
 				budget--
-				if err = l.grow(); err == nil {
+				gerr := l.grow()
+				if gerr == nil {
 					continue
 				}
+				err = fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
 			}
 		}
 		l.shrink(n)
@@ -618,7 +620,8 @@ func (l *Listener) learn(s *shard) {
 }
 
 // errFull is what a key that no socket of the group has room for wraps.
-var errFull = errors.New("no socket of the group can take it")
+// It matches ENOMEM, as the kernel's own refusal does.
+var errFull = fmt.Errorf("no socket of the group can take it: %w", syscall.ENOMEM)
 
 // hostRoom is how many host keys one socket takes beside prefixes prefix
 // keys: keysPerSocket in all while the prefix keys leave room, else what
