@@ -95,7 +95,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		}
 		l.aoKeys.set(k.clone())
 	}
-	l.keyed, l.aoKeyed = len(keys) > 0, len(aoKeys) > 0
+	l.aoKeyed = len(aoKeys) > 0
 	hosts := len(l.keys.hosts) + len(l.aoKeys.hosts)
 	_, port, _ := net.SplitHostPort(address)
 	for n, tries := shardsFor(&l.keys, &l.aoKeys), 1; ; tries++ {
@@ -187,7 +187,6 @@ type Listener struct {
 
 	mu      sync.RWMutex  // guards what follows and serializes changes to the sockets' keys
 	keys    keyTable[Key] // every key, with its secret
-	keyed   bool          // an MD5 key was ever installed: only then can a connection be signed with one
 	aoKeys  keyTable[AOKey]
 	aoKeyed bool     // an AO key was ever installed
 	shards  []*shard // the group, in the order the sockets joined it
@@ -493,7 +492,6 @@ func (l *Listener) SetKey(k Key) error {
 		return err
 	}
 	l.keys.set(k.clone())
-	l.keyed = true
 	if installed { // a new secret for an installed key covers no new peer
 		return nil
 	}
