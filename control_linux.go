@@ -73,17 +73,7 @@ func installEach(c syscall.RawConn, keys []Key) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		for _, k := range keys {
-			if _, _, err := md5sig(family, k, false); err != nil {
-				return 0, err
-			}
-		}
-		for i, k := range keys {
-			if err := setsockopt(fd, family, k, false); err != nil {
-				return i, err
-			}
-		}
-		return len(keys), nil
+		return fdInstall(fd, family, keys)
 	})
 }
 
@@ -202,20 +192,30 @@ func setKeys(fd, family int, keys []Key) error {
 			return err
 		}
 	}
+	n, err := fdInstall(fd, family, keys)
+	if err != nil {
+		for _, done := range keys[:n] {
+			_ = setsockopt(fd, family, done, true)
+		}
+	}
+	return err
+}
+
+// fdInstall checks every key for fd, a socket of family, then installs
+// them in order and stops at the first the kernel refuses. It returns how
+// many it installed.
+func fdInstall(fd, family int, keys []Key) (int, error) {
 	for _, k := range keys {
 		if _, _, err := md5sig(family, k, false); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	for i, k := range keys {
 		if err := setsockopt(fd, family, k, false); err != nil {
-			for _, done := range keys[:i] {
-				_ = setsockopt(fd, family, done, true)
-			}
-			return err
+			return i, err
 		}
 	}
-	return nil
+	return len(keys), nil
 }
 
 // socketFamily reads the socket's address family from the kernel
