@@ -250,15 +250,15 @@ func aoError(err error, what string) error {
 	case errors.Is(err, unix.EKEYREJECTED):
 		return fmt.Errorf("tcpmd5: %s: the socket holds an MD5 key for an overlapping peer; a peer is MD5 or AO, not both: %w", what, err)
 	case errors.Is(err, unix.EEXIST):
-		return fmt.Errorf("tcpmd5: %s: a key for an overlapping peer already uses this SendID or RecvID; give each key its own pair: %w", what, err)
+		return fmt.Errorf("tcpmd5: %s: an overlapping peer's key uses this SendID or RecvID; give each its own: %w", what, err)
 	case errors.Is(err, unix.ENOENT):
 		return fmt.Errorf("tcpmd5: %s: the kernel has no such algorithm (its crypto API lacks it): %w", what, err)
 	case errors.Is(err, unix.ENOMEM):
-		return fmt.Errorf("tcpmd5: %s: the socket's option memory is full (%s; an AO key takes more than an MD5 key); raise it, or let a Listener spread host keys over more sockets: %w", what, optmemFull(), err)
+		return fmt.Errorf("tcpmd5: %s: the socket's option memory is full (%s, fewer AO keys); raise it: %w", what, optmemFull(), err)
 	case errors.Is(err, unix.EMSGSIZE):
 		return fmt.Errorf("tcpmd5: %s: the MAC does not fit a SYN's option space: %w", what, err)
 	case errors.Is(err, unix.EBUSY):
-		return fmt.Errorf("tcpmd5: %s: the connection signs with it or asks the peer for it; move to another key first (SetAORNext, SetAOCurrent): %w", what, err)
+		return fmt.Errorf("tcpmd5: %s: the connection signs with it or asks for it; SetAORNext, SetAOCurrent first: %w", what, err)
 	}
 	return fmt.Errorf("tcpmd5: %s: %w", what, err)
 }

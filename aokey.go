@@ -134,7 +134,7 @@ func (k AOKey) normalize() (AOKey, error) {
 	}
 	for _, c := range k.Algorithm {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '(' || c == ')' || c == '-' || c == '_' || c == ',') {
-			return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: the Algorithm (not shown) is not a kernel crypto name such as hmac(sha1) or cmac(aes128)", k.name())
+			return AOKey{}, fmt.Errorf("tcpmd5: AO key %s: the Algorithm (not shown) is not a kernel crypto name such as hmac(sha1)", k.name())
 		}
 	}
 	return k, nil

@@ -276,7 +276,7 @@ func putPeer(family int, peer netip.Addr, dst unsafe.Pointer) error {
 		sa.Family = unix.AF_INET6
 		sa.Addr = peer.As16()
 	case family == unix.AF_INET:
-		return errors.New("an IPv6 peer cannot be keyed on an IPv4 socket; listen or dial with tcp6, or on a dual-stack address such as [::]")
+		return errors.New("an IPv6 peer cannot be keyed on an IPv4 socket; use tcp6, or a dual-stack address such as [::]")
 	default:
 		return fmt.Errorf("address family %d is neither IPv4 nor IPv6", family)
 	}
@@ -328,7 +328,7 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		proto, perr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		switch {
 		case perr == nil && proto == unix.IPPROTO_MPTCP:
-			return fmt.Errorf("tcpmd5: key for %s: the socket is MPTCP (Go's default for listeners), which takes no MD5 keys; call SetMultipathTCP(false): %w", peer, serr)
+			return fmt.Errorf("tcpmd5: key for %s: the socket is MPTCP, which takes no keys; call SetMultipathTCP(false): %w", peer, serr)
 		case perr == nil && proto != unix.IPPROTO_TCP:
 			return fmt.Errorf("tcpmd5: key for %s: the socket is not TCP (protocol %d): %w", peer, proto, serr)
 		case opt == unix.TCP_MD5SIG_EXT:
@@ -336,11 +336,11 @@ func setsockopt(fd, family int, k Key, del bool) error {
 		}
 		return fmt.Errorf("%w (key for %s: the kernel lacks CONFIG_TCP_MD5SIG or runs in a sandbox without it: %w)", ErrMD5Unsupported, peer, serr)
 	case errors.Is(err, unix.ENOMEM):
-		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (%s); raise it, or let a Listener spread host keys over more sockets: %w", peer, optmemFull(), serr)
+		return fmt.Errorf("tcpmd5: key for %s: the socket's option memory is full (%s); raise it: %w", peer, optmemFull(), serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0 && !interfaceExists(k.Ifindex):
-		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace; give the index of a VRF device: %w", peer, k.Ifindex, serr)
+		return fmt.Errorf("tcpmd5: key for %s: there is no interface with index %d in this network namespace: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && k.Ifindex != 0:
-		return fmt.Errorf("tcpmd5: key for %s: interface %d is not a VRF (L3 master) device, the only kind the kernel takes for TCP_MD5SIG_FLAG_IFINDEX (Linux 5.6+): %w", peer, k.Ifindex, serr)
+		return fmt.Errorf("tcpmd5: key for %s: interface %d is not a VRF (L3 master) device, the only kind a key takes: %w", peer, k.Ifindex, serr)
 	case errors.Is(err, unix.EINVAL) && opt == unix.TCP_MD5SIG_EXT:
 		return fmt.Errorf("tcpmd5: key for %s: the kernel refused a prefix key (TCP_MD5SIG_FLAG_PREFIX needs Linux 4.13+): %w", peer, serr)
 	}

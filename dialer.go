@@ -280,7 +280,7 @@ func (d *Dialer) unprotected(method, network string) error {
 	if !d.protects() {
 		return nil
 	}
-	return &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tcpmd5: %s cannot carry TCP MD5 keys or TTL security, which protect TCP only; use DialContext or DialTCP, or a net.Dialer for %s", method, network)}
+	return &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("tcpmd5: %s cannot carry keys or TTL security, which protect TCP only; use a net.Dialer for %s", method, network)}
 }
 
 // noAnswerError is a dial timeout on a signed or TTL-secured connection

@@ -76,7 +76,7 @@ func TestNonTCPDialsRefuseKeys(t *testing.T) {
 	lo := netip.MustParseAddrPort("127.0.0.1:9")
 	for _, d := range []*tcpmd5.Dialer{keyed, ttl} {
 		_, err := d.DialUDP(ctx, "udp", netip.AddrPort{}, lo)
-		require.ErrorContains(t, err, "DialUDP cannot carry TCP MD5 keys or TTL security")
+		require.ErrorContains(t, err, "DialUDP cannot carry keys or TTL security")
 		var oe *net.OpError
 		require.ErrorAs(t, err, &oe)
 		_, err = d.DialIP(ctx, "ip4:1", netip.Addr{}, lo.Addr())

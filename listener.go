@@ -132,7 +132,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 // protect.
 func (lc *ListenConfig) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
 	if len(lc.Keys) > 0 || len(lc.AOKeys) > 0 || lc.TTLSecurity != 0 {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("tcpmd5: ListenPacket cannot carry TCP MD5 or AO keys or TTL security, which protect TCP only; use Listen, or a net.ListenConfig for %s", network)}
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("tcpmd5: ListenPacket cannot carry keys or TTL security (TCP only); use a net.ListenConfig for %s", network)}
 	}
 	return lc.ListenConfig.ListenPacket(ctx, network, address)
 }

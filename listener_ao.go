@@ -18,7 +18,7 @@ func (k AOKey) clone() AOKey {
 // mixedKeysError reports an MD5 key and an AO key for overlapping peers,
 // which the kernel refuses on one socket (EKEYREJECTED).
 func mixedKeysError(md5 Key, ao AOKey) error {
-	return fmt.Errorf("tcpmd5: MD5 key %s and AO key %s cover overlapping peers; a peer is MD5 or AO, not both (the kernel refuses them together with EKEYREJECTED): remove one first", md5.peerString(), ao.name())
+	return fmt.Errorf("tcpmd5: MD5 key %s and AO key %s overlap; a peer is MD5 or AO, not both: remove one", md5.peerString(), ao.name())
 }
 
 // SetAOKey installs the TCP-AO key k on the live listener, for handshakes

@@ -91,7 +91,7 @@ func ParseKey(peer, secret string) (Key, error) {
 
 // errBadPeer says that peer is no address or prefix, without repeating it.
 func errBadPeer(peer string) error {
-	return fmt.Errorf("tcpmd5: the peer (%d bytes, not shown) is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64", len(peer))
+	return fmt.Errorf("tcpmd5: the peer (%d bytes, not shown) is not an IP address or prefix such as 10.0.0.0/8", len(peer))
 }
 
 // zoneIndex returns the interface index a zone names, a number or the name
@@ -113,7 +113,7 @@ func zoneIndex(zone string) (int, error) {
 		return 0, errors.New("the zone names no interface on this host (it is not shown, in case it is a secret)")
 	}
 	if err := vrfDevice(ifi.Index); err != nil {
-		return 0, fmt.Errorf("interface %s is not a VRF device, the only kind a key can be confined to: the kernel matches a link-local peer on any other interface alike, so write the address without a zone", ifi.Name)
+		return 0, fmt.Errorf("interface %s is not a VRF device, the only kind a key is confined to; drop the zone", ifi.Name)
 	}
 	return ifi.Index, nil
 }
@@ -129,7 +129,7 @@ func (k Key) normalize() (Key, error) {
 	case n == 0:
 		return Key{}, fmt.Errorf("tcpmd5: key for %s: the secret is empty; give 1 to %d bytes", k.peerString(), MaxSecretLen)
 	case n > MaxSecretLen:
-		return Key{}, fmt.Errorf("tcpmd5: key for %s: the secret is %d bytes, longer than the kernel's limit of %d (TCP_MD5SIG_MAXKEYLEN)", k.peerString(), n, MaxSecretLen)
+		return Key{}, fmt.Errorf("tcpmd5: key for %s: the secret is %d bytes, longer than the kernel's limit of %d", k.peerString(), n, MaxSecretLen)
 	}
 	return k, nil
 }
@@ -138,7 +138,7 @@ func (k Key) normalize() (Key, error) {
 // Ifindex, and leaves the secret alone.
 func (k Key) normalizePeer() (Key, error) {
 	if !k.Peer.IsValid() {
-		return Key{}, fmt.Errorf("tcpmd5: key has no valid Peer prefix; set it to a host such as 192.0.2.1/32 or a range such as 2001:db8::/64")
+		return Key{}, fmt.Errorf("tcpmd5: key has no valid Peer prefix; set a host such as 192.0.2.1/32 or a range such as 10.0.0.0/8")
 	}
 	if k.Peer.Addr().Zone() != "" {
 		return Key{}, fmt.Errorf("tcpmd5: key for %s: Peer carries a zone; put the interface in Ifindex", k.Peer)

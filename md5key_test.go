@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -274,4 +279,48 @@ func TestIfindexRange(t *testing.T) {
 		_, err = (&tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao}}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 		require.ErrorContains(t, err, "larger than any interface index")
 	}
+}
+
+// TestErrorsAreShort holds every error string of the module, its own and
+// its command's, to one sentence of about 100 characters (STYLE 22): the
+// format an errors.New or fmt.Errorf is given, before peers and wrapped
+// errors fill it in. Longer explanations go in doc comments.
+func TestErrorsAreShort(t *testing.T) {
+	fset := token.NewFileSet()
+	var checked int
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok || len(call.Args) == 0 {
+				return true
+			}
+			sel, ok := call.Fun.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			pkg, ok := sel.X.(*ast.Ident)
+			if !ok || !(pkg.Name == "fmt" && sel.Sel.Name == "Errorf" || pkg.Name == "errors" && sel.Sel.Name == "New") {
+				return true
+			}
+			lit, ok := call.Args[0].(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			s, err := strconv.Unquote(lit.Value)
+			require.NoError(t, err)
+			checked++
+			assert.LessOrEqual(t, len(s), 100, "%s: %s", fset.Position(lit.Pos()), s)
+			return true
+		})
+		return nil
+	})
+	require.NoError(t, err)
+	require.Greater(t, checked, 50, "the walk found the module's errors")
 }

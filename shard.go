@@ -176,7 +176,7 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-		return nil, fmt.Errorf("tcpmd5: out of file descriptors for one more socket of the listener's group, which takes two a socket; raise RLIMIT_NOFILE: %w", err)
+		return nil, fmt.Errorf("tcpmd5: no descriptors for one more socket of the group (two each); raise RLIMIT_NOFILE: %w", err)
 	}
 	if err != nil {
 		return nil, err
@@ -312,7 +312,7 @@ func checkGroup(s *shard, want int) error {
 		return err
 	}
 	if others > 0 {
-		return fmt.Errorf("tcpmd5: %d other sockets joined the listener's group on %s (SO_REUSEPORT) and would take its peers' SYNs; stop their program or listen elsewhere: %w", others, s.addrPort(), errGroupShared)
+		return fmt.Errorf("tcpmd5: %d other sockets joined the listener's group on %s and would take its SYNs: %w", others, s.addrPort(), errGroupShared)
 	}
 	return nil
 }

@@ -53,7 +53,7 @@ func steer(c syscall.RawConn, n int) error {
 		case err == nil:
 			return nil
 		case errors.Is(err, unix.ENOMEM): // the program is charged to the first socket's option memory
-			return fmt.Errorf("tcpmd5: the first socket's option memory (%s) has no room for the program that steers SYNs over the group; raise it: %w", optmemFull(), os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
+			return fmt.Errorf("tcpmd5: the first socket's option memory (%s) has no room to steer SYNs; raise it: %w", optmemFull(), os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
 		}
 		return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets: %w", n, os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
 	})

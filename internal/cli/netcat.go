@@ -260,7 +260,7 @@ func (e *env) dial(args []string) int {
 	if err != nil {
 		var ne net.Error
 		if *hops == 0 && errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("%w; or the peer has TTL security on: then dial with -ttl-security N (tcpmd5 probe tells the two apart)", err)
+			err = fmt.Errorf("%w; or the peer has TTL security on: dial with -ttl-security N (probe tells which)", err)
 		}
 		return e.errorf(ExitNo, "%v", err)
 	}

@@ -73,12 +73,12 @@ func Parse(r io.Reader, name string) (File, error) {
 		peer := line[:i]
 		if !looksLikePeer(peer) {
 			// The field is not echoed: it may be a secret written first.
-			return File{}, fmt.Errorf("%s:%d: the first field is not an IP address or prefix such as 192.0.2.1 or 2001:db8::/64 (want: PEER SECRET)", name, n)
+			return File{}, fmt.Errorf("%s:%d: the first field is not an IP address or prefix such as 192.0.2.1 (want: PEER SECRET)", name, n)
 		}
 		rest := strings.TrimLeft(line[i:], " \t")
 		spec, rest, ao := aoParams(rest)
 		if ao && (rest == "" || rest[0] == '#') {
-			return File{}, fmt.Errorf("%s:%d: no secret after the AO parameters; want: PEER ao send=N recv=N alg=NAME SECRET (a secret that looks like a parameter goes in double quotes)", name, n)
+			return File{}, fmt.Errorf("%s:%d: no secret after the AO parameters; quote a secret that looks like one", name, n)
 		}
 		secret, err := parseSecret(rest)
 		if err != nil {
@@ -108,7 +108,7 @@ func Parse(r io.Reader, name string) (File, error) {
 		f.Keys = append(f.Keys, k)
 	}
 	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
-		return File{}, fmt.Errorf("%s:%d: the line is longer than %d KiB; a key line is a peer, AO parameters and a secret of at most 80 bytes", name, n, maxLine>>10)
+		return File{}, fmt.Errorf("%s:%d: the line is longer than %d KiB; a key line holds a peer and a secret of 80 bytes at most", name, n, maxLine>>10)
 	} else if err != nil {
 		return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
 	}
@@ -192,7 +192,7 @@ func parseSecret(s string) (string, error) {
 		}
 	}
 	if rest = strings.TrimLeft(rest, " \t"); rest != "" && rest[0] != '#' {
-		return "", fmt.Errorf(`more than a secret follows the peer; put a secret with blanks in double quotes, and start a comment with #`)
+		return "", fmt.Errorf(`more than a secret follows the peer; put a secret with blanks in double quotes; # starts a comment`)
 	}
 	for i := 0; i < len(secret); i++ {
 		if c := secret[i]; c < 0x20 && c != '\t' || c == 0x7f {
