@@ -101,7 +101,7 @@ func TestAOKernelFacts(t *testing.T) {
 	testenv.Require(t, testenv.AO)
 	t.Run("an IPv6 socket takes an IPv4 peer v4-mapped, with prefix 32", func(t *testing.T) {
 		fd := rawTCP(t, unix.AF_INET6)
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false))
+		require.NoError(t, aoAdd(fd, unix.AF_INET6, aoTestKey("127.0.0.2", 1, 1)))
 		var cmd aoAddCmd
 		k := aoTestKey("127.0.0.3", 1, 1)
 		_, err := aoAddr(unix.AF_INET6, k, &cmd.Addr)
@@ -114,57 +114,57 @@ func TestAOKernelFacts(t *testing.T) {
 	})
 	t.Run("a key sharing only its SendID with an overlapping one is EEXIST", func(t *testing.T) {
 		fd := rawTCP(t, unix.AF_INET)
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false))
-		err := aoChange(fd, aoTestKey("127.0.0.2", 1, 2), false)
+		require.NoError(t, aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 1)))
+		err := aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 2))
 		require.ErrorIs(t, err, unix.EEXIST)
-		assert.Contains(t, err.Error(), "give each key its own pair")
+		assert.Contains(t, err.Error(), "give each its own")
 		wide := aoTestKey("127.0.0.0", 2, 1)
 		wide.Peer = netip.MustParsePrefix("127.0.0.0/24")
-		require.ErrorIs(t, aoChange(fd, wide, false), unix.EEXIST, "a /24 over an existing /32 too")
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 2, 2), false), "other KeyIDs both ways are fine")
+		require.ErrorIs(t, aoAdd(fd, unix.AF_INET, wide), unix.EEXIST, "a /24 over an existing /32 too")
+		require.NoError(t, aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 2, 2)), "other KeyIDs both ways are fine")
 	})
 	t.Run("MD5 and AO keys for overlapping peers are EKEYREJECTED either way", func(t *testing.T) {
 		fd := rawTCP(t, unix.AF_INET)
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false))
-		require.ErrorIs(t, setsockopt(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.2/32"), Secret: []byte("fake")}, false), unix.EKEYREJECTED)
+		require.NoError(t, aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 1)))
+		require.ErrorIs(t, md5Add(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.2/32"), Secret: []byte("fake")}), unix.EKEYREJECTED)
 		fd = rawTCP(t, unix.AF_INET)
-		require.NoError(t, setsockopt(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.0/24"), Secret: []byte("fake")}, false))
-		err := aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false)
+		require.NoError(t, md5Add(fd, unix.AF_INET, Key{Peer: netip.MustParsePrefix("127.0.0.0/24"), Secret: []byte("fake")}))
+		err := aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 1))
 		require.ErrorIs(t, err, unix.EKEYREJECTED)
 		assert.Contains(t, err.Error(), "a peer is MD5 or AO, not both")
 	})
 	t.Run("set_current is EINVAL on a listening socket", func(t *testing.T) {
 		fd := rawTCP(t, unix.AF_INET)
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false))
+		require.NoError(t, aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 1)))
 		require.NoError(t, unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}))
 		require.NoError(t, unix.Listen(fd, 1))
-		require.ErrorIs(t, aoSetInfo(fd, true, 1, false, 0), unix.EINVAL)
+		require.ErrorIs(t, aoSetCurrent(fd, 1), unix.EINVAL)
 	})
 	t.Run("getsockopt TCP_AO_INFO reads its buffer and refuses reserved bits", func(t *testing.T) {
 		fd := rawTCP(t, unix.AF_INET)
-		require.NoError(t, aoChange(fd, aoTestKey("127.0.0.2", 1, 1), false))
+		require.NoError(t, aoAdd(fd, unix.AF_INET, aoTestKey("127.0.0.2", 1, 1)))
 		info := aoInfoOpt{Flags: bit(7, 4)} // a reserved bit, as stale memory would have
 		size := uint32(unsafe.Sizeof(info))
 		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOInfo, uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
 		require.Equal(t, unix.EINVAL, errno)
-		_, err := aoInfo(fd) // ours zeroes it
+		_, err := aoGetInfo(fd) // ours zeroes it
 		require.NoError(t, err)
 	})
 	t.Run("without AO keys a socket has no AO state", func(t *testing.T) {
-		_, err := aoInfo(rawTCP(t, unix.AF_INET))
+		_, err := aoGetInfo(rawTCP(t, unix.AF_INET))
 		require.ErrorIs(t, err, unix.ENOENT)
 	})
 	t.Run("a MAC longer than a SYN holds is refused", func(t *testing.T) {
 		k := aoTestKey("127.0.0.2", 1, 1)
 		k.Algorithm, k.MACLen = "hmac(sha256)", 20
-		require.ErrorIs(t, aoChange(rawTCP(t, unix.AF_INET), k, false), unix.EMSGSIZE)
+		require.ErrorIs(t, aoAdd(rawTCP(t, unix.AF_INET), unix.AF_INET, k), unix.EMSGSIZE)
 		k.MACLen = MaxAOMACLen
-		require.NoError(t, aoChange(rawTCP(t, unix.AF_INET), k, false), "the longest MAC we allow is one the kernel takes")
+		require.NoError(t, aoAdd(rawTCP(t, unix.AF_INET), unix.AF_INET, k), "the longest MAC we allow is one the kernel takes")
 	})
 	t.Run("an algorithm the kernel lacks", func(t *testing.T) {
 		k := aoTestKey("127.0.0.2", 1, 1)
 		k.Algorithm = "hmac(md4)"
-		err := aoChange(rawTCP(t, unix.AF_INET), k, false)
+		err := aoAdd(rawTCP(t, unix.AF_INET), unix.AF_INET, k)
 		require.Error(t, err)
 		assert.NotContains(t, err.Error(), "fake-ao-fact-secret")
 	})

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -90,11 +89,11 @@ type aoGetCmd struct {
 
 // The bits of the structs' bitfields, counted from the first declared.
 const (
-	aoSetCurrent  = 0
-	aoSetRNext    = 1
-	aoRequired    = 2
-	aoSetCounters = 3
-	aoAcceptICMPs = 4
+	bitSetCurrent  = 0
+	bitSetRNext    = 1
+	bitRequired    = 2
+	bitSetCounters = 3
+	bitAcceptICMPs = 4
 )
 
 // The key flags (TCP_AO_KEYF_*).
@@ -135,9 +134,18 @@ func (k AOKey) keyFlags() uint8 {
 	return f
 }
 
-// aoAdd installs k, normalized, on fd, a socket of family; current and
-// rnext make it the key the socket signs with and asks the peer for.
-func aoAdd(fd, family int, k AOKey, current, rnext bool) error {
+// aoAdd installs k, normalized, on fd, a socket of family
+// (setsockopt(2) TCP_AO_ADD_KEY).
+func aoAdd(fd, family int, k AOKey) error { return aoAddFlags(fd, family, k, 0) }
+
+// aoAddSigning is aoAdd that also makes k the key fd signs with and asks
+// the peer for (set_current and set_rnext), as a socket about to dial needs.
+func aoAddSigning(fd, family int, k AOKey) error {
+	return aoAddFlags(fd, family, k, bit(bitSetCurrent, 4)|bit(bitSetRNext, 4))
+}
+
+// aoAddFlags is aoAdd with the command's flags.
+func aoAddFlags(fd, family int, k AOKey, flags uint32) error {
 	var err error
 	var cmd aoAddCmd
 	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
@@ -148,12 +156,7 @@ func aoAdd(fd, family int, k AOKey, current, rnext bool) error {
 	}
 	copy(cmd.AlgName[:], k.Algorithm)
 	cmd.Ifindex = int32(k.Ifindex)
-	if current {
-		cmd.Flags |= bit(aoSetCurrent, 4)
-	}
-	if rnext {
-		cmd.Flags |= bit(aoSetRNext, 4)
-	}
+	cmd.Flags = flags
 	cmd.SndID, cmd.RcvID, cmd.MACLen, cmd.KeyFlags = k.SendID, k.RecvID, uint8(k.MACLen), k.keyFlags()
 	cmd.KeyLen = uint8(copy(cmd.Key[:], k.Secret))
 	err = setsockoptPtr(fd, tcpAOAddKey, unsafe.Pointer(&cmd), unsafe.Sizeof(cmd))
@@ -178,55 +181,77 @@ func aoDel(fd, family int, k AOKey) error {
 	return aoError(err, "removing AO key "+k.name())
 }
 
-// aoInfo reads fd's TCP_AO_INFO. The kernel reads the buffer as input too
-// and refuses stray flags, so it starts zeroed.
-func aoInfo(fd int) (AOStats, error) {
-	info, err := getAOInfo(fd)
+// aoGetInfo reads fd's TCP_AO_INFO (getsockopt(2)); a socket without AO
+// state answers ENOENT.
+func aoGetInfo(fd int) (AOStats, error) {
+	info, err := readAOInfo(fd)
 	if err != nil {
 		return AOStats{}, err
 	}
 	return AOStats{
 		Current: info.CurrentKey, RNext: info.RNext,
-		Required:    info.Flags&bit(aoRequired, 4) != 0,
-		AcceptICMPs: info.Flags&bit(aoAcceptICMPs, 4) != 0,
+		Required:    info.Flags&bit(bitRequired, 4) != 0,
+		AcceptICMPs: info.Flags&bit(bitAcceptICMPs, 4) != 0,
 		Good:        info.PktGood, Bad: info.PktBad, KeyNotFound: info.PktKeyNotFound,
 		AORequired: info.PktAORequired, DroppedICMPs: info.PktDroppedICMP,
 	}, nil
 }
 
-func getAOInfo(fd int) (aoInfoOpt, error) {
+// readAOInfo is getsockopt(2) TCP_AO_INFO. The kernel reads the buffer as
+// input too and refuses stray flags, so it starts zeroed.
+func readAOInfo(fd int) (aoInfoOpt, error) {
 	var info aoInfoOpt
 	size := uint32(unsafe.Sizeof(info))
 	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOInfo, uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
-	if errno != 0 {
+	switch {
+	case errno == unix.ENOENT:
+		return aoInfoOpt{}, fmt.Errorf("tcpmd5: the connection has no TCP-AO state: %w", os.NewSyscallError("getsockopt", errno))
+	case errno != 0:
 		return aoInfoOpt{}, aoError(os.NewSyscallError("getsockopt", errno), "reading TCP_AO_INFO")
 	}
 	return info, nil
 }
 
-// aoSetInfo sets fd's current key or RNext. TCP_AO_INFO writes ao_required
-// and accept_icmps every time: they are read first and written back.
-func aoSetInfo(fd int, setCurrent bool, current uint8, setRNext bool, rnext uint8) error {
-	old, err := getAOInfo(fd)
+// aoSetCurrent makes fd sign with its key of SendID sendID (TCP_AO_INFO
+// set_current).
+func aoSetCurrent(fd int, sendID uint8) error {
+	err := writeAOInfo(fd, func(info *aoInfoOpt) {
+		info.Flags |= bit(bitSetCurrent, 4)
+		info.CurrentKey = sendID
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("tcpmd5: no AO key with SendID %d on this connection: add it first: %w", sendID, err)
+	}
+	return err
+}
+
+// aoSetRNext makes fd ask the peer for its key of RecvID recvID
+// (TCP_AO_INFO set_rnext).
+func aoSetRNext(fd int, recvID uint8) error {
+	err := writeAOInfo(fd, func(info *aoInfoOpt) {
+		info.Flags |= bit(bitSetRNext, 4)
+		info.RNext = recvID
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("tcpmd5: no AO key with RecvID %d on this connection: add it first: %w", recvID, err)
+	}
+	return err
+}
+
+// writeAOInfo sets fd's TCP_AO_INFO to what set writes. The option writes
+// ao_required and accept_icmps every time: they are read first and
+// written back.
+func writeAOInfo(fd int, set func(*aoInfoOpt)) error {
+	old, err := readAOInfo(fd)
 	if err != nil {
 		return err
 	}
 	var info aoInfoOpt
-	info.Flags = old.Flags & (bit(aoRequired, 4) | bit(aoAcceptICMPs, 4))
-	if setCurrent {
-		info.Flags |= bit(aoSetCurrent, 4)
-		info.CurrentKey = current
-	}
-	if setRNext {
-		info.Flags |= bit(aoSetRNext, 4)
-		info.RNext = rnext
-	}
+	info.Flags = old.Flags & (bit(bitRequired, 4) | bit(bitAcceptICMPs, 4))
+	set(&info)
 	err = setsockoptPtr(fd, tcpAOInfo, unsafe.Pointer(&info), unsafe.Sizeof(info))
-	switch {
-	case errors.Is(err, unix.ENOENT) && setCurrent:
-		return fmt.Errorf("tcpmd5: no AO key with SendID %d on this connection: add it first: %w", current, err)
-	case errors.Is(err, unix.ENOENT):
-		return fmt.Errorf("tcpmd5: no AO key with RecvID %d on this connection: add it first: %w", rnext, err)
+	if errors.Is(err, unix.ENOENT) {
+		return err
 	}
 	return aoError(err, "setting TCP_AO_INFO")
 }
@@ -281,95 +306,3 @@ var aoProbeOnce = sync.OnceValue(func() error {
 	}
 	return nil
 })
-
-// aoChange adds k to fd, a socket of any family, or deletes it with del.
-func aoChange(fd int, k AOKey, del bool) error {
-	family, err := socketFamily(fd)
-	if err != nil {
-		return err
-	}
-	if del {
-		return aoDel(fd, family, k)
-	}
-	return aoAdd(fd, family, k, false, false)
-}
-
-// connAO adds k to the socket behind c, or deletes it with del.
-func connAO(c syscall.RawConn, k AOKey, del bool) error {
-	return controlErr(c, func(fd int) error { return aoChange(fd, k, del) })
-}
-
-// connAOInfo is aoInfo on the socket behind c.
-func connAOInfo(c syscall.RawConn) (AOStats, error) { return control(c, aoInfo) }
-
-// connSetAOInfo is aoSetInfo on the socket behind c.
-func connSetAOInfo(c syscall.RawConn, setCurrent bool, current uint8, setRNext bool, rnext uint8) error {
-	return controlErr(c, func(fd int) error { return aoSetInfo(fd, setCurrent, current, setRNext, rnext) })
-}
-
-// applyAOKeys installs keys on the socket behind c, of family (0: read it
-// from the kernel), all of them or none. With current, the first key
-// becomes the one the socket signs with and asks the peer for.
-func applyAOKeys(c syscall.RawConn, family int, keys []AOKey, current bool) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	return controlErr(c, func(fd int) error {
-		if family == 0 {
-			var err error
-			if family, err = socketFamily(fd); err != nil {
-				return err
-			}
-		}
-		for i, k := range keys {
-			if err := aoAdd(fd, family, k, current && i == 0, current && i == 0); err != nil {
-				for _, done := range keys[:i] {
-					_ = aoDel(fd, family, done)
-				}
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// replaceAOKey installs k on the socket behind c, of family, deleting
-// first the key with its Peer, KeyIDs and Ifindex if had (the kernel
-// replaces no key in place). If the add fails, old goes back.
-func replaceAOKey(c syscall.RawConn, family int, k, old AOKey, had bool) error {
-	return controlErr(c, func(fd int) error {
-		if had {
-			if err := aoDel(fd, family, old); err != nil {
-				return err
-			}
-		}
-		if err := aoAdd(fd, family, k, false, false); err != nil {
-			if had {
-				_ = aoAdd(fd, family, old, false, false)
-			}
-			return err
-		}
-		return nil
-	})
-}
-
-// removeAOKeyFrom deletes k from the socket behind c, of family.
-func removeAOKeyFrom(c syscall.RawConn, family int, k AOKey) error {
-	return controlErr(c, func(fd int) error { return aoDel(fd, family, k) })
-}
-
-// acceptedAO reports whether the connection behind c completed its
-// handshake with TCP-AO: only then does the kernel give it AO state, which
-// TCP_AO_INFO reads (ENOENT otherwise).
-func acceptedAO(c syscall.RawConn) (bool, error) {
-	return control(c, func(fd int) (bool, error) {
-		_, err := getAOInfo(fd)
-		switch {
-		case err == nil:
-			return true, nil
-		case errors.Is(err, unix.ENOENT):
-			return false, nil
-		}
-		return false, err
-	})
-}

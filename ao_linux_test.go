@@ -305,7 +305,7 @@ func TestAOKeyChangeUnderLoad(t *testing.T) {
 	require.NoError(t, tcpmd5.RemoveAOKey(server, oldServer))
 	err = tcpmd5.RemoveAOKey(client, newClient)
 	require.Error(t, err, "the key in use cannot go")
-	assert.Contains(t, err.Error(), "move to another key first")
+	assert.Contains(t, err.Error(), "SetAORNext, SetAOCurrent first")
 	ss := aoStats(t, server) // the echo closes the server's side once the client's ends
 	assert.Zero(t, ss.Bad+ss.KeyNotFound)
 	close(changed)

@@ -207,7 +207,7 @@ func AddAOKey(c syscall.Conn, k AOKey) error {
 	if err != nil {
 		return err
 	}
-	return connAO(rc, k, false)
+	return addAOKey(rc, 0, k)
 }
 
 // RemoveAOKey deletes the key of the socket behind c that matches k's Peer,
@@ -224,7 +224,7 @@ func RemoveAOKey(c syscall.Conn, k AOKey) error {
 	if err != nil {
 		return err
 	}
-	return connAO(rc, k, true)
+	return removeAOKey(rc, 0, k)
 }
 
 // SetAOCurrent makes the connection behind c sign with its key of SendID
@@ -236,7 +236,7 @@ func SetAOCurrent(c syscall.Conn, sendID uint8) error {
 	if err != nil {
 		return err
 	}
-	return connSetAOInfo(rc, true, sendID, false, 0)
+	return controlErr(rc, func(fd int) error { return aoSetCurrent(fd, sendID) })
 }
 
 // SetAORNext makes the connection behind c ask the peer to sign with its key
@@ -250,7 +250,7 @@ func SetAORNext(c syscall.Conn, recvID uint8) error {
 	if err != nil {
 		return err
 	}
-	return connSetAOInfo(rc, false, 0, true, recvID)
+	return controlErr(rc, func(fd int) error { return aoSetRNext(fd, recvID) })
 }
 
 // AOInfo returns the current and RNext KeyIDs of the connection behind c and
@@ -260,5 +260,5 @@ func AOInfo(c syscall.Conn) (AOStats, error) {
 	if err != nil {
 		return AOStats{}, err
 	}
-	return connAOInfo(rc)
+	return control(rc, aoGetInfo)
 }

@@ -10,17 +10,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
-
-// keyBytes is what the kernel charges to a socket's option memory for one
-// key, sizeof(struct tcp_md5sig_key) on 64-bit 6.x kernels: 131072 bytes of
-// net.core.optmem_max hold 963 keys.
-const keyBytes = 136
 
 // optmemMax reads net.core.optmem_max: the bytes of option memory that each
 // socket's keys are charged to.
@@ -32,195 +25,9 @@ func optmemMax() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// control runs f on the socket behind c, the one way this package touches
-// a raw socket: f's error comes back as it is (f gives it its meaning), and
-// the RawConn's own, such as a closed socket's, wrapped once.
-func control[T any](c syscall.RawConn, f func(fd int) (T, error)) (T, error) {
-	var v T
-	var err error
-	if cerr := c.Control(func(fd uintptr) { v, err = f(int(fd)) }); cerr != nil {
-		return v, fmt.Errorf("tcpmd5: %w", cerr)
-	}
-	return v, err
-}
-
-// controlErr is control for an f that returns only an error.
-func controlErr(c syscall.RawConn, f func(fd int) error) error {
-	_, err := control(c, func(fd int) (struct{}, error) { return struct{}{}, f(fd) })
-	return err
-}
-
-// applyKeys installs keys on the socket behind c, all of them or none.
-func applyKeys(c syscall.RawConn, keys []Key) error { return applyKeysFamily(c, 0, keys) }
-
-// applyKeysFamily is applyKeys on a socket of family, or of a family to
-// read from the kernel if 0.
-func applyKeysFamily(c syscall.RawConn, family int, keys []Key) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	return controlErr(c, func(fd int) error { return setKeys(fd, family, keys) })
-}
-
-// installEach installs keys on the socket behind c, a socket made
-// elsewhere, in order, and stops at the first the kernel refuses. It
-// deletes none: an installed key may have replaced one whose secret the
-// kernel cannot give back, and deleting it would leave that peer without
-// a key. It returns how many it installed.
-func installEach(c syscall.RawConn, keys []Key) (int, error) {
-	return control(c, func(fd int) (int, error) {
-		family, err := socketFamily(fd)
-		if err != nil {
-			return 0, err
-		}
-		return fdInstall(fd, family, keys)
-	})
-}
-
-// setKey installs k on the socket behind c, whose address family the
-// caller already knows: one setsockopt(2), as a live listener's SetKey costs.
-func setKey(c syscall.RawConn, family int, k Key) error {
-	return controlErr(c, func(fd int) error { return setsockopt(fd, family, k, false) })
-}
-
-// rawFamily reads the address family of the socket behind c.
-func rawFamily(c syscall.RawConn) (int, error) { return control(c, socketFamily) }
-
-// watchQueue returns a second descriptor of the listening socket behind c,
-// for waitQueued: the net package cannot wait for a listener's readiness
-// on its behalf (its RawConn has no Read). Closing the listener does not
-// end the socket while this descriptor stays open: close both.
-func watchQueue(c syscall.RawConn) (*os.File, error) {
-	return control(c, func(fd int) (*os.File, error) {
-		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("tcpmd5: a descriptor to wait on the listening socket: %w", os.NewSyscallError("fcntl", err))
-		}
-		return os.NewFile(uintptr(nfd), "listening socket"), nil // nonblocking, as the listener: the runtime polls it
-	})
-}
-
-// waitQueued waits until the listening socket behind w (from watchQueue)
-// has a connection in its accept queue and returns with mu read-locked, so
-// that no key change runs between that moment and the accept(2) that
-// follows; release unlocks it. It looks at the queue under the lock,
-// because a key change may drain the queue between the wake-up and the
-// lock.
-func waitQueued(w syscall.RawConn, mu *sync.RWMutex) (release func(), err error) {
-	err = w.Read(func(fd uintptr) bool {
-		mu.RLock()
-		if fdQueued(int(fd)) {
-			return true
-		}
-		mu.RUnlock()
-		return false
-	})
-	if err != nil {
-		return nil, err
-	}
-	return mu.RUnlock, nil
-}
-
-// queued reports whether the listening socket behind c has a connection in
-// its accept queue; false if that cannot be read.
-func queued(c syscall.RawConn) bool {
-	q, _ := control(c, func(fd int) (bool, error) { return fdQueued(fd), nil })
-	return q
-}
-
-// fdQueued is queued on a file descriptor: poll(2) without waiting.
-func fdQueued(fd int) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0
-}
-
-// md5Held reports whether connection c holds an MD5 key for peer on
-// interface ifindex, the copy the kernel makes when it verified the
-// handshake with a listener's key: deleting it succeeds, where a socket
-// without one answers ENOENT. A deleted key is put back at once with
-// secret, which must be the one the kernel copied; if that fails, c is
-// left without a key and the error says so, and the caller must close c.
-func md5Held(c syscall.RawConn, peer netip.Addr, ifindex int, secret []byte) (bool, error) {
-	return control(c, func(fd int) (bool, error) {
-		family, err := socketFamily(fd)
-		if err != nil {
-			return false, err
-		}
-		k := Key{Peer: netip.PrefixFrom(peer, peer.BitLen()), Ifindex: ifindex, Secret: secret}
-		if err := setsockopt(fd, family, k, true); errors.Is(err, unix.ENOENT) {
-			return false, nil
-		} else if err != nil {
-			return false, err
-		}
-		return true, setsockopt(fd, family, k, false)
-	})
-}
-
-// boundIfindex returns the interface the socket behind c is bound to
-// (SO_BINDTOIFINDEX), or 0. A socket bound to a VRF device, and a
-// connection accepted through one, report the VRF: the l3index against
-// which the kernel matches interface keys.
-func boundIfindex(c syscall.RawConn) (int, error) {
-	return control(c, func(fd int) (int, error) {
-		idx, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
-		if err != nil {
-			return 0, fmt.Errorf("tcpmd5: reading the socket's interface: %w", os.NewSyscallError("getsockopt", err))
-		}
-		return idx, nil
-	})
-}
-
-// removeKey deletes the key for k.Peer and k.Ifindex from the socket behind
-// c, whose address family the caller knows. A key that is not there is not
-// an error.
-func removeKey(c syscall.RawConn, family int, k Key) error {
-	return controlErr(c, func(fd int) error {
-		if err := setsockopt(fd, family, k, true); !errors.Is(err, unix.ENOENT) {
-			return err
-		}
-		return nil
-	})
-}
-
-// setKeys installs keys on fd, a socket of family (0: read it from the
-// kernel); if one fails, it deletes those it installed.
-func setKeys(fd, family int, keys []Key) error {
-	if family == 0 {
-		var err error
-		if family, err = socketFamily(fd); err != nil {
-			return err
-		}
-	}
-	n, err := fdInstall(fd, family, keys)
-	if err != nil {
-		for _, done := range keys[:n] {
-			_ = setsockopt(fd, family, done, true)
-		}
-	}
-	return err
-}
-
-// fdInstall checks every key for fd, a socket of family, then installs
-// them in order and stops at the first the kernel refuses. It returns how
-// many it installed.
-func fdInstall(fd, family int, keys []Key) (int, error) {
-	for _, k := range keys {
-		if _, _, err := md5sig(family, k, false); err != nil {
-			return 0, err
-		}
-	}
-	for i, k := range keys {
-		if err := setsockopt(fd, family, k, false); err != nil {
-			return i, err
-		}
-	}
-	return len(keys), nil
-}
-
-// socketFamily reads the socket's address family from the kernel
+// sockFamily reads the socket's address family from the kernel
 // (SO_DOMAIN), which decides how peers are encoded.
-func socketFamily(fd int) (int, error) {
+func sockFamily(fd int) (int, error) {
 	family, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 	if err != nil {
 		return 0, fmt.Errorf("tcpmd5: reading the socket family: %w", os.NewSyscallError("getsockopt", err))
@@ -296,28 +103,45 @@ func unreachableIPv4(fd, family int, peer netip.Addr) error {
 	return nil
 }
 
-// optmemFull says what a socket's full option memory (ENOMEM) holds.
-func optmemFull() string {
-	if n, err := optmemMax(); err == nil {
-		return fmt.Sprintf("net.core.optmem_max is %d bytes, about %d MD5 keys", n, n/keyBytes)
-	}
-	return "net.core.optmem_max"
+// md5Fits fails if k cannot go on a socket of family: an IPv6 peer on an
+// IPv4 socket.
+func md5Fits(family int, k Key) error {
+	_, _, err := md5sig(family, k, false)
+	return err
 }
 
-// setsockopt installs k on fd, or deletes it with del, and gives the kernel's
-// error a meaning an operator can act on.
-func setsockopt(fd, family int, k Key, del bool) error {
-	sig, opt, err := md5sig(family, k, del)
+// md5Add installs k on fd, a socket of family (setsockopt(2) TCP_MD5SIG or
+// TCP_MD5SIG_EXT), replacing the key for the same peer and interface.
+func md5Add(fd, family int, k Key) error {
+	sig, opt, err := md5sig(family, k, false)
 	if err != nil {
 		return err
 	}
-	if !del {
-		if err := unreachableIPv4(fd, family, k.Peer.Addr()); err != nil {
-			return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
-		}
+	if err := unreachableIPv4(fd, family, k.Peer.Addr()); err != nil {
+		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 	}
 	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
 	clear(sig.Key[:])
+	return md5Error(fd, opt, k, err)
+}
+
+// md5Del deletes the key for k.Peer and k.Ifindex from fd, a socket of
+// family, and reports whether there was one (ENOENT: none, no error).
+func md5Del(fd, family int, k Key) (held bool, err error) {
+	sig, opt, err := md5sig(family, k, true)
+	if err != nil {
+		return false, err
+	}
+	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	return err == nil, md5Error(fd, opt, k, err)
+}
+
+// md5Error gives the kernel's answer to a key option, opt, on fd a meaning
+// an operator can act on.
+func md5Error(fd, opt int, k Key, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -384,49 +208,75 @@ func probe() error {
 	}
 	defer unix.Close(fd)
 	k := Key{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: []byte("tcpmd5-probe")}
-	if err := setsockopt(fd, unix.AF_INET, k, false); err != nil {
+	if err := md5Add(fd, unix.AF_INET, k); err != nil {
 		return err
 	}
-	return setsockopt(fd, unix.AF_INET, k, true)
+	_, err = md5Del(fd, unix.AF_INET, k)
+	return err
 }
 
-// applyTTLSecurity makes the socket behind c send with TTL and hop limit
-// 255 and drop every segment that arrives with less than 256-hops (RFC 5082
-// GTSM): IP_TTL and IP_MINTTL, plus IPV6_UNICAST_HOPS and IPV6_MINHOPCOUNT
-// on an AF_INET6 socket, whose IPv4 peers (dual-stack) obey the IPv4 pair.
-func applyTTLSecurity(c syscall.RawConn, hops int) error {
-	if hops == 0 {
-		return nil
+// sockTTLSecurity makes fd send with TTL and hop limit 255 and drop every
+// segment that arrives with less than 256-hops (RFC 5082 GTSM): IP_TTL and
+// IP_MINTTL, plus IPV6_UNICAST_HOPS and IPV6_MINHOPCOUNT on an AF_INET6
+// socket, whose IPv4 peers (dual-stack) obey the IPv4 pair.
+func sockTTLSecurity(fd, hops int) error {
+	family, err := sockFamily(fd)
+	if err != nil {
+		return err
 	}
-	return controlErr(c, func(fd int) error {
-		family, err := socketFamily(fd)
-		if err != nil {
-			return err
+	type opt struct {
+		level, name, value int
+		label              string
+	}
+	opts := []opt{
+		{unix.IPPROTO_IP, unix.IP_TTL, 255, "IP_TTL"},
+		{unix.IPPROTO_IP, unix.IP_MINTTL, 256 - hops, "IP_MINTTL"},
+	}
+	if family == unix.AF_INET6 {
+		opts = append(opts,
+			opt{unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255, "IPV6_UNICAST_HOPS"},
+			opt{unix.IPPROTO_IPV6, unix.IPV6_MINHOPCOUNT, 256 - hops, "IPV6_MINHOPCOUNT"})
+	}
+	for _, o := range opts {
+		serr := unix.SetsockoptInt(fd, o.level, o.name, o.value)
+		if serr == nil {
+			continue
 		}
-		type opt struct {
-			level, name, value int
-			label              string
+		sysErr := os.NewSyscallError("setsockopt "+o.label, serr)
+		if errors.Is(serr, unix.ENOPROTOOPT) || errors.Is(serr, unix.EOPNOTSUPP) {
+			return fmt.Errorf("%w (%w)", ErrTTLSecurityUnsupported, sysErr)
 		}
-		opts := []opt{
-			{unix.IPPROTO_IP, unix.IP_TTL, 255, "IP_TTL"},
-			{unix.IPPROTO_IP, unix.IP_MINTTL, 256 - hops, "IP_MINTTL"},
-		}
-		if family == unix.AF_INET6 {
-			opts = append(opts,
-				opt{unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255, "IPV6_UNICAST_HOPS"},
-				opt{unix.IPPROTO_IPV6, unix.IPV6_MINHOPCOUNT, 256 - hops, "IPV6_MINHOPCOUNT"})
-		}
-		for _, o := range opts {
-			serr := unix.SetsockoptInt(fd, o.level, o.name, o.value)
-			if serr == nil {
-				continue
-			}
-			sysErr := os.NewSyscallError("setsockopt "+o.label, serr)
-			if errors.Is(serr, unix.ENOPROTOOPT) || errors.Is(serr, unix.EOPNOTSUPP) {
-				return fmt.Errorf("%w (%w)", ErrTTLSecurityUnsupported, sysErr)
-			}
-			return fmt.Errorf("tcpmd5: TTL security of %d hops: %w", hops, sysErr)
-		}
-		return nil
-	})
+		return fmt.Errorf("tcpmd5: TTL security of %d hops: %w", hops, sysErr)
+	}
+	return nil
+}
+
+// sockIfindex returns the interface fd is bound to (SO_BINDTOIFINDEX), or
+// 0. A socket bound to a VRF device, and a connection accepted through
+// one, report the VRF: the l3index against which the kernel matches
+// interface keys.
+func sockIfindex(fd int) (int, error) {
+	idx, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX)
+	if err != nil {
+		return 0, fmt.Errorf("tcpmd5: reading the socket's interface: %w", os.NewSyscallError("getsockopt", err))
+	}
+	return idx, nil
+}
+
+// sockQueued reports whether the listening socket fd has a connection in
+// its accept queue: poll(2) without waiting.
+func sockQueued(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// sockDup returns a second descriptor of fd, nonblocking as fd is, so
+// that the runtime polls it.
+func sockDup(fd int) (*os.File, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tcpmd5: a descriptor to wait on the listening socket: %w", os.NewSyscallError("fcntl", err))
+	}
+	return os.NewFile(uintptr(nfd), "listening socket"), nil
 }

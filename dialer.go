@@ -185,11 +185,11 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
 			return mixedKeysError(best[0], aoBest[0])
 		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
-			if err := applyAOKeys(c, socketFamilyOf(network), aoBest, true); err != nil {
+			if err := signAOKeys(c, socketFamilyOf(network), aoBest); err != nil {
 				return err
 			}
 		default:
-			if err := applyKeysFamily(c, socketFamilyOf(network), best); err != nil {
+			if err := applyKeys(c, socketFamilyOf(network), best); err != nil {
 				return err
 			}
 		}

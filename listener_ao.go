@@ -59,13 +59,17 @@ func (l *Listener) installAO(k AOKey) (*shard, error) {
 	targets := l.holders(k.Peer)
 	old, had := l.aoKeys.get(k.id())
 	for i, s := range targets {
-		if err := replaceAOKey(s.rc, s.family, k, old, had); err != nil {
+		err := addAOKey(s.rc, s.family, k)
+		if had {
+			err = replaceAOKey(s.rc, s.family, k, old)
+		}
+		if err != nil {
 			for _, done := range targets[:i] {
 				if had {
-					if replaceAOKey(done.rc, done.family, old, k, true) == nil { // k out, old back
+					if replaceAOKey(done.rc, done.family, old, k) == nil { // k out, old back
 						done.setAO(old)
 					}
-				} else if removeAOKeyFrom(done.rc, done.family, k) == nil {
+				} else if removeAOKey(done.rc, done.family, k) == nil {
 					done.removeAO(k.id())
 				}
 			}
@@ -94,7 +98,7 @@ func (l *Listener) RemoveAOKey(k AOKey) error {
 	}
 	for _, s := range l.shards {
 		if _, ok := s.aoKeys.get(id); ok {
-			if err := removeAOKeyFrom(s.rc, s.family, k); err != nil {
+			if err := removeAOKey(s.rc, s.family, k); err != nil {
 				return err
 			}
 			s.removeAO(id)

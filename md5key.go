@@ -244,7 +244,7 @@ func Control(keys ...Key) func(network, address string, c syscall.RawConn) error
 		if err != nil {
 			return err
 		}
-		return applyKeys(c, keys)
+		return applyKeys(c, 0, keys)
 	}
 }
 

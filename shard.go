@@ -171,8 +171,8 @@ func bareAO(k AOKey) AOKey { k.Secret = nil; return k }
 // then each of more, then the MD5 keys and the AO keys are installed.
 func listenShard(ctx context.Context, cfg net.ListenConfig, network, address string, keys []Key, aoKeys []AOKey, more ...hook) (*shard, error) {
 	join := func(_, _ string, c syscall.RawConn) error { return joinGroup(c) }
-	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, keys) }
-	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, 0, aoKeys, false) }
+	install := func(_, _ string, c syscall.RawConn) error { return applyKeys(c, 0, keys) }
+	installAO := func(_, _ string, c syscall.RawConn) error { return applyAOKeys(c, 0, aoKeys) }
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
@@ -426,7 +426,7 @@ func (l *Listener) grow() error {
 	// judges it before the key goes. A key it cannot delete stays, unused.
 	_ = l.removeFrom(split, moved...)
 	for _, k := range aoMoved {
-		if removeAOKeyFrom(split.rc, split.family, k) == nil {
+		if removeAOKey(split.rc, split.family, k) == nil {
 			split.removeAO(k.id())
 		}
 	}
@@ -454,7 +454,7 @@ func (l *Listener) shrink(n int) {
 		}
 		for id := range last.aoKeys.hosts {
 			k := l.aoKeys.hosts[id]
-			if replaceAOKey(into.rc, into.family, k, AOKey{}, false) != nil {
+			if addAOKey(into.rc, into.family, k) != nil {
 				return
 			}
 			into.setAO(k)

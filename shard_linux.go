@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sync"
-	"syscall"
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -22,22 +20,20 @@ import (
 // address is reachable only this way.
 const skfNetOff = -0x100000
 
-// joinGroup sets SO_REUSEPORT on a socket before bind(2), so that the
+// sockReusePort sets SO_REUSEPORT on fd before bind(2), so that the
 // listener can later add sockets bound to the same address.
-func joinGroup(c syscall.RawConn) error {
-	return controlErr(c, func(fd int) error {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-			return fmt.Errorf("tcpmd5: joining a reuseport group: %w", os.NewSyscallError("setsockopt", err))
-		}
-		return nil
-	})
+func sockReusePort(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return fmt.Errorf("tcpmd5: joining a reuseport group: %w", os.NewSyscallError("setsockopt", err))
+	}
+	return nil
 }
 
-// steer attaches to the reuseport group of the socket behind c the classic
-// BPF program that sends each SYN to the socket shardOf picks for its
-// source address among n (SO_ATTACH_REUSEPORT_CBPF). The program replaces
-// the group's previous one at once, for the whole group.
-func steer(c syscall.RawConn, n int) error {
+// sockSteer attaches to the reuseport group of fd the classic BPF program
+// that sends each SYN to the socket shardOf picks for its source address
+// among n (SO_ATTACH_REUSEPORT_CBPF). The program replaces the group's
+// previous one at once, for the whole group.
+func sockSteer(fd, n int) error {
 	raw, err := bpf.Assemble(steeringProgram(n, skfNetOff))
 	if err != nil {
 		return fmt.Errorf("tcpmd5: assembling the steering program: %w", err)
@@ -47,16 +43,14 @@ func steer(c syscall.RawConn, n int) error {
 		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
 	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	return controlErr(c, func(fd int) error {
-		err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, unix.ENOMEM): // the program is charged to the first socket's option memory
-			return fmt.Errorf("tcpmd5: the first socket's option memory (%s) has no room to steer SYNs; raise it: %w", optmemFull(), os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
-		}
-		return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets: %w", n, os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
-	})
+	err = unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.ENOMEM): // the program is charged to the first socket's option memory
+		return fmt.Errorf("tcpmd5: the first socket's option memory (%s) has no room to steer SYNs; raise it: %w", optmemFull(), os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
+	}
+	return fmt.Errorf("tcpmd5: steering SYNs across %d listening sockets: %w", n, os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err))
 }
 
 // othersInGroup counts the sockets beyond a listener's own want that are in
@@ -78,29 +72,3 @@ func othersInGroup(family int, addr netip.AddrPort, want int) (int, error) {
 	}
 	return max(n-want, 0), nil
 }
-
-// keysFull reports whether err says that a socket's option memory
-// (net.core.optmem_max) holds no more keys.
-func keysFull(err error) bool { return errors.Is(err, unix.ENOMEM) }
-
-// maxSocketKeys caps the keys a Listener puts on one socket, well below the
-// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
-// list and walks it for every SYN it verifies and every key it installs, so
-// spreading peers over more sockets keeps handshakes and SetKey cheap as the
-// peers grow. Prefix keys, which go on every socket, may exceed it.
-const maxSocketKeys = 128
-
-// socketCapacity is how many MD5 keys one socket's option memory
-// (net.core.optmem_max, read once) holds: about 960 on 6.x kernels, 150
-// on older ones.
-var socketCapacity = sync.OnceValue(func() int {
-	n := 150 // what the smallest default, optmem_max 20480 on old kernels, holds
-	if optmem, err := optmemMax(); err == nil && optmem >= keyBytes {
-		n = optmem / keyBytes
-	}
-	return n
-})
-
-// keysPerSocket is how many keys a Listener puts on one socket: what its
-// option memory holds, at most maxSocketKeys.
-func keysPerSocket() int { return min(socketCapacity(), maxSocketKeys) }
