@@ -67,11 +67,10 @@ type Dialer struct {
 // a dial finds its key in time independent of their number. It belongs to
 // the slice it was built from: the same array and length.
 type dialTable struct {
-	src    []Key
-	aoSrc  []AOKey
-	keys   keyTable[Key]
-	aoKeys keyTable[AOKey] // best returns them in AOKeys order
-	err    error           // the first invalid key's
+	src   []Key
+	aoSrc []AOKey
+	keys  keySet // ao.best returns keys in AOKeys order
+	err   error  // the first invalid key's
 }
 
 // keyTable returns the table for d.Keys, building it if d.Keys is another
@@ -84,12 +83,12 @@ func (d *Dialer) keyTable() *dialTable {
 	normalized, err := normalizeKeys(keys) // nil on error: the table then holds none
 	t := &dialTable{src: keys, aoSrc: aoKeys, err: err}
 	for _, k := range normalized { // a later key replaces an earlier one, as in the kernel
-		t.keys.set(k.clone())
+		t.keys.md5.set(k.clone())
 	}
 	aoNormalized, err := normalizeAOKeys(aoKeys)
 	t.err = cmp.Or(t.err, err)
 	for _, k := range aoNormalized {
-		t.aoKeys.set(k.clone())
+		t.keys.ao.set(k.clone())
 	}
 	d.table.Store(t)
 	return t
@@ -154,7 +153,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
 	sign := func(network, address string, c syscall.RawConn) error {
-		if table.keys.len() == 0 && table.aoKeys.len() == 0 {
+		if table.keys.len() == 0 {
 			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)
@@ -162,23 +161,23 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
 		}
 		l3index := 0
-		if table.keys.interfaces > 0 || table.aoKeys.interfaces > 0 {
+		if table.keys.interfaces() > 0 {
 			// The kernel signs with an interface key only on a socket
 			// bound to that VRF: choose among the keys that apply here.
 			if l3index, err = boundIfindex(c); err != nil {
 				return err
 			}
 		}
-		best, aoBest := table.keys.best(ap.Addr(), l3index), table.aoKeys.best(ap.Addr(), l3index)
+		best, aoBest := table.keys.md5.best(ap.Addr(), l3index), table.keys.ao.best(ap.Addr(), l3index)
 		switch {
 		case len(best) == 0 && len(aoBest) == 0:
 			if d.AllowUnsigned {
 				return nil
 			}
-			if vrf, ok := table.keys.confinedTo(ap.Addr()); ok {
+			if vrf, ok := table.keys.md5.confinedTo(ap.Addr()); ok {
 				return fmt.Errorf("%w %s on this socket: its key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
 			}
-			if vrf, ok := table.aoKeys.confinedTo(ap.Addr()); ok {
+			if vrf, ok := table.keys.ao.confinedTo(ap.Addr()); ok {
 				return fmt.Errorf("%w %s on this socket: its AO key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
 			}
 			return fmt.Errorf("%w %s: add a Key or AOKey whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())

@@ -203,3 +203,28 @@ func (t *keyTable[K]) confinedTo(addr netip.Addr) (int, bool) {
 	}
 	return 0, false
 }
+
+// keySet is the keys of both kinds one owner holds: a listener's, with
+// their secrets; one socket's, without; a dialer's.
+type keySet struct {
+	md5 keyTable[Key]
+	ao  keyTable[AOKey]
+}
+
+// covers reports whether a key of either kind covers peer addr reached
+// through VRF l3index (0: none).
+func (s *keySet) covers(addr netip.Addr, l3index int) bool {
+	return s.md5.covers(addr, l3index) || s.ao.covers(addr, l3index)
+}
+
+// interfaces is how many keys of either kind have an Ifindex.
+func (s *keySet) interfaces() int { return s.md5.interfaces + s.ao.interfaces }
+
+// hosts is how many keys of either kind are for one host.
+func (s *keySet) hosts() int { return len(s.md5.hosts) + len(s.ao.hosts) }
+
+// prefixes is how many keys of either kind are for a range of peers.
+func (s *keySet) prefixes() int { return len(s.md5.prefixes) + len(s.ao.prefixes) }
+
+// len is how many keys of either kind there are.
+func (s *keySet) len() int { return s.md5.len() + s.ao.len() }

@@ -1,14 +1,12 @@
 package tcpmd5
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -87,18 +85,18 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
 	}
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
-		l.keys.set(k.clone())
+		l.keys.md5.set(k.clone())
 	}
 	for _, k := range aoKeys {
-		if md5, ok := l.keys.overlapping(k.Peer, k.Ifindex); ok {
-			return nil, &net.OpError{Op: "listen", Net: network, Err: mixedKeysError(md5, k)}
+		if err := k.clash(&l.keys); err != nil {
+			return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 		}
-		l.aoKeys.set(k.clone())
+		l.keys.ao.set(k.clone())
 	}
 	l.aoKeyed = len(aoKeys) > 0
-	hosts := len(l.keys.hosts) + len(l.aoKeys.hosts)
+	hosts := l.keys.hosts()
 	_, port, _ := net.SplitHostPort(address)
-	for n, tries := shardsFor(&l.keys, &l.aoKeys), 1; ; tries++ {
+	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
 		err := l.listenGroup(ctx, address, n)
 		if err == nil {
 			break
@@ -185,13 +183,12 @@ type Listener struct {
 	allowUnsigned bool
 	refused       atomic.Uint64
 
-	mu      sync.RWMutex  // guards what follows and serializes changes to the sockets' keys
-	keys    keyTable[Key] // every key, with its secret
-	aoKeys  keyTable[AOKey]
-	aoKeyed bool     // an AO key was ever installed
-	shards  []*shard // the group, in the order the sockets joined it
-	learned int      // the keys a socket held when the kernel refused one more (0: none refused)
-	steered bool     // the steering program is attached to the group
+	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
+	keys    keySet       // every key, with its secret
+	aoKeyed bool         // an AO key was ever installed
+	shards  []*shard     // the group, in the order the sockets joined it
+	learned int          // the keys a socket held when the kernel refused one more (0: none refused)
+	steered bool         // the steering program is attached to the group
 	closed  bool
 	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
 	network string
@@ -374,13 +371,13 @@ func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	}
 	addr = addr.Unmap()
 	l3index := 0
-	if l.keys.interfaces > 0 || l.aoKeys.interfaces > 0 {
+	if l.keys.interfaces() > 0 {
 		if l3index, err = boundIfindex(rc); err != nil {
 			return refuse
 		}
 	}
-	signed := s.keys.covers(addr, l3index)
-	if k, ok := flipped(&s.keys, during, addr, l3index); ok {
+	signed := s.keys.md5.covers(addr, l3index)
+	if k, ok := flipped(&s.keys.md5, during, addr, l3index); ok {
 		if signed, err = md5Held(rc, addr, k.Ifindex, k.Secret); err != nil {
 			return refuse
 		}
@@ -388,16 +385,10 @@ func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	switch {
 	case signed:
 		return accepted{c: c, admit: true}
-	case l.allowUnsigned && !l.covered(addr, l3index):
+	case l.allowUnsigned && !l.keys.covers(addr, l3index):
 		return accepted{c: c, admit: true, unsigned: true, peer: addr, l3index: l3index}
 	}
 	return refuse
-}
-
-// covered reports whether a key of the listener, MD5 or AO, covers peer
-// addr reached through VRF l3index. l.mu is held, for reading at least.
-func (l *Listener) covered(addr netip.Addr, l3index int) bool {
-	return l.keys.covers(addr, l3index) || l.aoKeys.covers(addr, l3index)
 }
 
 // stillUncovered reports whether no key covers the peer of a, an unsigned
@@ -405,7 +396,7 @@ func (l *Listener) covered(addr netip.Addr, l3index int) bool {
 func (l *Listener) stillUncovered(a accepted) bool {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return !l.covered(a.peer, a.l3index)
+	return !l.keys.covers(a.peer, a.l3index)
 }
 
 // flipped returns the key of changed, added to t or removed from it, that
@@ -479,33 +470,7 @@ func (l *Listener) SetKey(k Key) error {
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.open(); err != nil {
-		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
-	}
-	if ao, ok := l.aoKeys.overlapping(k.Peer, k.Ifindex); ok {
-		return mixedKeysError(k, ao)
-	}
-	_, installed := l.keys.get(k.id())
-	if err := l.place(k.id(), installed, func() (*shard, error) { return l.install(k) }); err != nil {
-		return err
-	}
-	l.keys.set(k.clone())
-	if installed { // a new secret for an installed key covers no new peer
-		return nil
-	}
-	for _, s := range l.holders(k.Peer) {
-		if !s.flips(k) {
-			continue
-		}
-		if err := l.drainMD5(s, []Key{k}); err != nil {
-			l.uninstall(k)
-			l.keys.remove(k.id())
-			return fmt.Errorf("%w; the key for %s was not installed", err, k.peerString())
-		}
-	}
-	return nil
+	return setLive(l, k)
 }
 
 // open returns why keys cannot change on l: it is closed, or Listen did
@@ -518,15 +483,6 @@ func (l *Listener) open() error {
 		return net.ErrClosed
 	}
 	return nil
-}
-
-// uninstall deletes k, new to the listener, from the sockets that hold it.
-func (l *Listener) uninstall(k Key) {
-	for _, s := range l.holders(k.Peer) {
-		if removeKey(s.rc, s.family, k) == nil {
-			s.keys.remove(k.id())
-		}
-	}
 }
 
 // place makes room for a key of either kind, then installs it with
@@ -546,7 +502,7 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 		_, err := install()
 		return err
 	}
-	prefixes := len(l.keys.prefixes) + len(l.aoKeys.prefixes)
+	prefixes := l.keys.prefixes()
 	if !id.peer.IsSingleIP() {
 		if prefixes+1 > l.capacity() {
 			return fmt.Errorf("tcpmd5: key for %s: %d prefix keys on every socket is more than its option memory holds (%s): %w", id.name(), prefixes+1, optmemFull(), errFull)
@@ -560,7 +516,7 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 		}
 		return nil
 	}
-	room, hosts := l.hostRoom(prefixes), len(l.keys.hosts)+len(l.aoKeys.hosts)+1
+	room, hosts := l.hostRoom(prefixes), l.keys.hosts()+1
 	if room < 1 || (hosts+room-1)/room > maxShards {
 		return fmt.Errorf("tcpmd5: key for %s: %d prefix keys leave no room for %d host keys on %d sockets (%s): %w", id.name(), prefixes, hosts, maxShards, optmemFull(), errFull)
 	}
@@ -578,7 +534,7 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 		}
 		if keysFull(err) {
 			l.learn(full)
-			if len(full.keys.hosts)+len(full.aoKeys.hosts) > 0 && budget > 0 {
+			if full.keys.hosts() > 0 && budget > 0 {
 				budget--
 				gerr := l.grow()
 				if gerr == nil {
@@ -612,8 +568,8 @@ func (l *Listener) capacity() int {
 // learn records that s, which refused a key with ENOMEM, holds no more
 // keys than it has. l.mu is held.
 func (l *Listener) learn(s *shard) {
-	if s != nil && (l.learned == 0 || s.load() < l.learned) {
-		l.learned = s.load()
+	if s != nil && (l.learned == 0 || s.keys.len() < l.learned) {
+		l.learned = s.keys.len()
 	}
 }
 
@@ -640,49 +596,7 @@ func (l *Listener) RemoveKey(k Key) error {
 	if err != nil {
 		return err
 	}
-	id := k.id()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	old, ok := l.keys.get(id)
-	if !ok {
-		return nil
-	}
-	for _, s := range l.shards {
-		if _, ok := s.keys.get(id); ok {
-			if err := l.removeFrom(s, old); err != nil {
-				return err
-			}
-		}
-	}
-	l.keys.remove(id)
-	return nil
-}
-
-// removeFrom deletes keys, with their secrets, from s, keeping judge's
-// invariant: the connections they verified are judged before they go, and
-// those that completed while they went are judged after. What the second
-// drain cannot take stays queued and is judged unsigned: refused, never
-// let in.
-func (l *Listener) removeFrom(s *shard, keys ...Key) error {
-	flips := slices.ContainsFunc(keys, s.flips)
-	if flips {
-		if err := l.drainMD5(s, nil); err != nil {
-			return err
-		}
-	}
-	var err error
-	var removed []Key
-	for _, k := range keys {
-		if err = removeKey(s.rc, s.family, k); err != nil {
-			break
-		}
-		s.keys.remove(k.id())
-		removed = append(removed, k)
-	}
-	if flips {
-		_ = l.drainMD5(s, removed)
-	}
-	return err
+	return removeLive(l, k)
 }
 
 // Keys returns copies of the keys installed now, ordered by peer and
@@ -690,20 +604,7 @@ func (l *Listener) removeFrom(s *shard, keys ...Key) error {
 func (l *Listener) Keys() []Key {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	out := make([]Key, 0, l.keys.len())
-	for k := range l.keys.all() {
-		out = append(out, k.clone())
-	}
-	slices.SortFunc(out, func(a, b Key) int {
-		if c := a.Peer.Addr().Compare(b.Peer.Addr()); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Peer.Bits(), b.Peer.Bits()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Ifindex, b.Ifindex)
-	})
-	return out
+	return list(&l.keys.md5)
 }
 
 // Addr returns the listener's network address, a *[net.TCPAddr]; nil for

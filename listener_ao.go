@@ -1,9 +1,7 @@
 package tcpmd5
 
 import (
-	"cmp"
 	"fmt"
-	"slices"
 )
 
 // normalizeAOKeys checks every AO key and returns normalized copies.
@@ -34,50 +32,7 @@ func (l *Listener) SetAOKey(k AOKey) error {
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.open(); err != nil {
-		return fmt.Errorf("tcpmd5: AO key %s: %w", k.name(), err)
-	}
-	if md5, ok := l.keys.overlapping(k.Peer, k.Ifindex); ok {
-		return mixedKeysError(md5, k)
-	}
-	_, installed := l.aoKeys.get(k.id())
-	if err := l.place(k.id(), installed, func() (*shard, error) { return l.installAO(k) }); err != nil {
-		return err
-	}
-	l.aoKeys.set(k.clone())
-	l.aoKeyed = true
-	return nil
-}
-
-// installAO puts k on the sockets that need it, a host key on the one
-// shardOf picks and a prefix key on all, or on none: after a failure it
-// restores the earlier key with k's identity, or deletes k. It returns the
-// socket that refused k.
-func (l *Listener) installAO(k AOKey) (*shard, error) {
-	targets := l.holders(k.Peer)
-	old, had := l.aoKeys.get(k.id())
-	for i, s := range targets {
-		err := addAOKey(s.rc, s.family, k)
-		if had {
-			err = replaceAOKey(s.rc, s.family, k, old)
-		}
-		if err != nil {
-			for _, done := range targets[:i] {
-				if had {
-					if replaceAOKey(done.rc, done.family, old, k) == nil { // k out, old back
-						done.setAO(old)
-					}
-				} else if removeAOKey(done.rc, done.family, k) == nil {
-					done.removeAO(k.id())
-				}
-			}
-			return s, err
-		}
-		s.setAO(k)
-	}
-	return nil, nil
+	return setLive(l, k)
 }
 
 // RemoveAOKey deletes the TCP-AO key with k's Peer, SendID, RecvID and
@@ -90,22 +45,7 @@ func (l *Listener) RemoveAOKey(k AOKey) error {
 		return err
 	}
 	k.Peer = peer.Peer
-	id := k.id()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.aoKeys.get(id); !ok {
-		return nil
-	}
-	for _, s := range l.shards {
-		if _, ok := s.aoKeys.get(id); ok {
-			if err := removeAOKey(s.rc, s.family, k); err != nil {
-				return err
-			}
-			s.removeAO(id)
-		}
-	}
-	l.aoKeys.remove(id)
-	return nil
+	return removeLive(l, k)
 }
 
 // AOKeys returns copies of the TCP-AO keys installed now, ordered by peer,
@@ -113,13 +53,5 @@ func (l *Listener) RemoveAOKey(k AOKey) error {
 func (l *Listener) AOKeys() []AOKey {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	out := make([]AOKey, 0, l.aoKeys.len())
-	for k := range l.aoKeys.all() {
-		out = append(out, k.clone())
-	}
-	slices.SortFunc(out, func(a, b AOKey) int {
-		return cmp.Or(a.Peer.Addr().Compare(b.Peer.Addr()), cmp.Compare(a.Peer.Bits(), b.Peer.Bits()),
-			cmp.Compare(a.Ifindex, b.Ifindex), cmp.Compare(a.SendID, b.SendID), cmp.Compare(a.RecvID, b.RecvID))
-	})
-	return out
+	return list(&l.keys.ao)
 }

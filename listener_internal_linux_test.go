@@ -99,8 +99,8 @@ func TestSetKeyJudgesWhatCompletedDuringIt(t *testing.T) {
 	unsigned := dialFrom(t, "127.0.27.10", l.Addr().String(), nil)
 	require.NoError(t, setKey(l.first.rc, l.first.family, k)) // what SetKey does, then
 	signed := dialFrom(t, "127.0.27.11", l.Addr().String(), fakeB)
-	l.first.keys.set(bare(k))
-	l.keys.set(k.clone())
+	l.first.keys.md5.set(k.bare())
+	l.keys.md5.set(k.clone())
 	require.NoError(t, l.drainMD5(l.first, []Key{k}))
 	l.mu.Unlock()
 

@@ -139,32 +139,15 @@ type shard struct {
 	qrc    syscall.RawConn // queue's
 	closed atomic.Bool     // close was called: its accept goroutine ends
 
-	// Guarded by the Listener's mu.
-	keys   keyTable[Key]   // the MD5 keys installed on the socket, without secrets
-	aoKeys keyTable[AOKey] // the AO keys, without secrets
+	keys keySet // the keys installed on the socket, without secrets; guarded by the Listener's mu
 }
-
-// setAO records k, installed on the socket.
-func (s *shard) setAO(k AOKey) { s.aoKeys.set(bareAO(k)) }
-
-// removeAO forgets the key id, deleted from the socket.
-func (s *shard) removeAO(id keyID) { s.aoKeys.remove(id) }
 
 // flips reports whether adding or removing the MD5 key k changes which
 // peers the socket's MD5 keys cover: always for a prefix key, and for a
 // host key unless another key covers the host too.
 func (s *shard) flips(k Key) bool {
-	return !k.Peer.IsSingleIP() || !s.keys.coversExcept(k.Peer.Addr(), k.Ifindex, k.id())
+	return !k.Peer.IsSingleIP() || !s.keys.md5.coversExcept(k.Peer.Addr(), k.Ifindex, k.id())
 }
-
-// load is how many keys the socket holds.
-func (s *shard) load() int { return s.keys.len() + s.aoKeys.len() }
-
-// bare returns k without its secret, as shards record it.
-func bare(k Key) Key { return Key{Peer: k.Peer, Ifindex: k.Ifindex} }
-
-// bareAO returns k without its secret.
-func bareAO(k AOKey) AOKey { k.Secret = nil; return k }
 
 // listenShard makes one socket of a group, with cfg (MPTCP off): before
 // bind(2) and listen(2), the caller's Control runs, SO_REUSEPORT is set,
@@ -204,10 +187,10 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		}
 	}
 	for _, k := range keys {
-		s.keys.set(bare(k))
+		s.keys.md5.set(k.bare())
 	}
 	for _, k := range aoKeys {
-		s.setAO(k)
+		s.keys.ao.set(k.bare())
 	}
 	return s, nil
 }
@@ -215,15 +198,15 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 // shardsFor returns the fewest shards whose fullest one holds its host keys
 // and every prefix key, MD5 and AO, within keysPerSocket, by the placement
 // shardOf makes.
-func shardsFor(t *keyTable[Key], ao *keyTable[AOKey]) int {
-	hosts := make([]uint32, 0, len(t.hosts)+len(ao.hosts))
-	for id := range t.hosts {
+func shardsFor(keys *keySet) int {
+	hosts := make([]uint32, 0, keys.hosts())
+	for id := range keys.md5.hosts {
 		hosts = append(hosts, peerHash(id.peer.Addr()))
 	}
-	for id := range ao.hosts {
+	for id := range keys.ao.hosts {
 		hosts = append(hosts, peerHash(id.peer.Addr()))
 	}
-	room := keysPerSocket() - len(t.prefixes) - len(ao.prefixes)
+	room := keysPerSocket() - keys.prefixes()
 	if room <= 0 || len(hosts) <= room {
 		return 1
 	}
@@ -268,7 +251,7 @@ func placeKeys[K tableKey](t *keyTable[K], n int) [][]K {
 // their key, which drops them if signed and hands them to Accept's policy
 // if not.
 func (l *Listener) listenGroup(ctx context.Context, address string, n int) error {
-	perShard, aoPerShard := placeKeys(&l.keys, n), placeKeys(&l.aoKeys, n)
+	perShard, aoPerShard := placeKeys(&l.keys.md5, n), placeKeys(&l.keys.ao, n)
 	// The first socket carries the program before it binds. A group of one
 	// works without: a kernel that refuses it fails only the first growth.
 	steerFirst := func(_, _ string, c syscall.RawConn) error {
@@ -351,35 +334,12 @@ func (l *Listener) holders(peer netip.Prefix) []*shard {
 	return l.shards
 }
 
-// install puts k on the sockets that need it, a host key on the one shardOf
-// picks and a prefix key on all, or on none: after a failure it restores
-// the earlier key with k's Peer and Ifindex, or deletes k. It returns the
-// socket that refused k.
-func (l *Listener) install(k Key) (*shard, error) {
-	targets := l.holders(k.Peer)
-	for i, s := range targets {
-		if err := setKey(s.rc, s.family, k); err != nil {
-			old, had := l.keys.get(k.id())
-			for _, done := range targets[:i] {
-				if had {
-					_ = setKey(done.rc, done.family, old)
-				} else if removeKey(done.rc, done.family, k) == nil {
-					done.keys.remove(k.id())
-				}
-			}
-			return s, err
-		}
-		s.keys.set(bare(k))
-	}
-	return nil, nil
-}
-
 // crowded reports whether the new host key id would find its socket with
 // room host keys already, and that socket could give some away by growing
 // the group.
 func (l *Listener) crowded(id keyID, room int) bool {
 	s := l.shards[shardOf(peerHash(id.peer.Addr()), len(l.shards))]
-	hosts := len(s.keys.hosts) + len(s.aoKeys.hosts)
+	hosts := s.keys.hosts()
 	return hosts >= room && hosts > 0
 }
 
@@ -401,9 +361,9 @@ func (l *Listener) grow() error {
 		l.steered = true
 	}
 	split := l.shards[n-1<<(bits.Len(uint(n))-1)]
-	moved, aoMoved := movedKeys(&l.keys, &split.keys, n), movedKeys(&l.aoKeys, &split.aoKeys, n)
-	keys := append(slices.Collect(maps.Values(l.keys.prefixes)), moved...)
-	aoKeys := append(slices.Collect(maps.Values(l.aoKeys.prefixes)), aoMoved...)
+	moved, aoMoved := movedKeys(&l.keys.md5, &split.keys.md5, n), movedKeys(&l.keys.ao, &split.keys.ao, n)
+	keys := append(slices.Collect(maps.Values(l.keys.md5.prefixes)), moved...)
+	aoKeys := append(slices.Collect(maps.Values(l.keys.ao.prefixes)), aoMoved...)
 	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, keys, aoKeys)
 	if err != nil {
 		return err
@@ -424,12 +384,8 @@ func (l *Listener) grow() error {
 	// A connection the split shard verified before the switch may still
 	// wait in its queue: it holds its own copy of the key, and removeFrom
 	// judges it before the key goes. A key it cannot delete stays, unused.
-	_ = l.removeFrom(split, moved...)
-	for _, k := range aoMoved {
-		if removeAOKey(split.rc, split.family, k) == nil {
-			split.removeAO(k.id())
-		}
-	}
+	_ = removeFrom(l, split, moved...)
+	_ = removeFrom(l, split, aoMoved...)
 	return nil
 }
 
@@ -443,23 +399,11 @@ func (l *Listener) shrink(n int) {
 		last := l.shards[len(l.shards)-1]
 		m := len(l.shards) - 1
 		into := l.shards[m-1<<(bits.Len(uint(m))-1)]
-		var back []Key
-		for id := range last.keys.hosts {
-			k := l.keys.hosts[id]
-			if setKey(into.rc, into.family, k) != nil {
-				return
-			}
-			into.keys.set(bare(k))
-			back = append(back, k)
+		back, err := moveBack[Key](l, last, into)
+		if err == nil {
+			_, err = moveBack[AOKey](l, last, into)
 		}
-		for id := range last.aoKeys.hosts {
-			k := l.aoKeys.hosts[id]
-			if addAOKey(into.rc, into.family, k) != nil {
-				return
-			}
-			into.setAO(k)
-		}
-		if l.drainMD5(into, back) != nil || steer(l.shards[0].rc, m) != nil {
+		if err != nil || l.drainMD5(into, back) != nil || steer(l.shards[0].rc, m) != nil {
 			return
 		}
 		_ = l.drainMD5(last, nil)

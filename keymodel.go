@@ -1,0 +1,235 @@
+package tcpmd5
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"syscall"
+)
+
+// liveKey is what the steps a key takes on a live listener (place,
+// install, roll back, remove, list) need of its kind, [Key] or [AOKey], so
+// that the steps are written once, below, and SetKey and SetAOKey, RemoveKey
+// and RemoveAOKey, Keys and AOKeys stay thin.
+type liveKey[K tableKey] interface {
+	tableKey
+	of(*keySet) *keyTable[K] // the table of K's kind
+	label() string           // the key, as errors name it
+	clone() K                // with its own copy of the secret
+	bare() K                 // without its secret, as a socket's table holds it
+	clash(*keySet) error     // refuses a key of the other kind for overlapping peers
+	compare(K) int           // the order Keys and AOKeys list in
+
+	add(c syscall.RawConn, family int) error            // install on a socket that holds no key with its id
+	replace(c syscall.RawConn, family int, old K) error // install in the place of old, which has its id
+	del(c syscall.RawConn, family int) error            // delete; one not there is not an error
+	settle(l *Listener, installed bool) error           // what follows its install on l, l.mu held
+}
+
+func (Key) of(s *keySet) *keyTable[Key]     { return &s.md5 }
+func (AOKey) of(s *keySet) *keyTable[AOKey] { return &s.ao }
+
+func (k Key) label() string   { return "key for " + k.peerString() }
+func (k AOKey) label() string { return "AO key " + k.name() }
+
+func (k Key) bare() Key     { return Key{Peer: k.Peer, Ifindex: k.Ifindex} }
+func (k AOKey) bare() AOKey { k.Secret = nil; return k }
+
+func (k Key) clash(s *keySet) error {
+	if ao, ok := s.ao.overlapping(k.Peer, k.Ifindex); ok {
+		return mixedKeysError(k, ao)
+	}
+	return nil
+}
+
+func (k AOKey) clash(s *keySet) error {
+	if md5, ok := s.md5.overlapping(k.Peer, k.Ifindex); ok {
+		return mixedKeysError(md5, k)
+	}
+	return nil
+}
+
+func (k Key) compare(o Key) int {
+	return cmp.Or(k.Peer.Addr().Compare(o.Peer.Addr()), cmp.Compare(k.Peer.Bits(), o.Peer.Bits()),
+		cmp.Compare(k.Ifindex, o.Ifindex))
+}
+
+func (k AOKey) compare(o AOKey) int {
+	return cmp.Or(k.Peer.Addr().Compare(o.Peer.Addr()), cmp.Compare(k.Peer.Bits(), o.Peer.Bits()),
+		cmp.Compare(k.Ifindex, o.Ifindex), cmp.Compare(k.SendID, o.SendID), cmp.Compare(k.RecvID, o.RecvID))
+}
+
+// An MD5 key replaces the one with its id in place; a TCP-AO key cannot.
+func (k Key) add(c syscall.RawConn, family int) error            { return setKey(c, family, k) }
+func (k Key) replace(c syscall.RawConn, family int, _ Key) error { return setKey(c, family, k) }
+func (k Key) del(c syscall.RawConn, family int) error            { return removeKey(c, family, k) }
+func (k AOKey) add(c syscall.RawConn, family int) error          { return addAOKey(c, family, k) }
+func (k AOKey) replace(c syscall.RawConn, family int, o AOKey) error {
+	return replaceAOKey(c, family, k, o)
+}
+func (k AOKey) del(c syscall.RawConn, family int) error { return removeAOKey(c, family, k) }
+
+// settle keeps judge's invariant after a new MD5 key: the queues of the
+// sockets whose cover it changed are drained and judged. If that fails
+// (EMFILE, say), the key goes again and nothing is changed.
+func (k Key) settle(l *Listener, installed bool) error {
+	if installed { // a new secret for an installed key covers no new peer
+		return nil
+	}
+	for _, s := range l.holders(k.Peer) {
+		if !s.flips(k) {
+			continue
+		}
+		if err := l.drainMD5(s, []Key{k}); err != nil {
+			for _, s := range l.holders(k.Peer) {
+				if k.del(s.rc, s.family) == nil {
+					s.keys.md5.remove(k.id())
+				}
+			}
+			l.keys.md5.remove(k.id())
+			return fmt.Errorf("%w; the key for %s was not installed", err, k.peerString())
+		}
+	}
+	return nil
+}
+
+// settle makes Accept ask every connection for its AO state from now on.
+func (k AOKey) settle(l *Listener, _ bool) error {
+	l.aoKeyed = true
+	return nil
+}
+
+// setLive installs k, normalized, on the live listener l, or replaces the
+// key with its id: room is made (place), k goes on the sockets that need
+// it or on none (installOn), then settle.
+func setLive[K liveKey[K]](l *Listener, k K) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.open(); err != nil {
+		return fmt.Errorf("tcpmd5: %s: %w", k.label(), err)
+	}
+	if err := k.clash(&l.keys); err != nil {
+		return err
+	}
+	_, installed := k.of(&l.keys).get(k.id())
+	if err := l.place(k.id(), installed, func() (*shard, error) { return installOn(l, k) }); err != nil {
+		return err
+	}
+	k.of(&l.keys).set(k.clone())
+	return k.settle(l, installed)
+}
+
+// installOn puts k on the sockets that need it, a host key on the one
+// shardOf picks and a prefix key on all, or on none: after a failure it
+// puts back the key with k's id that was there, or deletes k. It returns
+// the socket that refused k. l.mu is held.
+func installOn[K liveKey[K]](l *Listener, k K) (*shard, error) {
+	targets := l.holders(k.id().peer)
+	old, had := k.of(&l.keys).get(k.id())
+	for i, s := range targets {
+		var err error
+		if had {
+			err = k.replace(s.rc, s.family, old)
+		} else {
+			err = k.add(s.rc, s.family)
+		}
+		if err != nil {
+			for _, done := range targets[:i] {
+				if had {
+					if old.replace(done.rc, done.family, k) == nil {
+						k.of(&done.keys).set(old.bare())
+					}
+				} else if k.del(done.rc, done.family) == nil {
+					k.of(&done.keys).remove(k.id())
+				}
+			}
+			return s, err
+		}
+		k.of(&s.keys).set(k.bare())
+	}
+	return nil, nil
+}
+
+// removeLive deletes the key with k's id from the live listener l and
+// from every socket that holds it; one that is not there is not an error.
+func removeLive[K liveKey[K]](l *Listener, k K) error {
+	id := k.id()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old, ok := k.of(&l.keys).get(id)
+	if !ok {
+		return nil
+	}
+	for _, s := range l.shards {
+		if _, ok := k.of(&s.keys).get(id); ok {
+			if err := removeFrom(l, s, old); err != nil {
+				return err
+			}
+		}
+	}
+	k.of(&l.keys).remove(id)
+	return nil
+}
+
+// removeFrom deletes keys, with their secrets, from s, keeping judge's
+// invariant where they are MD5 keys that change which peers s covers: the
+// connections they verified are judged before they go, and those that
+// completed while they went are judged after. What the second drain cannot
+// take stays queued and is judged unsigned: refused, never let in. It
+// stops at the first key the kernel does not delete. l.mu is held.
+func removeFrom[K liveKey[K]](l *Listener, s *shard, keys ...K) error {
+	var md5 []Key // AO connections are judged by their own AO state: no drain
+	for _, k := range keys {
+		if m, ok := any(k).(Key); ok {
+			md5 = append(md5, m)
+		}
+	}
+	flips := slices.ContainsFunc(md5, s.flips)
+	if flips {
+		if err := l.drainMD5(s, nil); err != nil {
+			return err
+		}
+	}
+	var err error
+	var removed []Key
+	for _, k := range keys {
+		if err = k.del(s.rc, s.family); err != nil {
+			break
+		}
+		k.of(&s.keys).remove(k.id())
+		if m, ok := any(k).(Key); ok {
+			removed = append(removed, m)
+		}
+	}
+	if flips {
+		_ = l.drainMD5(s, removed)
+	}
+	return err
+}
+
+// moveBack installs on into the host keys of K's kind that last holds,
+// with their secrets from l, and returns them; it stops at the first the
+// kernel refuses. l.mu is held.
+func moveBack[K liveKey[K]](l *Listener, last, into *shard) ([]K, error) {
+	var zero K
+	var back []K
+	for id := range zero.of(&last.keys).hosts {
+		k := zero.of(&l.keys).hosts[id]
+		if err := k.add(into.rc, into.family); err != nil {
+			return back, err
+		}
+		k.of(&into.keys).set(k.bare())
+		back = append(back, k)
+	}
+	return back, nil
+}
+
+// list returns copies of the keys of t in K's order.
+func list[K liveKey[K]](t *keyTable[K]) []K {
+	out := make([]K, 0, t.len())
+	for k := range t.all() {
+		out = append(out, k.clone())
+	}
+	slices.SortFunc(out, K.compare)
+	return out
+}
