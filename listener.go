@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -79,7 +77,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	l := &Listener{allowUnsigned: lc.AllowUnsigned, network: network, cfg: lc.ListenConfig}
+	l := &Listener{allowUnsigned: lc.AllowUnsigned, group: group{network: network, cfg: lc.ListenConfig}}
 	l.cfg.SetMultipathTCP(false)
 	if hops := lc.TTLSecurity; hops != 0 {
 		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
@@ -115,9 +113,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		n = min(n+(n+1)/2, maxShards)
 	}
 	l.first = l.shards[0]
-	l.conns = make(chan accepted)
-	l.done = make(chan struct{})
-	l.deadline = newDeadline()
+	l.fan = newFanIn()
 	for _, s := range l.shards {
 		l.acceptFrom(s)
 	}
@@ -184,35 +180,12 @@ type Listener struct {
 	refused       atomic.Uint64
 
 	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
-	keys    keySet       // every key, with its secret
+	keys    keySet       // the key registry: every key, with its secret
 	aoKeyed bool         // an AO key was ever installed
-	shards  []*shard     // the group, in the order the sockets joined it
-	learned int          // the keys a socket held when the kernel refused one more (0: none refused)
-	steered bool         // the steering program is attached to the group
 	closed  bool
-	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
-	network string
-	address string // the first socket's, which the others bind too
+	group   // the sockets
 
-	// One goroutine per socket accepts and sends to conns; Accept takes
-	// from conns until done or the deadline.
-	conns    chan accepted
-	done     chan struct{} // closed by Close
-	deadline *deadline
-}
-
-// accepted is a connection, judged, or an error, from one socket of the
-// group.
-type accepted struct {
-	c     *net.TCPConn
-	admit bool // the Accept policy hands c over
-	err   error
-
-	// An unsigned connection admitted because no key covered its peer:
-	// Accept asks again when it hands it over.
-	unsigned bool
-	peer     netip.Addr
-	l3index  int
+	fan fanIn // hands Accept what the sockets accept
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -247,9 +220,9 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: errNoListener}
 	}
 	for {
-		a := l.next()
-		if a.err != nil {
-			return nil, a.err
+		a, err := l.fan.next()
+		if err != nil {
+			return nil, l.opError(err)
 		}
 		if a.admit && (!a.unsigned || l.stillUncovered(a)) {
 			return a.c, nil
@@ -260,191 +233,10 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 	}
 }
 
-// next returns the next connection from any socket of the group, or an
-// error once the listener is closed or the deadline has passed.
-func (l *Listener) next() accepted {
-	expired := l.deadline.wait()
-	select { // a closed listener or a past deadline wins over a waiting connection
-	case <-l.done:
-		return accepted{err: l.opError(net.ErrClosed)}
-	case <-expired:
-		return accepted{err: l.opError(os.ErrDeadlineExceeded)}
-	default:
-	}
-	select {
-	case a := <-l.conns:
-		return a
-	case <-l.done:
-		return accepted{err: l.opError(net.ErrClosed)}
-	case <-expired:
-		return accepted{err: l.opError(os.ErrDeadlineExceeded)}
-	}
-}
-
 // opError is the error of every failed Accept, as [net.TCPListener]'s: Op
 // "accept", the network the listener was made with, its address.
 func (l *Listener) opError(err error) error {
 	return &net.OpError{Op: "accept", Net: l.network, Addr: l.Addr(), Err: err}
-}
-
-// acceptFrom starts the goroutine that accepts on s for Accept until the
-// socket is closed.
-func (l *Listener) acceptFrom(s *shard) {
-	go func() {
-		for {
-			a := l.acceptOne(s)
-			if s.closed.Load() || !l.handOver(a) {
-				return
-			}
-		}
-	}()
-}
-
-// acceptOne takes the next connection off the queue of s and judges it,
-// with no key change in between: key changes hold l.mu, and the queue is
-// read with l.mu read-locked.
-func (l *Listener) acceptOne(s *shard) accepted {
-	release, err := waitQueued(s.qrc, &l.mu)
-	if err == nil {
-		defer release()
-		var c *net.TCPConn
-		if c, err = s.ln.AcceptTCP(); err == nil {
-			return l.judge(s, c, nil)
-		}
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		err = oe.Err
-	}
-	return accepted{err: l.opError(err)}
-}
-
-// handOver gives a to Accept, or closes it once the listener is closed; it
-// reports whether the listener is still open.
-func (l *Listener) handOver(a accepted) bool {
-	select {
-	case l.conns <- a:
-		return true
-	case <-l.done:
-		if a.c != nil {
-			a.c.Close()
-		}
-		return false
-	}
-}
-
-// judge decides whether Accept hands over connection c, which socket s
-// accepted: if the kernel verified its handshake with a key, or if c is
-// unsigned, unsigned peers are allowed and no key covers its peer (which
-// Accept asks again when it hands c over). l.mu is held, for reading at
-// least.
-//
-// The invariant that makes this exact: every connection in the accept
-// queue of s completed its handshake after the last change to which peers
-// the MD5 keys of s cover, because each such change takes the queue's
-// connections off it (drainMD5). The kernel completes no unsigned
-// handshake with a covered peer, and copies the key to every verified one,
-// so c was verified if and only if the keys of s cover its peer now. For c
-// taken off the queue during a change, during holds the keys added or
-// removed: a peer whose cover that change flipped is asked of c's own key
-// (md5Held). Whatever cannot be read is refused.
-func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
-	refuse := accepted{c: c}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return refuse
-	}
-	if l.aoKeyed { // else nothing could have signed it with AO, and no syscall need say so
-		if ao, err := acceptedAO(rc); err != nil {
-			return refuse
-		} else if ao {
-			return accepted{c: c, admit: true}
-		}
-	}
-	ta, ok := c.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return refuse
-	}
-	addr, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return refuse
-	}
-	addr = addr.Unmap()
-	l3index := 0
-	if l.keys.interfaces() > 0 {
-		if l3index, err = boundIfindex(rc); err != nil {
-			return refuse
-		}
-	}
-	signed := s.keys.md5.covers(addr, l3index)
-	if k, ok := flipped(&s.keys.md5, during, addr, l3index); ok {
-		if signed, err = md5Held(rc, addr, k.Ifindex, k.Secret); err != nil {
-			return refuse
-		}
-	}
-	switch {
-	case signed:
-		return accepted{c: c, admit: true}
-	case l.allowUnsigned && !l.keys.covers(addr, l3index):
-		return accepted{c: c, admit: true, unsigned: true, peer: addr, l3index: l3index}
-	}
-	return refuse
-}
-
-// stillUncovered reports whether no key covers the peer of a, an unsigned
-// connection, now that Accept hands it over.
-func (l *Listener) stillUncovered(a accepted) bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return !l.keys.covers(a.peer, a.l3index)
-}
-
-// flipped returns the key of changed, added to t or removed from it, that
-// alone decides whether t covers addr on l3index: the only key whose copy a
-// connection from addr can hold if its handshake completed during the
-// change. A peer no key of changed covers, or that other keys of t cover
-// too, was covered or not before and after alike.
-func flipped(t *keyTable[Key], changed []Key, addr netip.Addr, l3index int) (Key, bool) {
-	for _, k := range changed {
-		if k.Peer.Contains(addr) && (k.Ifindex == 0 || k.Ifindex == l3index) && !t.coversExcept(addr, l3index, k.id()) {
-			return k, true
-		}
-	}
-	return Key{}, false
-}
-
-// drainMD5 takes the connections queued on s off its queue and judges
-// them, during being the MD5 keys just added to s or removed from it (nil
-// before a change), and hands them to Accept; it keeps judge's invariant
-// across a change to the peers the MD5 keys of s cover. A change that
-// removes keys drains before (so that connections verified with them are
-// judged signed) and after (for those that completed meanwhile); one that
-// adds keys drains after. l.mu is held, so nothing else accepts on s, and
-// accept(2) does not wait while the queue is not empty.
-func (l *Listener) drainMD5(s *shard, during []Key) error {
-	var judged []accepted
-	var err error
-	for queued(s.rc) {
-		var c *net.TCPConn
-		if c, err = s.ln.AcceptTCP(); err != nil {
-			err = fmt.Errorf("tcpmd5: taking the connections that waited for a key change: %w", err)
-			break
-		}
-		judged = append(judged, l.judge(s, c, during))
-	}
-	if len(judged) > 0 {
-		go func() {
-			for i, a := range judged {
-				if !l.handOver(a) {
-					for _, rest := range judged[i+1:] {
-						rest.c.Close()
-					}
-					return
-				}
-			}
-		}()
-	}
-	return err
 }
 
 // RefusedUnsigned returns how many connections Accept has closed because no
@@ -483,108 +275,6 @@ func (l *Listener) open() error {
 		return net.ErrClosed
 	}
 	return nil
-}
-
-// place makes room for a key of either kind, then installs it with
-// install, which returns the socket that refused it and leaves no socket
-// changed when it fails. A new secret for an installed key takes no room.
-//
-// The group is bounded: a prefix key goes on every socket, so more sockets
-// cannot make room for it, and it never grows the group; a host key grows
-// it by at most maxGrowth sockets, only while the socket its peer's SYNs
-// reach holds hostRoom host keys. A key that cannot fit is refused before
-// any socket is added, and a key the kernel refuses after the group grew
-// shrinks it back: a refused key changes nothing. A refusal (ENOMEM)
-// teaches the listener what its sockets really hold, the caller's socket
-// filters and options included.
-func (l *Listener) place(id keyID, installed bool, install func() (*shard, error)) error {
-	if installed {
-		_, err := install()
-		return err
-	}
-	prefixes := l.keys.prefixes()
-	if !id.peer.IsSingleIP() {
-		if prefixes+1 > l.capacity() {
-			return fmt.Errorf("tcpmd5: key for %s: %d prefix keys on every socket is more than its option memory holds (%s): %w", id.name(), prefixes+1, optmemFull(), errFull)
-		}
-		if full, err := install(); err != nil {
-			if keysFull(err) {
-				l.learn(full)
-				return fmt.Errorf("%w; a prefix key takes room on every socket of the group, so more sockets cannot make room for it", err)
-			}
-			return err
-		}
-		return nil
-	}
-	room, hosts := l.hostRoom(prefixes), l.keys.hosts()+1
-	if room < 1 || (hosts+room-1)/room > maxShards {
-		return fmt.Errorf("tcpmd5: key for %s: %d prefix keys leave no room for %d host keys on %d sockets (%s): %w", id.name(), prefixes, hosts, maxShards, optmemFull(), errFull)
-	}
-	n := len(l.shards)
-	budget := min(n, maxGrowth)
-	for ; budget > 0 && l.crowded(id, room); budget-- {
-		if l.grow() != nil {
-			break // a socket with room in its option memory still takes the key
-		}
-	}
-	for {
-		full, err := install()
-		if err == nil {
-			return nil
-		}
-		if keysFull(err) {
-			l.learn(full)
-			if full.keys.hosts() > 0 && budget > 0 {
-				budget--
-				gerr := l.grow()
-				if gerr == nil {
-					continue
-				}
-				err = fmt.Errorf("%w; adding a socket to the listener's group failed too: %w", err, gerr)
-			}
-		}
-		l.shrink(n)
-		return err
-	}
-}
-
-// maxGrowth bounds the sockets one key adds to the group, so that no
-// SetKey holds the listener, and Accept with it, for long: linear hashing
-// may need the group to double before the one socket a peer's SYNs reach
-// is split, and a key that still finds its socket crowded goes there
-// while its option memory has room.
-const maxGrowth = 4
-
-// capacity is how many keys one socket of the group holds: what its
-// option memory holds for MD5 keys, or less if the kernel said so (learn).
-// l.mu is held.
-func (l *Listener) capacity() int {
-	if l.learned > 0 {
-		return min(l.learned, socketCapacity())
-	}
-	return socketCapacity()
-}
-
-// learn records that s, which refused a key with ENOMEM, holds no more
-// keys than it has. l.mu is held.
-func (l *Listener) learn(s *shard) {
-	if s != nil && (l.learned == 0 || s.keys.len() < l.learned) {
-		l.learned = s.keys.len()
-	}
-}
-
-// errFull is what a key that no socket of the group has room for wraps.
-// It matches ENOMEM, as the kernel's own refusal does.
-var errFull = fmt.Errorf("no socket of the group can take it: %w", syscall.ENOMEM)
-
-// hostRoom is how many host keys one socket takes beside prefixes prefix
-// keys: keysPerSocket in all while the prefix keys leave room, else what
-// its option memory holds beside them.
-func (l *Listener) hostRoom(prefixes int) int {
-	if soft := min(keysPerSocket(), l.capacity()); prefixes < soft {
-		return soft - prefixes
-	}
-	return l.capacity() - prefixes
 }
 
 // RemoveKey deletes the key for k.Peer and k.Ifindex from the listener; the
@@ -626,7 +316,7 @@ func (l *Listener) Close() error {
 	closed := l.closed
 	if !closed {
 		l.closed = true // nothing changes the group from now on
-		close(l.done)
+		l.fan.close()
 	}
 	l.mu.Unlock()
 	if closed {
@@ -644,51 +334,8 @@ func (l *Listener) SetDeadline(t time.Time) error {
 	if l.first == nil {
 		return &net.OpError{Op: "set", Net: "tcp", Err: errNoListener}
 	}
-	l.deadline.set(t)
+	l.fan.deadline.set(t)
 	return nil
-}
-
-// deadline is a deadline that no single socket holds, Accept's over the
-// group: a channel that is closed once the deadline has passed, replaced
-// when the deadline moves, in the manner of net's pipe deadlines.
-type deadline struct {
-	mu      sync.Mutex
-	timer   *time.Timer
-	expired chan struct{}
-}
-
-func newDeadline() *deadline { return &deadline{expired: make(chan struct{})} }
-
-// set moves the deadline to t; the zero t means none.
-func (d *deadline) set(t time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.expired // the timer fired: wait until its function has closed it
-	}
-	d.timer = nil
-	select {
-	case <-d.expired:
-		d.expired = make(chan struct{})
-	default:
-	}
-	if t.IsZero() {
-		return
-	}
-	wait := time.Until(t)
-	if wait <= 0 {
-		close(d.expired)
-		return
-	}
-	expired := d.expired
-	d.timer = time.AfterFunc(wait, func() { close(expired) })
-}
-
-// wait returns a channel that is closed when the deadline passes.
-func (d *deadline) wait() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.expired
 }
 
 // SyscallConn returns the raw listening socket, as

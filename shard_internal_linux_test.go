@@ -30,7 +30,7 @@ func TestSteeringProgramMatchesShardOf(t *testing.T) {
 					testenv.Require(t, testenv.IPv6)
 				}
 				t.Parallel()
-				l := &Listener{network: tt.network}
+				l := &Listener{group: group{network: tt.network}}
 				l.cfg.SetMultipathTCP(false)
 				require.NoError(t, l.listenGroup(context.Background(), tt.address, n))
 				defer l.closeShards()
