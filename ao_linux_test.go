@@ -654,3 +654,43 @@ func TestAOIPv4KeyOnIPv6OnlySocket(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "AO key 127.0.63.1 send 1 recv 2: the socket is IPv6-only (tcp6)")
 }
+
+// TestAOControl: AOControl keys a plain net.ListenConfig and a plain
+// net.Dialer, as Control does for MD5. Of several keys for the
+// destination the first signs the SYN, in either order, and the listener
+// follows; a wrong secret is dropped and TCPAOBad moves; a key that does
+// not normalize fails the dial before any SYN.
+func TestAOControl(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	const peer = "127.0.61.1"
+	ln := plainListener(t, "127.0.0.1:0", tcpmd5.AOControl(
+		aoKey(t, peer, 1, 2, "hmac(sha1)", secretA),
+		aoKey(t, peer, 3, 4, "hmac(sha1)", secretB),
+	))
+	accepted := serveEcho(t, ln)
+	first, second := aoKey(t, "127.0.0.1", 2, 1, "hmac(sha1)", secretA), aoKey(t, "127.0.0.1", 4, 3, "hmac(sha1)", secretB)
+	for _, keys := range [][]tcpmd5.AOKey{{first, second}, {second, first}} {
+		d := net.Dialer{Timeout: mustConnect, LocalAddr: &net.TCPAddr{IP: net.ParseIP(peer)}, Control: tcpmd5.AOControl(keys...)}
+		c, err := d.Dial("tcp4", ln.Addr().String())
+		require.NoError(t, err)
+		ping(t, c)
+		server := <-accepted
+		cs := aoStats(t, c)
+		assert.Equal(t, keys[0].SendID, cs.Current, "the first key signs")
+		assert.Positive(t, cs.Good)
+		assert.Equal(t, keys[0].RecvID, aoStats(t, server).Current, "the listener follows")
+		c.Close()
+	}
+
+	wrong := first
+	wrong.Secret = []byte(secretB)
+	d := dialer(peer)
+	d.AllowUnsigned = true // the hook's key signs, not the Dialer's
+	d.Control = tcpmd5.AOControl(wrong)
+	dropDial(t, d, "tcp4", ln.Addr().String(), netstat.AOBad)
+
+	nd := net.Dialer{Timeout: mustConnect, Control: tcpmd5.AOControl(tcpmd5.AOKey{Secret: []byte(secretA)})}
+	_, err := nd.Dial("tcp4", ln.Addr().String())
+	require.ErrorContains(t, err, "no valid Peer")
+}

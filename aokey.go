@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -192,6 +193,26 @@ type AOStats struct {
 	// key for; arrived without TCP-AO where it was required; and ICMP
 	// errors ignored.
 	Good, Bad, KeyNotFound, AORequired, DroppedICMPs uint64
+}
+
+// AOControl is [Control] for TCP-AO keys: it returns a function of the
+// shape of [net.ListenConfig.Control] and [net.Dialer.Control] that
+// installs keys on the socket before bind(2) and connect(2)
+// (setsockopt(2) TCP_AO_ADD_KEY), all of them or none. Where several keys
+// match a destination, the first of them signs the SYN: the kernel signs
+// with the key added last, so AOControl adds them last to first. Compose
+// it into hooks you already have, beside [Control] for MD5 peers;
+// [ListenConfig] and [Dialer] do that for you. The socket must be plain
+// TCP, as for [Control].
+func AOControl(keys ...AOKey) func(network, address string, c syscall.RawConn) error {
+	keys, err := normalizeAOKeys(keys)
+	slices.Reverse(keys)
+	return func(network, address string, c syscall.RawConn) error {
+		if err != nil {
+			return err
+		}
+		return applyAOKeys(c, 0, keys)
+	}
 }
 
 // AddAOKey adds k to the TCP socket behind c, a live connection (a

@@ -58,4 +58,12 @@ func TestStub(t *testing.T) {
 	defer tl.Close()
 	require.ErrorIs(t, tcpmd5.SetKeys(tl.(*net.TCPListener), k), tcpmd5.ErrMD5Unsupported)
 	require.NoError(t, tcpmd5.SetKeys(tl.(*net.TCPListener)), "no keys is nothing to do")
+
+	var hooked net.ListenConfig
+	hooked.Control = tcpmd5.Control(k)
+	_, err = hooked.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.ErrorIs(t, err, tcpmd5.ErrMD5Unsupported)
+	hooked.Control = tcpmd5.AOControl(ao)
+	_, err = hooked.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.ErrorIs(t, err, tcpmd5.ErrAOUnsupported)
 }

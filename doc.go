@@ -18,8 +18,8 @@
 // source address, so route servers need no net.core.optmem_max change; it
 // never grows that group over a socket of another program bound to the
 // same address.
-// [Control] composes keys into a Control hook of your own, and [SetKeys]
-// puts them on a socket made elsewhere.
+// [Control] and [AOControl] compose MD5 and TCP-AO keys into a Control
+// hook of your own, and [SetKeys] puts MD5 keys on a socket made elsewhere.
 //
 // TTLSecurity on [ListenConfig] and [Dialer] adds RFC 5082 TTL security
 // (GTSM) beside the keys: segments from peers farther than the given number
