@@ -11,14 +11,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 )
 
 // TestStub checks the promise for systems other than Linux: the API works
 // without keys and every use of a key fails with ErrMD5Unsupported.
 func TestStub(t *testing.T) {
 	assert.False(t, tcpmd5.Supported())
-	_, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
-	require.ErrorIs(t, err, tcpmd5.ErrDropsUnsupported)
+	_, err := drops.Watch(drops.Filter{})
+	require.ErrorIs(t, err, drops.ErrUnsupported)
 	assert.False(t, tcpmd5.AOSupported())
 	ao, err := tcpmd5.ParseAOKey("127.0.0.1", "send=1 recv=2 alg=hmac(sha1)", "fake-secret-stub")
 	require.NoError(t, err)

@@ -58,11 +58,11 @@
 //
 // # Who fails our signatures
 //
-// [WatchDrops] reads the segments the kernel drops for a missing or wrong
-// signature, as the kernel reports them through its tcp:tcp_hash_* and
-// tcp:tcp_ao_* tracepoints (Linux 6.11+, CAP_PERFMON or root): the peer,
-// our address, the [DropReason], the flags. [DropTally] counts them by peer,
-// and [DropWatcher.Lost] counts those the kernel could not report.
+// Package [github.com/tcplowlevel/tcpmd5/drops] reads the segments the
+// kernel drops for a missing or wrong signature, as the kernel reports
+// them through its tcp:tcp_hash_* and tcp:tcp_ao_* tracepoints (Linux
+// 6.11+, CAP_PERFMON or root): the peer, our address, the reason, the
+// flags.
 //
 // # Platforms
 //

@@ -124,33 +124,6 @@ func Example_httpServer() {
 	resp.Body.Close()
 }
 
-// ExampleWatchDrops prints who fails our signatures on port 179, and why:
-// a peer with the wrong secret shows as md5-mismatch.
-func ExampleWatchDrops() {
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: 179})
-	if err != nil {
-		log.Print(err) // needs Linux 6.11+, and CAP_PERFMON or root
-		return
-	}
-	defer w.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var tally tcpmd5.DropTally
-	for {
-		drops, err := w.Read(ctx)
-		if err != nil {
-			break
-		}
-		for _, d := range drops {
-			tally.Add(d)
-		}
-	}
-	for _, p := range tally.Peers() {
-		fmt.Printf("%s -> %s: %d dropped, %s: %s\n", p.Remote.Addr(), p.Local, p.Count, p.Reason, p.Reason.Meaning())
-	}
-	fmt.Printf("%d more not reported (buffers full)\n", w.Lost())
-}
-
 // One listener serves a peer that still signs with MD5 and one that moved
 // to TCP-AO: each peer is MD5 or AO, never both.
 func ExampleListenConfig_tcpAO() {

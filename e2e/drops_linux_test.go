@@ -13,7 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/tally"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
@@ -35,12 +37,12 @@ func badSYN(src, dst netip.AddrPort, seq uint32) testnet.Segment {
 // floodTarget makes, in a network namespace of the test's own, a listener
 // with a key for all of 127.0.0.0/8, a DropWatcher for its port and a raw
 // socket to send it bad SYNs; t's cleanup closes them.
-func floodTarget(t testing.TB) (netip.AddrPort, *tcpmd5.DropWatcher, *testnet.RawSocket) {
+func floodTarget(t testing.TB) (netip.AddrPort, *drops.Watcher, *testnet.RawSocket) {
 	t.Helper()
 	testenv.Netns(t)
 	ln := testkit.Listen(t, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{testkit.Key(t, "127.0.0.0/8", testkit.SecretA)}}, "tcp4", "127.0.0.1:0")
 	dst := ln.Addr().(*net.TCPAddr).AddrPort()
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: dst.Port()})
+	w, err := drops.Watch(drops.Filter{Port: dst.Port()})
 	require.NoError(t, err)
 	t.Cleanup(func() { w.Close() })
 	raw, err := testnet.NewRawSocket()
@@ -49,11 +51,11 @@ func floodTarget(t testing.TB) (netip.AddrPort, *tcpmd5.DropWatcher, *testnet.Ra
 	return dst, w, raw
 }
 
-// tallying reads w into a DropTally until stop is called; tally returns
+// tallying reads w into a tally.Tally until stop is called; counts returns
 // what it holds now.
-func tallying(t testing.TB, w *tcpmd5.DropWatcher) (tally func() (total uint64, peers []tcpmd5.PeerDrops), stop func()) {
+func tallying(t testing.TB, w *drops.Watcher) (counts func() (total uint64, peers []tally.Peer), stop func()) {
 	var mu sync.Mutex
-	var tl tcpmd5.DropTally
+	var tl tally.Tally
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -73,7 +75,7 @@ func tallying(t testing.TB, w *tcpmd5.DropWatcher) (tally func() (total uint64, 
 			mu.Unlock()
 		}
 	}()
-	return func() (uint64, []tcpmd5.PeerDrops) {
+	return func() (uint64, []tally.Peer) {
 			mu.Lock()
 			defer mu.Unlock()
 			return tl.Total(), tl.Peers()
@@ -103,10 +105,10 @@ func dropFlood(t *testing.T, readDuring bool) {
 	runtime.GC()
 	var m0 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	var tally func() (uint64, []tcpmd5.PeerDrops)
+	var counts func() (uint64, []tally.Peer)
 	var stop func()
 	if readDuring {
-		tally, stop = tallying(t, w)
+		counts, stop = tallying(t, w)
 	}
 	before := testkit.Counters(t)
 	for i := range syns {
@@ -114,11 +116,11 @@ func dropFlood(t *testing.T, readDuring bool) {
 		require.NoError(t, raw.Send(badSYN(src, dst, uint32(i))))
 	}
 	if !readDuring {
-		tally, stop = tallying(t, w)
+		counts, stop = tallying(t, w)
 	}
 	// The kernel reports a lost count at its next write to the ring: once
 	// the flood's drops are read, single SYNs flush it.
-	counted := func() uint64 { n, _ := tally(); return n + w.Lost() }
+	counted := func() uint64 { n, _ := counts(); return n + w.Lost() }
 	moved := func() uint64 { return before.Delta(testkit.Counters(t), netstat.MD5Failure)[netstat.MD5Failure] }
 	deadline := time.Now().Add(time.Minute)
 	for i := 0; counted() != moved() && time.Now().Before(deadline); i++ {
@@ -132,7 +134,7 @@ func dropFlood(t *testing.T, readDuring bool) {
 	var m1 runtime.MemStats
 	runtime.ReadMemStats(&m1)
 
-	reported, peers := tally()
+	reported, peers := counts()
 	total := moved()
 	require.GreaterOrEqual(t, total, uint64(syns), "the kernel dropped every bad SYN")
 	assert.Equal(t, total, reported+w.Lost(), "per-peer counts (%d) and lost events (%d) add up to TCPMD5Failure", reported, w.Lost())
@@ -141,7 +143,7 @@ func dropFlood(t *testing.T, readDuring bool) {
 		assert.Positive(t, w.Lost(), "the rings overflowed while nobody read them")
 	}
 	for _, p := range peers {
-		assert.Equal(t, tcpmd5.DropMD5Mismatch, p.Reason)
+		assert.Equal(t, drops.MD5Mismatch, p.Reason)
 		assert.Equal(t, dst, p.Local)
 		assert.True(t, netip.MustParsePrefix("127.0.0.0/14").Contains(p.Remote.Addr()), "%v", p.Remote)
 	}
@@ -157,7 +159,7 @@ func BenchmarkWatchDrops(b *testing.B) {
 	testkit.RequireMD5(b)
 	testenv.Require(b, testenv.Tracepoints)
 	dst, w, raw := floodTarget(b)
-	tally, stop := tallying(b, w)
+	counts, stop := tallying(b, w)
 	b.ResetTimer()
 	start := time.Now()
 	for i := range b.N {
@@ -166,12 +168,12 @@ func BenchmarkWatchDrops(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	for n, _ := tally(); n+w.Lost() < uint64(b.N) && time.Since(start) < time.Minute; n, _ = tally() {
+	for n, _ := counts(); n+w.Lost() < uint64(b.N) && time.Since(start) < time.Minute; n, _ = counts() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
 	stop()
-	reported, _ := tally()
+	reported, _ := counts()
 	b.ReportMetric(float64(reported)/elapsed.Seconds(), "drops/s")
 	b.ReportMetric(float64(w.Lost())/float64(b.N), "lost/op")
 }

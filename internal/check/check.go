@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 )
 
 // Status grades one result.
@@ -126,7 +126,7 @@ func Run(ctx context.Context, opts Options) Report {
 // reads to name who fails our signatures and why, are readable here.
 func dropEvents() Result {
 	r := Result{Check: "drop events"}
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
+	w, err := drops.Watch(drops.Filter{})
 	switch {
 	case err == nil:
 		defer w.Close()

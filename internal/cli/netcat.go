@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
+	"github.com/tcplowlevel/tcpmd5/internal/tally"
 )
 
 const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
@@ -171,7 +173,7 @@ const dropRepeat = 5 * time.Second
 // once, then its count at most every dropRepeat.
 func (e *env) showDrops(port uint16) (stop func()) {
 	const maxDropLines = 4096 // as many as a DropTally keeps
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: port})
+	w, err := drops.Watch(drops.Filter{Port: port})
 	if err != nil {
 		e.warnf("cannot show the segments the kernel drops for their signature: %v", err)
 		return func() {}
@@ -209,7 +211,7 @@ func (e *env) showDrops(port uint16) (stop func()) {
 				l.count++
 				if l.count == 1 || d.Time.Sub(l.printed) >= dropRepeat {
 					l.printed = d.Time
-					fmt.Fprintf(e.stderr, "tcpmd5 listen: dropped [%s] from %s to %s: %s: %s (%d so far)\n", d.Flags, d.Remote, d.Local, d.Reason, d.Reason.Meaning(), l.count)
+					fmt.Fprintf(e.stderr, "tcpmd5 listen: dropped [%s] from %s to %s: %s: %s (%d so far)\n", d.Flags, d.Remote, d.Local, d.Reason, tally.Meaning(d.Reason), l.count)
 				}
 			}
 		}

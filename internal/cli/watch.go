@@ -12,8 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/tally"
 )
 
 const watchExamples = `  tcpmd5 watch                      # a live table: who fails our signatures, and why
@@ -28,14 +29,14 @@ const watchRefresh = time.Second
 // reason each counts.
 var counterReasons = []struct {
 	counter string
-	reason  tcpmd5.DropReason
+	reason  drops.Reason
 }{
-	{netstat.MD5Failure, tcpmd5.DropMD5Mismatch},
-	{netstat.MD5NotFound, tcpmd5.DropMD5Missing},
-	{netstat.MD5Unexpected, tcpmd5.DropMD5Unexpected},
-	{netstat.AOBad, tcpmd5.DropAOMismatch},
-	{netstat.AORequired, tcpmd5.DropAOMissing},
-	{netstat.AOKeyNotFound, tcpmd5.DropAOKeyNotFound},
+	{netstat.MD5Failure, drops.MD5Mismatch},
+	{netstat.MD5NotFound, drops.MD5Missing},
+	{netstat.MD5Unexpected, drops.MD5Unexpected},
+	{netstat.AOBad, drops.AOMismatch},
+	{netstat.AORequired, drops.AOMissing},
+	{netstat.AOKeyNotFound, drops.AOKeyNotFound},
 }
 
 func (e *env) watch(args []string) int {
@@ -62,7 +63,7 @@ func (e *env) watch(args []string) int {
 		defer cancel()
 	}
 	out := &watchOutput{env: e, json: *asJSON, live: !*asJSON && isTerminal(e.stdout), printed: make(map[string]uint64)}
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: uint16(*port)})
+	w, err := drops.Watch(drops.Filter{Port: uint16(*port)})
 	if err != nil {
 		e.warnf("cannot read the kernel's drop events: %v", err)
 		e.warnf("falling back to the kernel's drop counters: the peer is unknown")
@@ -81,7 +82,7 @@ func (e *env) watch(args []string) int {
 	fmt.Fprintf(e.stderr, "tcpmd5 watch: watching segments dropped for their signature on %s\n", what)
 
 	var mu sync.Mutex
-	var tally tcpmd5.DropTally
+	var seen tally.Tally
 	readErr := make(chan error, 1)
 	go func() {
 		for {
@@ -92,7 +93,7 @@ func (e *env) watch(args []string) int {
 			}
 			mu.Lock()
 			for _, d := range ds {
-				tally.Add(d)
+				seen.Add(d)
 			}
 			mu.Unlock()
 		}
@@ -101,7 +102,7 @@ func (e *env) watch(args []string) int {
 	defer tick.Stop()
 	show := func(final bool) {
 		mu.Lock()
-		peers, others := tally.Peers(), tally.Others
+		peers, others := seen.Peers(), seen.Others
 		mu.Unlock()
 		out.show(peers, others, w.Lost(), final)
 	}
@@ -141,10 +142,10 @@ func (e *env) watchCounters(ctx context.Context, out *watchOutput) int {
 		if err != nil {
 			return e.errorf(ExitNo, "reading the drop counters: %v", err)
 		}
-		var peers []tcpmd5.PeerDrops
+		var peers []tally.Peer
 		for _, cr := range counterReasons {
 			if n := start.Delta(now, cr.counter)[cr.counter]; n > 0 {
-				peers = append(peers, tcpmd5.PeerDrops{Remote: unknown, Local: unknown, Reason: cr.reason, Count: n, First: first, Last: time.Now()})
+				peers = append(peers, tally.Peer{Remote: unknown, Local: unknown, Reason: cr.reason, Count: n, First: first, Last: time.Now()})
 			}
 		}
 		out.show(peers, 0, 0, done)
@@ -161,7 +162,7 @@ type watchOutput struct {
 	note       string            // under the live table's title: what the kernel cannot report
 }
 
-func (o *watchOutput) show(peers []tcpmd5.PeerDrops, others, lost uint64, final bool) {
+func (o *watchOutput) show(peers []tally.Peer, others, lost uint64, final bool) {
 	if o.json {
 		enc := json.NewEncoder(o.stdout)
 		for _, p := range peers {

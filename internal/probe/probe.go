@@ -18,8 +18,10 @@ import (
 	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/bgp"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/tally"
 )
 
 // Verdict is what a probe concluded.
@@ -93,8 +95,8 @@ type Result struct {
 	// Drops are the segments to or from the target that this host's
 	// kernel dropped for their signature during the signed attempt, by
 	// peer and reason, when the peer is on this host and the kernel
-	// reports drops (tcpmd5.WatchDrops).
-	Drops []tcpmd5.PeerDrops `json:"drops,omitempty"`
+	// reports drops (drops.Watch).
+	Drops []tally.Peer `json:"drops,omitempty"`
 	// DropsNote says why drops could not be watched, when the peer is on
 	// this host.
 	DropsNote string `json:"drops_note,omitempty"`
@@ -160,14 +162,14 @@ func run(ctx context.Context, c Config) (Result, error) {
 	d.Timeout = c.Timeout
 	d.LocalAddr = local
 	var before netstat.Counters
-	var drops *tcpmd5.DropWatcher
+	var watcher *drops.Watcher
 	if r.PeerOnThisHost {
 		before, _ = netstat.Read()
 		var werr error
-		if drops, werr = tcpmd5.WatchDrops(tcpmd5.DropFilter{}); werr != nil {
+		if watcher, werr = drops.Watch(drops.Filter{}); werr != nil {
 			r.DropsNote = werr.Error()
 		} else {
-			defer drops.Close()
+			defer watcher.Close()
 		}
 	}
 	countersRead := false
@@ -179,8 +181,8 @@ func run(ctx context.Context, c Config) (Result, error) {
 			countersRead = true
 		}
 	}
-	if drops != nil {
-		r.noteDrops(ctx, drops, target)
+	if watcher != nil {
+		r.noteDrops(ctx, watcher, target)
 	}
 	if err == nil {
 		defer conn.Close()
@@ -256,10 +258,10 @@ func run(ctx context.Context, c Config) (Result, error) {
 const dropsRead = 200 * time.Millisecond
 
 // noteDrops records the drops w saw of segments to or from target.
-func (r *Result) noteDrops(ctx context.Context, w *tcpmd5.DropWatcher, target netip.AddrPort) {
+func (r *Result) noteDrops(ctx context.Context, w *drops.Watcher, target netip.AddrPort) {
 	ctx, cancel := context.WithTimeout(ctx, dropsRead)
 	defer cancel()
-	var tally tcpmd5.DropTally
+	var seen tally.Tally
 	for {
 		ds, err := w.Read(ctx)
 		if err != nil {
@@ -267,18 +269,18 @@ func (r *Result) noteDrops(ctx context.Context, w *tcpmd5.DropWatcher, target ne
 		}
 		for _, d := range ds {
 			if d.Local == target || d.Remote == target {
-				tally.Add(d)
+				seen.Add(d)
 			}
 		}
 	}
-	r.Drops = tally.Peers()
+	r.Drops = seen.Peers()
 }
 
 // dropsSummary says what the drops mean, or "" if there were none.
 func (r *Result) dropsSummary() string {
 	var parts []string
 	for _, p := range r.Drops {
-		parts = append(parts, fmt.Sprintf("%s dropped %d from %s as %s (%s)", p.Local, p.Count, p.Remote.Addr(), p.Reason, p.Reason.Meaning()))
+		parts = append(parts, fmt.Sprintf("%s dropped %d from %s as %s (%s)", p.Local, p.Count, p.Remote.Addr(), p.Reason, tally.Meaning(p.Reason)))
 	}
 	if len(parts) == 0 {
 		return ""

@@ -1,13 +1,17 @@
 package tracepoint
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -54,12 +58,17 @@ func Load(system, name string) (Format, error) {
 	return ParseFormat(f)
 }
 
-// Reader reads the records of one tracepoint from a ring buffer per CPU.
-// Its methods are not safe for concurrent use, but Lost is.
+// Reader reads the records of tracepoints from a ring buffer per CPU. It
+// waits for them on the runtime's poller, through an epoll(7) instance
+// over the rings' descriptors. Its methods are safe for concurrent use:
+// Reads take turns, and Close waits for the one in progress.
 type Reader struct {
-	rings []*ring
-	polls []unix.PollFd
-	lost  atomic.Uint64
+	rings  []*ring
+	epoll  *os.File        // the epoll instance, nonblocking, in the runtime's poller
+	rc     syscall.RawConn // epoll's
+	lost   atomic.Uint64
+	closed atomic.Bool
+	mu     sync.Mutex // held while draining the rings, which Close unmaps
 }
 
 // ring is one CPU's perf events and the ring buffer they share.
@@ -83,14 +92,32 @@ func Open(filter string, pagesPerCPU int, formats ...Format) (*Reader, error) {
 		return nil, errors.New("tracepoint: no tracepoint to read")
 	}
 	r := &Reader{}
+	fail := func(err error) (*Reader, error) {
+		r.Close()
+		return nil, err
+	}
+	efd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("tracepoint: %w", os.NewSyscallError("epoll_create1", err))
+	}
+	if err := unix.SetNonblock(efd, true); err != nil {
+		_ = unix.Close(efd)
+		return nil, fmt.Errorf("tracepoint: %w", os.NewSyscallError("fcntl", err))
+	}
+	r.epoll = os.NewFile(uintptr(efd), "tracepoint rings")
+	if r.rc, err = r.epoll.SyscallConn(); err != nil {
+		return fail(fmt.Errorf("tracepoint: %w", err))
+	}
 	for cpu := range runtime.NumCPU() {
 		rg, err := openRing(formats, cpu, filter, pagesPerCPU)
 		if err != nil {
-			r.Close()
-			return nil, err
+			return fail(err)
 		}
 		r.rings = append(r.rings, rg)
-		r.polls = append(r.polls, unix.PollFd{Fd: int32(rg.fds[0]), Events: unix.POLLIN})
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(rg.fds[0])}
+		if err := unix.EpollCtl(efd, unix.EPOLL_CTL_ADD, rg.fds[0], &ev); err != nil {
+			return fail(fmt.Errorf("tracepoint: %w", os.NewSyscallError("epoll_ctl", err)))
+		}
 	}
 	return r, nil
 }
@@ -168,37 +195,70 @@ func openRing(formats []Format, cpu int, filter string, pages int) (*ring, error
 	return rg, nil
 }
 
-// Read waits up to timeout for records and returns the raw payloads of
-// those that arrived, on any CPU, each laid out as the Format says. Records
-// the kernel dropped because a ring was full are counted in Lost.
-func (r *Reader) Read(timeout time.Duration) ([][]byte, error) {
+// Read waits until records arrive, on any CPU, and returns their raw
+// payloads, each laid out as its Format says; or until ctx is done (ctx's
+// error), or the Reader is closed (an error matching net.ErrClosed).
+// Records the kernel dropped because a ring was full are counted in Lost.
+func (r *Reader) Read(ctx context.Context) ([][]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if ctx.Done() != nil {
+		// A done ctx ends the wait through a deadline in the past, which
+		// this Read takes back before it returns.
+		fired := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(fired)
+			_ = r.epoll.SetReadDeadline(time.Unix(1, 0))
+		})
+		defer func() {
+			if !stop() {
+				<-fired
+				_ = r.epoll.SetReadDeadline(time.Time{})
+			}
+		}()
+	}
 	var out [][]byte
-	for _, rg := range r.rings {
-		out = rg.drain(out, &r.lost)
-	}
-	if len(out) > 0 {
+	err := r.rc.Read(func(fd uintptr) bool {
+		var events [16]unix.EpollEvent
+		_, _ = unix.EpollWait(int(fd), events[:], 0) // takes the readiness the kernel reported
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, rg := range r.rings {
+			out = rg.drain(out, &r.lost)
+		}
+		return len(out) > 0
+	})
+	switch {
+	case err == nil:
 		return out, nil
+	case r.closed.Load():
+		return nil, fmt.Errorf("tracepoint: %w", net.ErrClosed)
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
 	}
-	ms := int(timeout / time.Millisecond)
-	if _, err := unix.Poll(r.polls, ms); err != nil && !errors.Is(err, unix.EINTR) {
-		return nil, fmt.Errorf("tracepoint: %w", os.NewSyscallError("poll", err))
-	}
-	for _, rg := range r.rings {
-		out = rg.drain(out, &r.lost)
-	}
-	return out, nil
+	return nil, fmt.Errorf("tracepoint: %w", err)
 }
 
 // Lost returns how many records the kernel dropped because a ring buffer
 // was full, since Open.
 func (r *Reader) Lost() uint64 { return r.lost.Load() }
 
-// Close stops reading and releases every ring.
+// Close stops reading and releases every ring, once a Read in progress
+// has let go of them.
 func (r *Reader) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	if r.epoll != nil {
+		_ = r.epoll.Close() // ends the Read in progress; no drain starts after it
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, rg := range r.rings {
 		rg.close()
 	}
-	r.rings, r.polls = nil, nil
+	r.rings = nil
 	return nil
 }
 

@@ -1,7 +1,9 @@
 package tracepoint_test
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -45,15 +47,20 @@ func TestReadMismatch(t *testing.T) {
 	require.NoError(t, err)
 	defer r.Close()
 
+	// Nothing dropped yet: a Read ends with its context, and the next one
+	// waits again.
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = r.Read(short)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
 	testkit.DropDial(t, testkit.Dialer("127.0.40.1", testkit.Key(t, "127.0.0.1", testkit.SecretB)), "tcp4", ln.Addr().String(), "")
 
-	var records [][]byte
-	deadline := time.Now().Add(testkit.MustConnect)
-	for len(records) == 0 && time.Now().Before(deadline) {
-		records, err = r.Read(100 * time.Millisecond)
-		require.NoError(t, err)
-	}
-	require.NotEmpty(t, records, "no mismatch record arrived")
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.MustConnect)
+	defer cancel()
+	records, err := r.Read(ctx)
+	require.NoError(t, err, "no mismatch record arrived")
+	require.NotEmpty(t, records)
 	rec := records[0]
 	u16 := func(name string) uint16 { return binary.NativeEndian.Uint16(f.Bytes(rec, name)) }
 	assert.Equal(t, cookie, binary.NativeEndian.Uint64(f.Bytes(rec, "net_cookie")), "the namespace's cookie")
@@ -81,4 +88,30 @@ func TestOpenErrors(t *testing.T) {
 	require.ErrorIs(t, err, tracepoint.ErrNoTracepoint)
 	_, err = tracepoint.Open("no_such_field == 1", 1, f)
 	require.ErrorContains(t, err, "filter")
+}
+
+// TestReadClose: a Read that waits returns once the Reader is closed, with
+// an error that matches net.ErrClosed, and so does every Read after.
+func TestReadClose(t *testing.T) {
+	testenv.Require(t, testenv.Tracepoints)
+	f, err := tracepoint.Load("tcp", "tcp_hash_md5_mismatch")
+	require.NoError(t, err)
+	r, err := tracepoint.Open("dport == 1", 1, f)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Read(context.Background())
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let it wait, most likely
+	require.NoError(t, r.Close())
+	select {
+	case err := <-done:
+		require.True(t, errors.Is(err, net.ErrClosed), "%v", err)
+	case <-time.After(testkit.MustConnect):
+		t.Fatal("Close did not end the Read")
+	}
+	_, err = r.Read(context.Background())
+	require.ErrorIs(t, err, net.ErrClosed)
+	require.NoError(t, r.Close(), "a second Close does nothing")
 }

@@ -1,18 +1,16 @@
 //go:build linux && !tcpmd5stub
 
-package tcpmd5
+package drops
 
 import (
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -23,61 +21,60 @@ import (
 // dropEvents are the tracepoints that report drops, and their reasons.
 var dropEvents = []struct {
 	name   string
-	reason DropReason
+	reason Reason
 }{
-	{"tcp_hash_md5_mismatch", DropMD5Mismatch},
-	{"tcp_hash_md5_required", DropMD5Missing},
-	{"tcp_hash_md5_unexpected", DropMD5Unexpected},
-	{"tcp_hash_bad_header", DropBadHeader},
-	{"tcp_hash_ao_required", DropAOMissing},
-	{"tcp_ao_mismatch", DropAOMismatch},
-	{"tcp_ao_wrong_maclen", DropAOMismatch},
-	{"tcp_ao_handshake_failure", DropAOMismatch}, // DropAOMissing when the segment has no AO option
-	{"tcp_ao_key_not_found", DropAOKeyNotFound},
+	{"tcp_hash_md5_mismatch", MD5Mismatch},
+	{"tcp_hash_md5_required", MD5Missing},
+	{"tcp_hash_md5_unexpected", MD5Unexpected},
+	{"tcp_hash_bad_header", BadHeader},
+	{"tcp_hash_ao_required", AOMissing},
+	{"tcp_ao_mismatch", AOMismatch},
+	{"tcp_ao_wrong_maclen", AOMismatch},
+	{"tcp_ao_handshake_failure", AOMismatch}, // AOMissing when the segment has no AO option
+	{"tcp_ao_key_not_found", AOKeyNotFound},
 }
 
 // dropRingPages is each CPU's ring buffer: 64 pages hold about 1,500 drops.
 const dropRingPages = 64
 
-type dropWatcher struct {
-	mu      sync.Mutex // held while reading the rings, which Close unmaps
+type watcher struct {
 	r       *tracepoint.Reader
 	events  map[uint64]dropEvent // by tracepoint ID
-	missing []DropReason
+	missing []Reason
 }
 
 type dropEvent struct {
 	f      tracepoint.Format
-	reason DropReason
+	reason Reason
 }
 
-func watchDrops(filter DropFilter) (*dropWatcher, error) {
+func watch(filter Filter) (*watcher, error) {
 	cookie, err := netnsCookie()
 	if err != nil {
 		return nil, err
 	}
-	w := &dropWatcher{events: make(map[uint64]dropEvent)}
+	w := &watcher{events: make(map[uint64]dropEvent)}
 	var formats []tracepoint.Format
-	have := make(map[DropReason]bool)
+	have := make(map[Reason]bool)
 	for _, ev := range dropEvents {
 		f, err := tracepoint.Load("tcp", ev.name)
 		switch {
 		case errors.Is(err, tracepoint.ErrNoTracepoint):
 			continue
 		case err != nil:
-			return nil, fmt.Errorf("tcpmd5: watching drops: %w", err)
+			return nil, fmt.Errorf("drops: watching: %w", err)
 		}
 		formats = append(formats, f)
 		w.events[f.ID] = dropEvent{f, ev.reason}
 		have[ev.reason] = true
 	}
-	for _, r := range DropReasons {
+	for _, r := range Reasons {
 		if !have[r] {
 			w.missing = append(w.missing, r)
 		}
 	}
 	if len(formats) == 0 {
-		return nil, fmt.Errorf("%w: no tcp:tcp_hash_* tracepoint in %s", ErrDropsUnsupported, tracepoint.Dir)
+		return nil, fmt.Errorf("%w: no tcp:tcp_hash_* tracepoint in %s", ErrUnsupported, tracepoint.Dir)
 	}
 	expr := "net_cookie == " + strconv.FormatUint(cookie, 10)
 	if filter.Port != 0 {
@@ -86,9 +83,9 @@ func watchDrops(filter DropFilter) (*dropWatcher, error) {
 	w.r, err = tracepoint.Open(expr, dropRingPages, formats...)
 	switch {
 	case errors.Is(err, tracepoint.ErrNoTracepoint):
-		return nil, fmt.Errorf("%w: %w", ErrDropsUnsupported, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
 	case err != nil:
-		return nil, fmt.Errorf("tcpmd5: watching drops: %w", err)
+		return nil, fmt.Errorf("drops: watching: %w", err)
 	}
 	return w, nil
 }
@@ -98,27 +95,24 @@ func watchDrops(filter DropFilter) (*dropWatcher, error) {
 func netnsCookie() (uint64, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return 0, fmt.Errorf("tcpmd5: watching drops: %w", os.NewSyscallError("socket", err))
+		return 0, fmt.Errorf("drops: watching: %w", os.NewSyscallError("socket", err))
 	}
 	defer unix.Close(fd)
 	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrDropsUnsupported, os.NewSyscallError("getsockopt SO_NETNS_COOKIE", err))
+		return 0, fmt.Errorf("%w: %w", ErrUnsupported, os.NewSyscallError("getsockopt SO_NETNS_COOKIE", err))
 	}
 	return c, nil
 }
 
-func (w *dropWatcher) read(ctx context.Context) ([]Drop, error) {
+func (w *watcher) read(ctx context.Context) ([]Drop, error) {
 	for {
-		w.mu.Lock()
-		if w.r == nil {
-			w.mu.Unlock()
-			return nil, fmt.Errorf("tcpmd5: reading drops: %w", net.ErrClosed)
-		}
-		recs, err := w.r.Read(100 * time.Millisecond)
-		w.mu.Unlock()
+		recs, err := w.r.Read(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("tcpmd5: reading drops: %w", err)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("drops: reading: %w", err)
 		}
 		now := time.Now()
 		drops := make([]Drop, 0, len(recs))
@@ -131,33 +125,15 @@ func (w *dropWatcher) read(ctx context.Context) ([]Drop, error) {
 		if len(drops) > 0 {
 			return drops, nil
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
 	}
 }
 
-func (w *dropWatcher) lost() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.r == nil {
-		return 0
-	}
-	return w.r.Lost()
-}
+func (w *watcher) lost() uint64 { return w.r.Lost() }
 
-func (w *dropWatcher) close() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.r != nil {
-		w.r.Close()
-	}
-	w.r = nil
-	return nil
-}
+func (w *watcher) close() error { return w.r.Close() }
 
 // decode lays out one record by its tracepoint's format.
-func (w *dropWatcher) decode(rec []byte) (Drop, bool) {
+func (w *watcher) decode(rec []byte) (Drop, bool) {
 	if len(rec) < 2 {
 		return Drop{}, false
 	}
@@ -201,7 +177,7 @@ func (w *dropWatcher) decode(rec []byte) (Drop, bool) {
 	}
 	d.Flags = flags.String()
 	if f.Name == "tcp_ao_handshake_failure" && d.MACLen == 0 {
-		d.Reason = DropAOMissing
+		d.Reason = AOMissing
 	}
 	return d, true
 }

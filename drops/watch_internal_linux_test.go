@@ -1,6 +1,6 @@
 //go:build linux && !tcpmd5stub
 
-package tcpmd5
+package drops
 
 import (
 	"encoding/binary"
@@ -17,7 +17,7 @@ import (
 
 // testWatcher decodes records laid out as the formats in testdata, read off
 // a 6.18 kernel: an MD5 event and an AO one with KeyIDs.
-func testWatcher(t testing.TB) (*dropWatcher, tracepoint.Format, tracepoint.Format) {
+func testWatcher(t testing.TB) (*watcher, tracepoint.Format, tracepoint.Format) {
 	t.Helper()
 	load := func(name string) tracepoint.Format {
 		f, err := os.Open("testdata/" + name + ".format")
@@ -28,7 +28,7 @@ func testWatcher(t testing.TB) (*dropWatcher, tracepoint.Format, tracepoint.Form
 		return fm
 	}
 	md5, ao := load("tcp_hash_md5_mismatch"), load("tcp_ao_handshake_failure")
-	return &dropWatcher{events: map[uint64]dropEvent{md5.ID: {md5, DropMD5Mismatch}, ao.ID: {ao, DropAOMismatch}}}, md5, ao
+	return &watcher{events: map[uint64]dropEvent{md5.ID: {md5, MD5Mismatch}, ao.ID: {ao, AOMismatch}}}, md5, ao
 }
 
 // record lays out d as the kernel would for format f.
@@ -66,12 +66,12 @@ func record(f tracepoint.Format, d Drop, state int, syn, ack bool) []byte {
 
 func TestDecodeDrop(t *testing.T) {
 	w, md5, ao := testWatcher(t)
-	want := Drop{Reason: DropMD5Mismatch, Remote: netip.MustParseAddrPort("127.0.0.2:40000"), Local: netip.MustParseAddrPort("127.0.0.1:179"), Flags: "S", State: "LISTEN"}
+	want := Drop{Reason: MD5Mismatch, Remote: netip.MustParseAddrPort("127.0.0.2:40000"), Local: netip.MustParseAddrPort("127.0.0.1:179"), Flags: "S", State: "LISTEN"}
 	got, ok := w.decode(record(md5, want, 10, true, false))
 	require.True(t, ok)
 	assert.Equal(t, want, got)
 
-	want = Drop{Reason: DropAOMismatch, Remote: netip.MustParseAddrPort("[fe80::2]:40000"), Local: netip.MustParseAddrPort("[fe80::1]:179"), Flags: "S.", State: "ESTABLISHED", L3Index: 7, KeyID: 100, RNextKeyID: 101, MACLen: 12}
+	want = Drop{Reason: AOMismatch, Remote: netip.MustParseAddrPort("[fe80::2]:40000"), Local: netip.MustParseAddrPort("[fe80::1]:179"), Flags: "S.", State: "ESTABLISHED", L3Index: 7, KeyID: 100, RNextKeyID: 101, MACLen: 12}
 	got, ok = w.decode(record(ao, want, 1, true, true))
 	require.True(t, ok)
 	assert.Equal(t, want, got)
@@ -79,7 +79,7 @@ func TestDecodeDrop(t *testing.T) {
 	want.MACLen, want.KeyID, want.RNextKeyID = 0, 0, 0
 	got, ok = w.decode(record(ao, want, 1, true, true))
 	require.True(t, ok)
-	assert.Equal(t, DropAOMissing, got.Reason, "a handshake failure without an AO option: AO was required")
+	assert.Equal(t, AOMissing, got.Reason, "a handshake failure without an AO option: AO was required")
 
 	for _, bad := range [][]byte{nil, {1}, {0xff, 0xff, 0, 0}, record(md5, want, 1, true, false)[:40]} {
 		_, ok := w.decode(bad)
@@ -101,6 +101,6 @@ func FuzzDecodeDrop(f *testing.F) {
 		if !d.Remote.IsValid() || !d.Local.IsValid() {
 			t.Fatalf("decoded invalid addresses: %+v", d)
 		}
-		assert.Contains(t, DropReasons, d.Reason)
+		assert.Contains(t, Reasons, d.Reason)
 	})
 }

@@ -1,4 +1,4 @@
-package tcpmd5_test
+package drops_test
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5"
+	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 	"github.com/tcplowlevel/tcpmd5/internal/testnet"
@@ -21,13 +23,13 @@ import (
 
 // watch starts a DropWatcher for port in the caller's namespace and closes
 // it when t ends.
-func watch(t testing.TB, port int) *tcpmd5.DropWatcher {
+func watch(t testing.TB, port int) *drops.Watcher {
 	t.Helper()
 	testenv.Require(t, testenv.Tracepoints)
-	w, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{Port: uint16(port)})
+	w, err := drops.Watch(drops.Filter{Port: uint16(port)})
 	require.NoError(t, err)
 	t.Cleanup(func() { w.Close() })
-	for _, r := range []tcpmd5.DropReason{tcpmd5.DropMD5Mismatch, tcpmd5.DropMD5Missing, tcpmd5.DropMD5Unexpected, tcpmd5.DropBadHeader} {
+	for _, r := range []drops.Reason{drops.MD5Mismatch, drops.MD5Missing, drops.MD5Unexpected, drops.BadHeader} {
 		require.NotContains(t, w.Missing(), r, "a kernel with drop tracepoints has every MD5 one")
 	}
 	return w
@@ -35,9 +37,9 @@ func watch(t testing.TB, port int) *tcpmd5.DropWatcher {
 
 // collect reads drops from w until it holds want of them, or a quiet
 // second after the deadline of MustConnect.
-func collect(t testing.TB, w *tcpmd5.DropWatcher, want uint64) []tcpmd5.Drop {
+func collect(t testing.TB, w *drops.Watcher, want uint64) []drops.Drop {
 	t.Helper()
-	var got []tcpmd5.Drop
+	var got []drops.Drop
 	ctx, cancel := context.WithTimeout(context.Background(), mustConnect)
 	defer cancel()
 	for uint64(len(got))+w.Lost() < want {
@@ -66,18 +68,18 @@ func TestWatchDrops(t *testing.T) {
 		listenKey, src        string // the listener's key covers listenKey; the dialer dials from src
 		dialSecret            string // "" dials unsigned
 		dialNetwork, dialHost string
-		reason                tcpmd5.DropReason
+		reason                drops.Reason
 		counter               string
 	}{
-		{"IPv4/mismatch", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.1", secretB, "tcp4", "127.0.0.1", tcpmd5.DropMD5Mismatch, netstat.MD5Failure},
-		{"IPv4/missing", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.1", "", "tcp4", "127.0.0.1", tcpmd5.DropMD5Missing, netstat.MD5NotFound},
-		{"IPv4/unexpected", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.2", secretA, "tcp4", "127.0.0.1", tcpmd5.DropMD5Unexpected, netstat.MD5Unexpected},
-		{"IPv6/mismatch", "tcp6", "[::1]:0", "::1", "::1", secretB, "tcp6", "::1", tcpmd5.DropMD5Mismatch, netstat.MD5Failure},
-		{"IPv6/missing", "tcp6", "[::1]:0", "::1", "::1", "", "tcp6", "::1", tcpmd5.DropMD5Missing, netstat.MD5NotFound},
-		{"IPv6/unexpected", "tcp6", "[::1]:0", "::2", "::1", secretA, "tcp6", "::1", tcpmd5.DropMD5Unexpected, netstat.MD5Unexpected},
-		{"dual-stack/mismatch", "tcp", "[::]:0", "127.0.41.1", "127.0.41.1", secretB, "tcp4", "127.0.0.1", tcpmd5.DropMD5Mismatch, netstat.MD5Failure},
-		{"dual-stack/missing", "tcp", "[::]:0", "127.0.41.1", "127.0.41.1", "", "tcp4", "127.0.0.1", tcpmd5.DropMD5Missing, netstat.MD5NotFound},
-		{"dual-stack/unexpected", "tcp", "[::]:0", "127.0.41.1", "127.0.41.2", secretA, "tcp4", "127.0.0.1", tcpmd5.DropMD5Unexpected, netstat.MD5Unexpected},
+		{"IPv4/mismatch", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.1", secretB, "tcp4", "127.0.0.1", drops.MD5Mismatch, netstat.MD5Failure},
+		{"IPv4/missing", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.1", "", "tcp4", "127.0.0.1", drops.MD5Missing, netstat.MD5NotFound},
+		{"IPv4/unexpected", "tcp4", "127.0.0.1:0", "127.0.41.1", "127.0.41.2", secretA, "tcp4", "127.0.0.1", drops.MD5Unexpected, netstat.MD5Unexpected},
+		{"IPv6/mismatch", "tcp6", "[::1]:0", "::1", "::1", secretB, "tcp6", "::1", drops.MD5Mismatch, netstat.MD5Failure},
+		{"IPv6/missing", "tcp6", "[::1]:0", "::1", "::1", "", "tcp6", "::1", drops.MD5Missing, netstat.MD5NotFound},
+		{"IPv6/unexpected", "tcp6", "[::1]:0", "::2", "::1", secretA, "tcp6", "::1", drops.MD5Unexpected, netstat.MD5Unexpected},
+		{"dual-stack/mismatch", "tcp", "[::]:0", "127.0.41.1", "127.0.41.1", secretB, "tcp4", "127.0.0.1", drops.MD5Mismatch, netstat.MD5Failure},
+		{"dual-stack/missing", "tcp", "[::]:0", "127.0.41.1", "127.0.41.1", "", "tcp4", "127.0.0.1", drops.MD5Missing, netstat.MD5NotFound},
+		{"dual-stack/unexpected", "tcp", "[::]:0", "127.0.41.1", "127.0.41.2", secretA, "tcp4", "127.0.0.1", drops.MD5Unexpected, netstat.MD5Unexpected},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -97,7 +99,7 @@ func TestWatchDrops(t *testing.T) {
 			src := freePort(t, tc.dialNetwork, tc.src)
 			d.LocalAddr = net.TCPAddrFromAddrPort(src)
 			before := counters(t)
-			dropDial(t, d, tc.dialNetwork, net.JoinHostPort(tc.dialHost, itoa(port)), tc.counter)
+			dropDial(t, d, tc.dialNetwork, net.JoinHostPort(tc.dialHost, strconv.Itoa(port)), tc.counter)
 			moved := before.Delta(counters(t), tc.counter)[tc.counter]
 
 			drops := collect(t, w, moved)
@@ -154,7 +156,7 @@ func TestWatchDropsOtherNamespace(t *testing.T) {
 // os.ErrPermission; a closed watcher says so.
 func TestWatchDropsErrors(t *testing.T) {
 	if os.Getenv("TCPMD5_DROP_CAPS_CHILD") == "1" {
-		_, err := tcpmd5.WatchDrops(tcpmd5.DropFilter{})
+		_, err := drops.Watch(drops.Filter{})
 		if err == nil {
 			os.Exit(3)
 		}
@@ -221,10 +223,10 @@ func TestWatchDropsBadHeader(t *testing.T) {
 	// signature options only in 18 bytes of options or more.
 	opts := []byte{19, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}
 	require.NoError(t, raw.Send(testnet.Segment{Src: src, Dst: dst, Seq: 1, Flags: testnet.SYN, Window: 64240, RawOptions: opts}))
-	drops := collect(t, w, 1)
-	require.Len(t, drops, 1)
-	assert.Equal(t, tcpmd5.DropBadHeader, drops[0].Reason)
-	assert.Equal(t, src, drops[0].Remote)
-	assert.Equal(t, dst, drops[0].Local)
-	assert.Equal(t, "S", drops[0].Flags)
+	got := collect(t, w, 1)
+	require.Len(t, got, 1)
+	assert.Equal(t, drops.BadHeader, got[0].Reason)
+	assert.Equal(t, src, got[0].Remote)
+	assert.Equal(t, dst, got[0].Local)
+	assert.Equal(t, "S", got[0].Flags)
 }
