@@ -1,21 +1,16 @@
 package tcpmd5
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"sync"
-	"time"
 )
 
-// accepted is a connection, judged, or an error, from one socket of the
+// accepted is a connection, judged, from one socket of the
 // group.
 type accepted struct {
 	c     *net.TCPConn
 	admit bool // the Accept policy hands c over
-	err   error
 
 	// An unsigned connection admitted because no key covered its peer:
 	// Accept asks again when it hands it over.
@@ -24,131 +19,11 @@ type accepted struct {
 	l3index  int
 }
 
-// fanIn hands Accept the connections that the sockets of a group accept,
-// judged: one goroutine per socket sends, and Accept takes them until the
-// fan-in is closed or its deadline passes.
-type fanIn struct {
-	conns    chan accepted
-	done     chan struct{} // closed by close
-	deadline *deadline
-}
-
-func newFanIn() fanIn {
-	return fanIn{conns: make(chan accepted), done: make(chan struct{}), deadline: newDeadline()}
-}
-
-// next returns the next connection from any socket of the group, or its
-// error; net.ErrClosed once closed, os.ErrDeadlineExceeded once the
-// deadline has passed.
-func (f *fanIn) next() (accepted, error) {
-	expired := f.deadline.wait()
-	select { // a closed listener or a past deadline wins over a waiting connection
-	case <-f.done:
-		return accepted{}, net.ErrClosed
-	case <-expired:
-		return accepted{}, os.ErrDeadlineExceeded
-	default:
+// close closes the connection of a, if it has one.
+func (a accepted) close() {
+	if a.c != nil {
+		a.c.Close()
 	}
-	select {
-	case a := <-f.conns:
-		return a, a.err
-	case <-f.done:
-		return accepted{}, net.ErrClosed
-	case <-expired:
-		return accepted{}, os.ErrDeadlineExceeded
-	}
-}
-
-// handOver gives a to Accept, or closes it once the fan-in is closed; it
-// reports whether the fan-in is still open.
-func (f *fanIn) handOver(a accepted) bool {
-	select {
-	case f.conns <- a:
-		return true
-	case <-f.done:
-		if a.c != nil {
-			a.c.Close()
-		}
-		return false
-	}
-}
-
-// close makes next and handOver return at once from now on. Call it once.
-func (f *fanIn) close() { close(f.done) }
-
-// deadline is a deadline that no single socket holds, Accept's over the
-// group: a channel that is closed once the deadline has passed, replaced
-// when the deadline moves, in the manner of net's pipe deadlines.
-type deadline struct {
-	mu      sync.Mutex
-	timer   *time.Timer
-	expired chan struct{}
-}
-
-func newDeadline() *deadline { return &deadline{expired: make(chan struct{})} }
-
-// set moves the deadline to t; the zero t means none.
-func (d *deadline) set(t time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.expired // the timer fired: wait until its function has closed it
-	}
-	d.timer = nil
-	select {
-	case <-d.expired:
-		d.expired = make(chan struct{})
-	default:
-	}
-	if t.IsZero() {
-		return
-	}
-	wait := time.Until(t)
-	if wait <= 0 {
-		close(d.expired)
-		return
-	}
-	expired := d.expired
-	d.timer = time.AfterFunc(wait, func() { close(expired) })
-}
-
-// wait returns a channel that is closed when the deadline passes.
-func (d *deadline) wait() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.expired
-}
-
-// acceptFrom starts the goroutine that accepts on s for Accept until the
-// socket is closed.
-func (l *Listener) acceptFrom(s *shard) {
-	go func() {
-		for {
-			a := l.acceptOne(s)
-			if s.closed.Load() || !l.fan.handOver(a) {
-				return
-			}
-		}
-	}()
-}
-
-// acceptOne takes the next connection off the queue of s and judges it,
-// with no key change in between: key changes hold l.mu, and the queue is
-// read with l.mu read-locked.
-func (l *Listener) acceptOne(s *shard) accepted {
-	release, err := waitQueued(s.qrc, &l.mu)
-	if err == nil {
-		defer release()
-		var c *net.TCPConn
-		if c, err = s.ln.AcceptTCP(); err == nil {
-			return l.judge(s, c, nil)
-		}
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		err = oe.Err
-	}
-	return accepted{err: err}
 }
 
 // judge decides whether Accept hands over connection c, which socket s
@@ -251,16 +126,7 @@ func (l *Listener) drainMD5(s *shard, during []Key) error {
 		judged = append(judged, l.judge(s, c, during))
 	}
 	if len(judged) > 0 {
-		go func() {
-			for i, a := range judged {
-				if !l.fan.handOver(a) {
-					for _, rest := range judged[i+1:] {
-						rest.c.Close()
-					}
-					return
-				}
-			}
-		}()
+		l.fan.push(judged)
 	}
 	return err
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 )
@@ -13,7 +12,7 @@ import (
 // control_linux.go and ao_linux.go implement and control_other.go stubs:
 // md5Fits, md5Add and md5Del for MD5 keys; aoAdd, aoAddSigning, aoDel,
 // aoGetInfo, aoSetCurrent and aoSetRNext for TCP-AO; sockFamily,
-// sockIfindex, sockQueued, sockDup, sockReusePort, sockSteer and
+// sockIfindex, sockQueued, sockReusePort, sockSteer and
 // sockTTLSecurity for the rest. Each verb is one kernel operation on one
 // descriptor and gives the kernel's error its meaning.
 
@@ -238,37 +237,6 @@ func boundIfindex(c syscall.RawConn) (int, error) { return control(c, sockIfinde
 func queued(c syscall.RawConn) bool {
 	q, _ := control(c, func(fd int) (bool, error) { return sockQueued(fd), nil })
 	return q
-}
-
-// watchQueue returns a second descriptor of the listening socket behind c,
-// for waitQueued (nil where no key can change, so none is needed): the net
-// package cannot wait for a listener's readiness on its behalf (its RawConn
-// has no Read). Closing the listener does not end the socket while this
-// descriptor stays open: close both.
-func watchQueue(c syscall.RawConn) (*os.File, error) { return control(c, sockDup) }
-
-// waitQueued waits until the listening socket behind w (from watchQueue)
-// has a connection in its accept queue and returns with mu read-locked, so
-// that no key change runs between that moment and the accept(2) that
-// follows; release unlocks it. It looks at the queue under the lock,
-// because a key change may drain the queue between the wake-up and the
-// lock. Without w it returns at once and locks nothing: accept(2) waits.
-func waitQueued(w syscall.RawConn, mu *sync.RWMutex) (release func(), err error) {
-	if w == nil {
-		return func() {}, nil
-	}
-	err = w.Read(func(fd uintptr) bool {
-		mu.RLock()
-		if sockQueued(int(fd)) {
-			return true
-		}
-		mu.RUnlock()
-		return false
-	})
-	if err != nil {
-		return nil, err
-	}
-	return mu.RUnlock, nil
 }
 
 // joinGroup lets the listener add sockets bound to the socket's address

@@ -270,13 +270,3 @@ func sockQueued(fd int) bool {
 	n, err := unix.Poll(fds, 0)
 	return err == nil && n > 0
 }
-
-// sockDup returns a second descriptor of fd, nonblocking as fd is, so
-// that the runtime polls it.
-func sockDup(fd int) (*os.File, error) {
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("tcpmd5: a descriptor to wait on the listening socket: %w", os.NewSyscallError("fcntl", err))
-	}
-	return os.NewFile(uintptr(nfd), "listening socket"), nil
-}

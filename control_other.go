@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
 )
 
@@ -26,8 +25,7 @@ func aoSetRNext(int, uint8) error                         { return aoUnsupported
 func sockFamily(int) (int, error)                         { return 0, nil }
 func sockIfindex(int) (int, error)                        { return 0, nil }
 func sockQueued(int) bool                                 { return false }
-func sockDup(int) (*os.File, error)                       { return nil, nil } // no key changes here: Accept needs no lock
-func sockReusePort(int) error                             { return nil }      // a listener here never needs a second socket
+func sockReusePort(int) error                             { return nil } // a listener here never needs a second socket
 func sockSteer(int, int) error                            { return unsupported(Key{}) }
 func sockTTLSecurity(int, int) error                      { return ttlUnsupported() }
 func othersInGroup(int, netip.AddrPort, int) (int, error) { return 0, nil }

@@ -191,14 +191,18 @@ func (l *Listener) grow() error {
 	// sockets never steers.
 	err = checkGroup(s, n+1)
 	if err == nil {
-		err = steer(l.shards[0].rc, n+1)
+		err = l.fan.add(s)
+	}
+	if err == nil {
+		if err = steer(l.shards[0].rc, n+1); err != nil {
+			l.fan.remove(s)
+		}
 	}
 	if err != nil {
 		s.close() // the last socket of the group: closing it moves no other
 		return err
 	}
 	l.shards = append(l.shards, s)
-	l.acceptFrom(s)
 	// A connection the split shard verified before the switch may still
 	// wait in its queue: it holds its own copy of the key, and removeFrom
 	// judges it before the key goes. A key it cannot delete stays, unused.
@@ -226,10 +230,8 @@ func (l *Listener) shrink(n int) {
 		}
 		_ = l.drainMD5(last, nil)
 		l.shards = l.shards[:m]
-		// The last socket of the group: closing it moves no other. Its
-		// descriptors close once its accept goroutine, which waits for
-		// l.mu, has let go of them: not while l.mu is held.
-		go last.close()
+		l.fan.remove(last)
+		last.close() // the last socket of the group: closing it moves no other
 	}
 }
 

@@ -113,10 +113,18 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		n = min(n+(n+1)/2, maxShards)
 	}
 	l.first = l.shards[0]
-	l.fan = newFanIn()
-	for _, s := range l.shards {
-		l.acceptFrom(s)
+	fan, err := newFanIn()
+	for i := 0; err == nil && i < len(l.shards); i++ {
+		err = fan.add(l.shards[i])
 	}
+	if err != nil {
+		if fan != nil {
+			fan.close()
+		}
+		l.closeShards()
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	l.fan = fan
 	return l, nil
 }
 
@@ -185,7 +193,7 @@ type Listener struct {
 	closed  bool
 	group   // the sockets
 
-	fan fanIn // hands Accept what the sockets accept
+	fan *fanIn // waits on every socket for Accept
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -220,7 +228,7 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: errNoListener}
 	}
 	for {
-		a, err := l.fan.next()
+		a, err := l.fan.accept(&l.mu, func(s *shard, c *net.TCPConn) accepted { return l.judge(s, c, nil) })
 		if err != nil {
 			return nil, l.opError(err)
 		}
@@ -322,8 +330,6 @@ func (l *Listener) Close() error {
 	if closed {
 		return l.first.ln.Close() // the net package's error for a second Close
 	}
-	// Without l.mu: a socket's descriptors close only once the accept
-	// that waits on them has returned, which takes l.mu for reading.
 	return l.closeShards()
 }
 
@@ -334,7 +340,7 @@ func (l *Listener) SetDeadline(t time.Time) error {
 	if l.first == nil {
 		return &net.OpError{Op: "set", Net: "tcp", Err: errNoListener}
 	}
-	l.fan.deadline.set(t)
+	l.fan.setDeadline(t)
 	return nil
 }
 

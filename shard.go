@@ -8,7 +8,6 @@ import (
 	"math/bits"
 	"net"
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"syscall"
 
@@ -132,10 +131,8 @@ func shardOf(h uint32, n int) int {
 type shard struct {
 	ln     *net.TCPListener
 	rc     syscall.RawConn
-	family int             // the socket's address family, read once
-	queue  *os.File        // a second descriptor of the socket, to wait on its accept queue
-	qrc    syscall.RawConn // queue's
-	closed atomic.Bool     // close was called: its accept goroutine ends
+	family int         // the socket's address family, read once
+	closed atomic.Bool // close was called: Accept takes nothing more from it
 
 	keys keySet // the keys installed on the socket, without secrets; guarded by the Listener's mu
 }
@@ -157,7 +154,7 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	cfg.Control = chain(cfg.Control, append(append([]hook{join}, more...), install, installAO)...)
 	ln, err := cfg.Listen(ctx, network, address)
 	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-		return nil, fmt.Errorf("tcpmd5: no descriptors for one more socket of the group (two each); raise RLIMIT_NOFILE: %w", err)
+		return nil, fmt.Errorf("tcpmd5: no descriptors for one more socket of the listener's group; raise RLIMIT_NOFILE: %w", err)
 	}
 	if err != nil {
 		return nil, err
@@ -174,16 +171,6 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 		return nil, err
 	}
 	s := &shard{ln: tl, rc: rc, family: family}
-	if s.queue, err = watchQueue(rc); err != nil {
-		tl.Close()
-		return nil, err
-	}
-	if s.queue != nil {
-		if s.qrc, err = s.queue.SyscallConn(); err != nil {
-			s.close()
-			return nil, err
-		}
-	}
 	for _, k := range keys {
 		s.keys.md5.set(k.bare())
 	}
@@ -193,14 +180,10 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	return s, nil
 }
 
-// close closes the socket: its listener and the descriptor to wait on.
+// close closes the socket.
 func (s *shard) close() error {
 	s.closed.Store(true)
-	err := s.ln.Close()
-	if s.queue != nil {
-		s.queue.Close()
-	}
-	return err
+	return s.ln.Close()
 }
 
 // addrPort is the address the socket is bound to.

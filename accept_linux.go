@@ -1,0 +1,197 @@
+//go:build !tcpmd5stub
+
+package tcpmd5
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fanIn waits for a connection on every socket of a group at once, on the
+// runtime's poller: an epoll(7) instance watches the sockets' accept
+// queues and an eventfd(2), which wakes it for the connections a key
+// change took off a queue (pending). The goroutine that calls Accept waits
+// and accepts itself: no goroutine per socket, no hand-off. Its deadline
+// is the epoll instance's, the one descriptor behind them all.
+type fanIn struct {
+	poll   *os.File        // the epoll instance, nonblocking, in the runtime's poller
+	rc     syscall.RawConn // poll's
+	wake   int             // the eventfd
+	closed atomic.Bool
+	taking sync.Mutex // one accept(2) at a time: a queue seen not empty stays so
+
+	mu      sync.Mutex
+	shards  map[int32]*shard // the watched sockets, by descriptor
+	pending []accepted       // judged during a key change, for Accept
+}
+
+func newFanIn() (*fanIn, error) {
+	efd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("tcpmd5: %w", os.NewSyscallError("epoll_create1", err))
+	}
+	if err := unix.SetNonblock(efd, true); err != nil {
+		_ = unix.Close(efd)
+		return nil, fmt.Errorf("tcpmd5: %w", os.NewSyscallError("fcntl", err))
+	}
+	f := &fanIn{poll: os.NewFile(uintptr(efd), "accept queues"), wake: -1, shards: make(map[int32]*shard)}
+	if f.rc, err = f.poll.SyscallConn(); err == nil {
+		f.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		err = os.NewSyscallError("eventfd", err)
+	}
+	if err == nil {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f.wake)}
+		err = os.NewSyscallError("epoll_ctl", unix.EpollCtl(efd, unix.EPOLL_CTL_ADD, f.wake, &ev))
+	}
+	if err != nil {
+		f.close()
+		return nil, fmt.Errorf("tcpmd5: %w", err)
+	}
+	return f, nil
+}
+
+// add watches the accept queue of s.
+func (f *fanIn) add(s *shard) error {
+	return controlErr(s.rc, func(fd int) error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+		if err := f.ctl(unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			return fmt.Errorf("tcpmd5: watching a socket of the group: %w", os.NewSyscallError("epoll_ctl", err))
+		}
+		f.shards[int32(fd)] = s
+		return nil
+	})
+}
+
+// remove stops watching s, before it closes.
+func (f *fanIn) remove(s *shard) {
+	_ = controlErr(s.rc, func(fd int) error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.shards, int32(fd))
+		return f.ctl(unix.EPOLL_CTL_DEL, fd, nil)
+	})
+}
+
+// ctl is epoll_ctl(2) on the instance.
+func (f *fanIn) ctl(op, fd int, ev *unix.EpollEvent) error {
+	return controlErr(f.rc, func(efd int) error { return unix.EpollCtl(efd, op, fd, ev) })
+}
+
+// accept waits until a watched socket has a connection in its accept
+// queue, accepts it and judges it with mu read-locked, so that no key
+// change runs between accept(2) and the judgement; or returns a
+// connection judged during a key change. Past the deadline it fails with
+// os.ErrDeadlineExceeded, once closed with net.ErrClosed.
+func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
+	for {
+		var ready []*shard
+		var a accepted
+		var got bool
+		err := f.rc.Read(func(efd uintptr) bool {
+			var events [32]unix.EpollEvent
+			n, _ := unix.EpollWait(int(efd), events[:], 0)
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			for _, ev := range events[:max(n, 0)] {
+				if ev.Fd == int32(f.wake) {
+					var b [8]byte
+					_, _ = unix.Read(f.wake, b[:])
+				} else if s := f.shards[ev.Fd]; s != nil {
+					ready = append(ready, s)
+				}
+			}
+			a, got = f.popPending()
+			return got || len(ready) > 0
+		})
+		switch {
+		case f.closed.Load():
+			a.close()
+			return accepted{}, net.ErrClosed
+		case err != nil:
+			a.close()
+			return accepted{}, err
+		case got:
+			return a, nil
+		}
+		for _, s := range ready {
+			if a, ok, err := f.take(s, mu, judge); ok || err != nil {
+				return a, err
+			}
+		}
+	}
+}
+
+// take accepts one connection of s and judges it, if its queue is not
+// empty once mu is read-locked: a key change may have drained it between
+// the wake-up and the lock.
+func (f *fanIn) take(s *shard, mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, bool, error) {
+	f.taking.Lock()
+	defer f.taking.Unlock()
+	mu.RLock()
+	defer mu.RUnlock()
+	if s.closed.Load() || !queued(s.rc) {
+		return accepted{}, false, nil
+	}
+	c, err := s.ln.AcceptTCP()
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err
+		}
+		return accepted{}, false, err
+	}
+	return judge(s, c), true, nil
+}
+
+// push gives Accept connections judged during a key change.
+func (f *fanIn) push(judged []accepted) {
+	f.mu.Lock()
+	f.pending = append(f.pending, judged...)
+	f.mu.Unlock()
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(f.wake, one[:])
+}
+
+// popPending takes the oldest pending connection. f.mu is held.
+func (f *fanIn) popPending() (accepted, bool) {
+	if len(f.pending) == 0 {
+		return accepted{}, false
+	}
+	a := f.pending[0]
+	f.pending[0] = accepted{}
+	f.pending = f.pending[1:]
+	return a, true
+}
+
+// setDeadline sets the deadline of accept.
+func (f *fanIn) setDeadline(t time.Time) { _ = f.poll.SetReadDeadline(t) }
+
+// close ends every accept, now and later, and closes the pending
+// connections.
+func (f *fanIn) close() {
+	if f.closed.Swap(true) {
+		return
+	}
+	_ = f.poll.Close() // waits for an accept's callback in progress
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.wake >= 0 {
+		_ = unix.Close(f.wake)
+	}
+	for _, a := range f.pending {
+		a.close()
+	}
+	f.pending = nil
+}

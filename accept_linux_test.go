@@ -1,0 +1,121 @@
+//go:build !tcpmd5stub
+
+package tcpmd5
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestFanIn waits on two sockets at once, as Accept waits on a group: a
+// connection to either is accepted and judged, with the lock read-held;
+// one judged during a key change (push) comes first; a passed deadline
+// wins over a waiting connection; a socket no longer watched hands
+// nothing over; close ends a waiting accept and closes what was pending.
+func TestFanIn(t *testing.T) {
+	t.Parallel()
+	var cfg net.ListenConfig
+	cfg.SetMultipathTCP(false)
+	var shards []*shard
+	for range 2 {
+		s, err := listenShard(context.Background(), cfg, "tcp4", "127.0.0.1:0", nil, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { s.close() })
+		shards = append(shards, s)
+	}
+	f, err := newFanIn()
+	require.NoError(t, err)
+	t.Cleanup(f.close)
+	for _, s := range shards {
+		require.NoError(t, f.add(s))
+	}
+	var mu sync.RWMutex
+	judge := func(s *shard, c *net.TCPConn) accepted {
+		assert.False(t, mu.TryLock(), "judged with the lock read-held")
+		return accepted{c: c, admit: true, l3index: shardIndex(shards, s)}
+	}
+	dial := func(s *shard) net.Conn {
+		c, err := net.DialTimeout("tcp4", s.ln.Addr().String(), time.Minute)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	dial(shards[1])
+	dial(shards[0])
+	seen := map[int]bool{}
+	for range 2 {
+		a, err := f.accept(&mu, judge)
+		require.NoError(t, err)
+		seen[a.l3index] = true
+		a.close()
+	}
+	assert.Equal(t, map[int]bool{0: true, 1: true}, seen, "one connection from each socket")
+
+	dial(shards[0])
+	f.push([]accepted{{admit: true, l3index: 7}})
+	a, err := f.accept(&mu, judge)
+	require.NoError(t, err)
+	assert.Equal(t, 7, a.l3index, "the pending connection first")
+	f.setDeadline(time.Now().Add(-time.Second))
+	_, err = f.accept(&mu, judge)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a passed deadline wins over a waiting connection")
+	f.setDeadline(time.Time{})
+	a, err = f.accept(&mu, judge)
+	require.NoError(t, err, "the waiting connection, once the deadline is gone")
+	assert.Zero(t, a.l3index)
+	a.close()
+
+	f.remove(shards[1])
+	dial(shards[1])
+	f.setDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = f.accept(&mu, judge)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a socket no longer watched hands nothing over")
+	f.setDeadline(time.Time{})
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.accept(&mu, judge)
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // most likely waiting by now
+	f.close()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, net.ErrClosed)
+	case <-time.After(time.Minute):
+		t.Fatal("close did not end a waiting accept")
+	}
+	_, err = f.accept(&mu, judge)
+	require.ErrorIs(t, err, net.ErrClosed)
+
+	// What waits for Accept when it closes is closed: its peer reads EOF.
+	f2, err := newFanIn()
+	require.NoError(t, err)
+	require.NoError(t, f2.add(shards[0]))
+	client := dial(shards[0])
+	a, err = f2.accept(&mu, judge)
+	require.NoError(t, err)
+	f2.push([]accepted{a})
+	f2.close()
+	require.NoError(t, client.SetReadDeadline(time.Now().Add(time.Minute)))
+	_, err = client.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+}
+
+func shardIndex(shards []*shard, s *shard) int {
+	for i, o := range shards {
+		if o == s {
+			return i
+		}
+	}
+	return -1
+}

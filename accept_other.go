@@ -1,0 +1,51 @@
+//go:build !linux || tcpmd5stub
+
+package tcpmd5
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// fanIn is a group's only socket here: no socket takes keys, so a
+// Listener never grows its group, and Accept waits in accept(2) itself.
+type fanIn struct{ first *shard }
+
+func newFanIn() (*fanIn, error) { return &fanIn{}, nil }
+
+func (f *fanIn) add(s *shard) error {
+	if f.first == nil {
+		f.first = s
+	}
+	return nil
+}
+
+func (f *fanIn) remove(*shard) {}
+
+// accept takes the next connection of the socket and judges it.
+func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
+	c, err := f.first.ln.AcceptTCP()
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err
+		}
+		return accepted{}, err
+	}
+	mu.RLock()
+	defer mu.RUnlock()
+	return judge(f.first, c), nil
+}
+
+// push closes what no key change here can have judged.
+func (f *fanIn) push(judged []accepted) {
+	for _, a := range judged {
+		a.close()
+	}
+}
+
+func (f *fanIn) setDeadline(t time.Time) { _ = f.first.ln.SetDeadline(t) }
+
+func (f *fanIn) close() {}
