@@ -27,7 +27,6 @@ type fanIn struct {
 	rc     syscall.RawConn // poll's
 	wake   int             // the eventfd
 	closed atomic.Bool
-	taking sync.Mutex // one accept(2) at a time: a queue seen not empty stays so
 
 	mu      sync.Mutex
 	shards  map[int32]*shard // the watched sockets, by descriptor
@@ -93,65 +92,60 @@ func (f *fanIn) ctl(op, fd int, ev *unix.EpollEvent) error {
 // change runs between accept(2) and the judgement; or returns a
 // connection judged during a key change. Past the deadline it fails with
 // os.ErrDeadlineExceeded, once closed with net.ErrClosed.
+//
+// The queues are read with mu held, so a socket epoll reports ready stays
+// so until the accept: a key change that drains it waits for mu. Accepts
+// take turns, since the runtime runs one Read on the instance at a time.
 func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
-	for {
-		var ready []*shard
-		var a accepted
-		var got bool
-		err := f.rc.Read(func(efd uintptr) bool {
-			var events [32]unix.EpollEvent
-			n, _ := unix.EpollWait(int(efd), events[:], 0)
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			for _, ev := range events[:max(n, 0)] {
-				if ev.Fd == int32(f.wake) {
-					var b [8]byte
-					_, _ = unix.Read(f.wake, b[:])
-				} else if s := f.shards[ev.Fd]; s != nil {
-					ready = append(ready, s)
+	var a accepted
+	var got bool
+	var aerr error
+	err := f.rc.Read(func(efd uintptr) bool {
+		if a, got = f.popPending(); got {
+			return true
+		}
+		mu.RLock()
+		defer mu.RUnlock()
+		var events [32]unix.EpollEvent
+		n, _ := unix.EpollWait(int(efd), events[:], 0)
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd == int32(f.wake) {
+				var b [8]byte
+				_, _ = unix.Read(f.wake, b[:])
+				if a, got = f.popPending(); got {
+					return true
 				}
+				continue
 			}
-			a, got = f.popPending()
-			return got || len(ready) > 0
-		})
-		switch {
-		case f.closed.Load():
-			a.close()
-			return accepted{}, net.ErrClosed
-		case err != nil:
-			a.close()
-			return accepted{}, err
-		case got:
-			return a, nil
-		}
-		for _, s := range ready {
-			if a, ok, err := f.take(s, mu, judge); ok || err != nil {
-				return a, err
+			f.mu.Lock()
+			s := f.shards[ev.Fd]
+			f.mu.Unlock()
+			if s == nil || s.closed.Load() || ev.Events&unix.EPOLLIN == 0 {
+				continue // a socket no longer watched, or no connection in its queue
 			}
+			c, err := s.ln.AcceptTCP()
+			if err != nil {
+				var oe *net.OpError
+				if errors.As(err, &oe) {
+					err = oe.Err
+				}
+				aerr = err
+				return true
+			}
+			a, got = judge(s, c), true
+			return true
 		}
+		return false
+	})
+	switch {
+	case f.closed.Load():
+		a.close()
+		return accepted{}, net.ErrClosed
+	case err != nil:
+		a.close()
+		return accepted{}, err
 	}
-}
-
-// take accepts one connection of s and judges it, if its queue is not
-// empty once mu is read-locked: a key change may have drained it between
-// the wake-up and the lock.
-func (f *fanIn) take(s *shard, mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, bool, error) {
-	f.taking.Lock()
-	defer f.taking.Unlock()
-	mu.RLock()
-	defer mu.RUnlock()
-	if s.closed.Load() || !queued(s.rc) {
-		return accepted{}, false, nil
-	}
-	c, err := s.ln.AcceptTCP()
-	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) {
-			err = oe.Err
-		}
-		return accepted{}, false, err
-	}
-	return judge(s, c), true, nil
+	return a, aerr
 }
 
 // push gives Accept connections judged during a key change.
@@ -164,8 +158,10 @@ func (f *fanIn) push(judged []accepted) {
 	_, _ = unix.Write(f.wake, one[:])
 }
 
-// popPending takes the oldest pending connection. f.mu is held.
+// popPending takes the oldest pending connection.
 func (f *fanIn) popPending() (accepted, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if len(f.pending) == 0 {
 		return accepted{}, false
 	}
