@@ -34,13 +34,18 @@ func controlErr(c syscall.RawConn, f func(fd int) error) error {
 	return err
 }
 
-// familyOf returns family, or the family of fd read from the kernel if
-// family is 0.
-func familyOf(fd, family int) (int, error) {
-	if family != 0 {
-		return family, nil
-	}
-	return sockFamily(fd)
+// withFamily runs op on the socket behind c, of family, or of the family
+// read from the kernel if family is 0.
+func withFamily(c syscall.RawConn, family int, op func(fd, family int) error) error {
+	return controlErr(c, func(fd int) error {
+		if family == 0 {
+			var err error
+			if family, err = sockFamily(fd); err != nil {
+				return err
+			}
+		}
+		return op(fd, family)
+	})
 }
 
 // applyKeys installs keys on the socket behind c, of family (0: read it
@@ -51,11 +56,7 @@ func applyKeys(c syscall.RawConn, family int, keys []Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return controlErr(c, func(fd int) error {
-		family, err := familyOf(fd, family)
-		if err != nil {
-			return err
-		}
+	return withFamily(c, family, func(fd, family int) error {
 		n, err := fdInstall(fd, family, keys)
 		if err != nil {
 			for _, done := range keys[:n] {
@@ -151,11 +152,7 @@ func addAOKeys(c syscall.RawConn, family int, keys []AOKey, add func(fd, family 
 	if len(keys) == 0 {
 		return nil
 	}
-	return controlErr(c, func(fd int) error {
-		family, err := familyOf(fd, family)
-		if err != nil {
-			return err
-		}
+	return withFamily(c, family, func(fd, family int) error {
 		for i, k := range keys {
 			if i > 0 {
 				add = aoAdd
@@ -173,13 +170,7 @@ func addAOKeys(c syscall.RawConn, family int, keys []AOKey, add func(fd, family 
 
 // addAOKey installs k on the socket behind c, of family (0: read it).
 func addAOKey(c syscall.RawConn, family int, k AOKey) error {
-	return controlErr(c, func(fd int) error {
-		family, err := familyOf(fd, family)
-		if err != nil {
-			return err
-		}
-		return aoAdd(fd, family, k)
-	})
+	return withFamily(c, family, func(fd, family int) error { return aoAdd(fd, family, k) })
 }
 
 // replaceAOKey puts k in the place of old, the key with its Peer, KeyIDs
@@ -201,13 +192,7 @@ func replaceAOKey(c syscall.RawConn, family int, k, old AOKey) error {
 // removeAOKey deletes k from the socket behind c, of family (0: read it);
 // one that is not there is not an error.
 func removeAOKey(c syscall.RawConn, family int, k AOKey) error {
-	return controlErr(c, func(fd int) error {
-		family, err := familyOf(fd, family)
-		if err != nil {
-			return err
-		}
-		return aoDel(fd, family, k)
-	})
+	return withFamily(c, family, func(fd, family int) error { return aoDel(fd, family, k) })
 }
 
 // acceptedAO reports whether the connection behind c completed its
