@@ -27,18 +27,19 @@ const (
 )
 
 var (
-	requireMD5     = testkit.RequireMD5
-	requireIPv6    = testkit.RequireIPv6
-	key            = testkit.Key
-	listen         = testkit.Listen
-	serveEcho      = testkit.ServeEcho
-	dialer         = testkit.Dialer
-	dropDial       = testkit.DropDial
-	requireEcho    = testkit.RequireEcho
-	ping           = testkit.Ping
-	requireRefused = testkit.RequireRefused
-	counters       = testkit.Counters
-	requireNoLeaks = testkit.RequireNoLeaks
+	requireMD5           = testkit.RequireMD5
+	requireIPv6          = testkit.RequireIPv6
+	key                  = testkit.Key
+	listen               = testkit.Listen
+	serveEcho            = testkit.ServeEcho
+	dialer               = testkit.Dialer
+	dropDial             = testkit.DropDial
+	requireEcho          = testkit.RequireEcho
+	ping                 = testkit.Ping
+	requireRefused       = testkit.RequireRefused
+	counters             = testkit.Counters
+	requireNoLeaks       = testkit.RequireNoLeaks
+	requireResetByPolicy = testkit.RequireResetByPolicy
 )
 
 func requireDomain(t testing.TB, ln *tcpmd5.Listener, want int) {

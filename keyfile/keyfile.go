@@ -1,4 +1,5 @@
-// Package keyfile reads the key files of the tcpmd5 command: one key a
+// Package keyfile reads and writes the key files of the tcpmd5 command,
+// and reloads a live [tcpmd5.Listener] from one ([File.Apply]): one key a
 // line, the peer (an address, a prefix, or an address with a zone) then the
 // secret, separated by blanks, then optionally a comment: blanks and a #
 // that runs to the end of the line. Blank lines and lines whose first

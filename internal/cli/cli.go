@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"github.com/tcplowlevel/tcpmd5"
-	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
+	"github.com/tcplowlevel/tcpmd5/keyfile"
 )
 
 // The command's exit codes.

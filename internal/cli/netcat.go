@@ -15,8 +15,8 @@ import (
 
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/drops"
-	"github.com/tcplowlevel/tcpmd5/internal/keyfile"
 	"github.com/tcplowlevel/tcpmd5/internal/tally"
+	"github.com/tcplowlevel/tcpmd5/keyfile"
 )
 
 const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790

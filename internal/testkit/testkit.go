@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -226,4 +227,19 @@ func socketCount(t testing.TB) int {
 		}
 	}
 	return n
+}
+
+// RequireResetByPolicy dials unsigned from d, which the kernel lets in,
+// and requires the Listener to reset the connection and count it.
+func RequireResetByPolicy(t testing.TB, ln *tcpmd5.Listener, d *tcpmd5.Dialer, addr string) {
+	t.Helper()
+	before := ln.RefusedUnsigned()
+	c, err := d.Dial("tcp", addr)
+	if err == nil { // the reset may come before or after connect returns
+		defer c.Close()
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err = c.Read(make([]byte, 1))
+	}
+	require.ErrorIs(t, err, syscall.ECONNRESET, "the Listener must reset an unsigned connection")
+	require.Eventually(t, func() bool { return ln.RefusedUnsigned() == before+1 }, 5*time.Second, 10*time.Millisecond)
 }
