@@ -6,11 +6,37 @@ import (
 	"net/netip"
 )
 
+// Refusal is a connection that Accept closed with a reset, as
+// [ListenConfig.OnRefuse] is told of it.
+type Refusal struct {
+	Remote, Local netip.AddrPort // the peer, and the listener's address it reached
+	Reason        RefusalReason
+}
+
+// RefusalReason says why Accept refused a connection. Its values are the
+// reasons tcpmd5 listen prints.
+type RefusalReason string
+
+// The reasons Accept refuses a connection the kernel completed.
+const (
+	// RefusedNoKey: the connection is unsigned, no key covers its peer, and
+	// the listener does not allow unsigned peers. The peer is reachable
+	// but we hold no key for it: add one, or set AllowUnsigned.
+	RefusedNoKey RefusalReason = "no-key"
+	// RefusedKeyAdded: the connection is unsigned, and a key that covers
+	// its peer came after its handshake: the peer holds no key for us.
+	RefusedKeyAdded RefusalReason = "key-added"
+	// RefusedUnreadable: what the kernel did with the handshake could not
+	// be read (the connection ended first, or a getsockopt(2) failed).
+	RefusedUnreadable RefusalReason = "unreadable"
+)
+
 // accepted is a connection, judged, from one socket of the
 // group.
 type accepted struct {
 	c     *net.TCPConn
-	admit bool // the Accept policy hands c over
+	admit bool          // the Accept policy hands c over
+	why   RefusalReason // if not
 
 	// An unsigned connection admitted because no key covered its peer:
 	// Accept asks again when it hands it over.
@@ -42,7 +68,7 @@ func (a accepted) close() {
 // removed: a peer whose cover that change flipped is asked of c's own key
 // (md5Held). Whatever cannot be read is refused.
 func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
-	refuse := accepted{c: c}
+	refuse := accepted{c: c, why: RefusedUnreadable}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return refuse
@@ -78,10 +104,12 @@ func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	switch {
 	case signed:
 		return accepted{c: c, admit: true}
-	case l.allowUnsigned && !l.keys.covers(addr, l3index):
+	case l.keys.covers(addr, l3index):
+		return accepted{c: c, why: RefusedKeyAdded}
+	case l.allowUnsigned:
 		return accepted{c: c, admit: true, unsigned: true, peer: addr, l3index: l3index}
 	}
-	return refuse
+	return accepted{c: c, why: RefusedNoKey}
 }
 
 // stillUncovered reports whether no key covers the peer of a, an unsigned

@@ -32,7 +32,9 @@
 // whose handshake the kernel verified with a key (it asks the kernel, so a
 // handshake that completed unsigned just before [Listener.SetKey] covered
 // its peer is refused too), and closes the others at Accept, unless
-// [ListenConfig.AllowUnsigned] is set and no key covers the peer. A [Dialer]
+// [ListenConfig.AllowUnsigned] is set and no key covers the peer;
+// [ListenConfig.OnRefuse] is told of each such connection, by peer and
+// [RefusalReason]. A [Dialer]
 // with keys refuses to dial a destination that none of them covers
 // ([ErrNoKey]) unless [Dialer.AllowUnsigned] is set, and its DialUDP,
 // DialIP and DialUnix, which no key can protect, fail.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,6 +44,13 @@ type ListenConfig struct {
 	// unsigned peers side by side.
 	AllowUnsigned bool
 
+	// OnRefuse, if not nil, is told of every connection Accept refuses,
+	// after it is closed: the peer, the address it reached and why (see
+	// [RefusalReason]). It runs in the goroutine that called Accept, which
+	// waits for it, so it must not block; it may call the Listener's
+	// methods. [Listener.RefusedUnsigned] counts the same connections.
+	OnRefuse func(Refusal)
+
 	// TTLSecurity, when not 0, is the most hops a peer may be away (RFC
 	// 5082 GTSM, "ttl-security hops" on routers): the listening socket
 	// sends with TTL and hop limit 255 and, from before listen(2), drops
@@ -77,7 +85,7 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	l := &Listener{allowUnsigned: lc.AllowUnsigned, group: group{network: network, cfg: lc.ListenConfig}}
+	l := &Listener{allowUnsigned: lc.AllowUnsigned, onRefuse: lc.OnRefuse, group: group{network: network, cfg: lc.ListenConfig}}
 	l.cfg.SetMultipathTCP(false)
 	if hops := lc.TTLSecurity; hops != 0 {
 		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
@@ -185,6 +193,7 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 type Listener struct {
 	first         *shard // the first socket, whose address is the listener's
 	allowUnsigned bool
+	onRefuse      func(Refusal)
 	refused       atomic.Uint64
 
 	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
@@ -232,13 +241,39 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 		if err != nil {
 			return nil, l.opError(err)
 		}
-		if a.admit && (!a.unsigned || l.stillUncovered(a)) {
+		if a.admit && !a.unsigned {
 			return a.c, nil
 		}
-		l.refused.Add(1)
-		_ = a.c.SetLinger(0)
-		a.c.Close()
+		if a.admit && l.stillUncovered(a) {
+			return a.c, nil
+		} else if a.admit {
+			a.why = RefusedKeyAdded
+		}
+		l.refuse(a)
 	}
+}
+
+// refuse closes a's connection with a reset, counts it, and tells
+// OnRefuse.
+func (l *Listener) refuse(a accepted) {
+	l.refused.Add(1)
+	r := Refusal{Remote: addrPort(a.c.RemoteAddr()), Local: addrPort(a.c.LocalAddr()), Reason: a.why}
+	_ = a.c.SetLinger(0)
+	a.c.Close()
+	if l.onRefuse != nil {
+		l.onRefuse(r)
+	}
+}
+
+// addrPort is a TCP address as a netip.AddrPort, IPv4 unmapped; the zero
+// AddrPort if it is none.
+func addrPort(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // opError is the error of every failed Accept, as [net.TCPListener]'s: Op
@@ -247,8 +282,9 @@ func (l *Listener) opError(err error) error {
 	return &net.OpError{Op: "accept", Net: l.network, Addr: l.Addr(), Err: err}
 }
 
-// RefusedUnsigned returns how many connections Accept has closed because no
-// installed key covered their peer.
+// RefusedUnsigned returns how many connections Accept has closed because
+// they were not signed by a key the listener holds (see
+// [ListenConfig.OnRefuse] for each one's peer and reason).
 func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 
 // SetKey installs k on the live listener, or replaces the secret of the key

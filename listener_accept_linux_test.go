@@ -369,3 +369,53 @@ func TestAcceptOutOfDescriptors(t *testing.T) {
 	requireEcho(t, dialer("127.0.26.31", key(t, "127.0.0.1", secretA)), ln.Addr().String())
 	assert.Zero(t, ln.RefusedUnsigned())
 }
+
+// TestOnRefuse: Accept tells OnRefuse of each connection it refuses, with
+// the peer, the address it reached and the reason, and counts it: an
+// unsigned peer no key covers (no-key), and, on a listener that allows
+// unsigned peers, one whose unsigned handshake completed before a key for
+// it went in (key-added). Signed and allowed peers are not reported.
+func TestOnRefuse(t *testing.T) {
+	requireMD5(t)
+	testenv.Netns(t)
+	refusals := make(chan tcpmd5.Refusal, 8)
+	lc := &tcpmd5.ListenConfig{
+		Keys:     []tcpmd5.Key{key(t, "127.0.72.1", secretA)},
+		OnRefuse: func(r tcpmd5.Refusal) { refusals <- r },
+	}
+	ln := listen(t, lc, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	addr := ln.Addr().String()
+	requireEcho(t, dialer("127.0.72.1", key(t, "127.0.0.1", secretA)), addr)
+	unsigned := dialer("127.0.72.2")
+	unsigned.AllowUnsigned = true
+	requireResetByPolicy(t, ln, unsigned, addr)
+	r := <-refusals
+	assert.Equal(t, netip.MustParseAddr("127.0.72.2"), r.Remote.Addr())
+	assert.Equal(t, addr, r.Local.String())
+	assert.Equal(t, tcpmd5.RefusedNoKey, r.Reason)
+
+	// AllowUnsigned: an unsigned peer waits in the queue, then a key for
+	// it goes in before Accept takes it.
+	lc = &tcpmd5.ListenConfig{AllowUnsigned: true, OnRefuse: func(r tcpmd5.Refusal) { refusals <- r }}
+	ln = listen(t, lc, "tcp4", "127.0.0.1:0")
+	addr = ln.Addr().String()
+	c, err := unsigned.Dial("tcp4", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, ln.SetKey(key(t, "127.0.72.2", secretA)))
+	serveEcho(t, ln)
+	select {
+	case r = <-refusals:
+	case <-time.After(mustConnect):
+		t.Fatal("OnRefuse was not told")
+	}
+	assert.Equal(t, tcpmd5.RefusedKeyAdded, r.Reason)
+	assert.Equal(t, c.LocalAddr().String(), r.Remote.String())
+	assert.EqualValues(t, 1, ln.RefusedUnsigned())
+	select {
+	case r = <-refusals:
+		t.Fatalf("one refusal too many: %+v", r)
+	default:
+	}
+}

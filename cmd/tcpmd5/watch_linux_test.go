@@ -214,6 +214,19 @@ func TestListenShowsDropsAndKeeps(t *testing.T) {
 		r := run(t, "hello "+strconv.Itoa(i)+"\n", []string{"TCPMD5_SECRET=" + secretA}, "dial", "-source", ourAddr, ln.addr)
 		require.Equal(t, 0, r.code, "connection %d: %s", i, r.stderr)
 	}
+	// A peer no key covers connects unsigned, and listen says why it reset it.
+	stranger := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.99")}, Timeout: testkit.MustConnect}
+	if c, err := stranger.Dial("tcp", ln.addr); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(testkit.MustConnect))
+		_, _ = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	deadline := time.Now().Add(testkit.MustConnect)
+	for !has("refused [no-key] from 127.0.0.99:") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.True(t, has("refused [no-key] from 127.0.0.99:"), "listen did not name the refused peer: %q", stderr)
+	assert.True(t, has("we hold no key for it"), "%q", stderr)
 	assert.Equal(t, 0, exitListen(t, ln))
 	assert.Equal(t, "hello 0\nhello 1\nhello 2\n", ln.stdout.String())
 	assert.True(t, has("connection from "+ourAddr), "%q", stderr)
