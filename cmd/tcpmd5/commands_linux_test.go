@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 )
 
 func TestCheck(t *testing.T) {
@@ -377,4 +379,31 @@ func readFile(t *testing.T, name string) string {
 	b, err := os.ReadFile(name)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// TestDialPeerClosesFirst: a server that writes and closes, before or
+// without reading what it was sent, as many do, ends the connection with a
+// reset: dial still printed the whole reply and exits 0, the good session
+// its help promises, and says on stderr that the peer ended it.
+func TestDialPeerClosesFirst(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	for _, tc := range []struct {
+		name  string
+		stdin string
+		wait  time.Duration
+	}{
+		{"echo", "hello\n", 0},
+		{"unread", strings.Repeat("hello, who reads this?\n", 1000), 100 * time.Millisecond},
+	} {
+		ln := listen(t, func(c net.Conn) {
+			_, _ = c.Write([]byte("bye\n"))
+			time.Sleep(tc.wait) // what the dialer sent arrives, unread
+			c.Close()
+		}, testkit.Key(t, ourAddr, secretA))
+		r := run(t, tc.stdin, []string{"TCPMD5_SECRET=" + secretA}, "dial", "-source", ourAddr, ln.Addr().String())
+		assert.Equal(t, 0, r.code, "%s: stderr: %s", tc.name, r.stderr)
+		assert.Equal(t, "bye\n", r.stdout, tc.name)
+	}
 }

@@ -310,8 +310,16 @@ func (e *env) pipe(c *net.TCPConn) int {
 	}()
 	_, rerr := io.Copy(e.stdout, c)
 	serr := <-sent
-	if err := cmp.Or(rerr, serr); err != nil {
+	// The connection was made and signed: a peer that ends it, with a
+	// reset or before it read what we sent, ends a good session, which
+	// exits 0; that it ended so is said on stderr.
+	ended := func(err error) bool {
+		return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
+	}
+	if err := cmp.Or(rerr, serr); err != nil && !(ended(rerr) || rerr == nil && ended(serr)) {
 		return e.errorf(ExitNo, "%v", err)
+	} else if err != nil {
+		fmt.Fprintf(e.stderr, "tcpmd5: the peer ended the connection first: %v\n", err)
 	}
 	return ExitOK
 }
