@@ -234,6 +234,7 @@ func TestProbeVerdicts(t *testing.T) {
 		verdict  string
 		code     int
 		counter  string // the drop counter that must move; "" for none
+		retry    string // the one the unsigned retry moves too; "" for none
 		reason   string // the drop reason the kernel must report, where it reports them
 		unsigned string
 		text     string // in the human output
@@ -251,7 +252,7 @@ func TestProbeVerdicts(t *testing.T) {
 			peer: func(t *testing.T) string {
 				return listen(t, echo, key(t, ourAddr, secretA)).Addr().String()
 			},
-			secret: secretB, verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure, reason: "md5-mismatch", unsigned: "no answer either",
+			secret: secretB, verdict: "key-mismatch", code: 1, counter: netstat.MD5Failure, retry: netstat.MD5NotFound, reason: "md5-mismatch", unsigned: "no answer either",
 			text: "its key for our address 127.3.0.2 differs from ours",
 		},
 		{
@@ -260,7 +261,7 @@ func TestProbeVerdicts(t *testing.T) {
 				return listen(t, echo, key(t, otherAddr, secretA)).Addr().String()
 			},
 			secret: secretA, verdict: "peer-has-no-key", code: 1, counter: netstat.MD5Unexpected, reason: "md5-unexpected", unsigned: "connected",
-			text: "it holds no key for our address 127.3.0.2",
+			text: "the peer holds no key for our address 127.3.0.2: it dropped our signed SYN, completed an unsigned handshake and reset it",
 		},
 		{
 			name: "closed port",
@@ -310,7 +311,12 @@ func TestProbeVerdicts(t *testing.T) {
 				assert.Empty(t, got.Counters, "a drop counter moved on a good connection")
 			} else {
 				assert.Positive(t, got.Counters[tt.counter], "%s did not move: %v", tt.counter, got.Counters)
-				assert.Len(t, got.Counters, 1, "only %s should move: %v", tt.counter, got.Counters)
+				want := 1
+				if tt.retry != "" {
+					want++
+					assert.Positive(t, got.Counters[tt.retry], "the unsigned retry's %s is not counted: %v", tt.retry, got.Counters)
+				}
+				assert.Len(t, got.Counters, want, "only %s and %q should move: %v", tt.counter, tt.retry, got.Counters)
 			}
 			if drops, _, _ := testenv.Has(testenv.Tracepoints); drops {
 				assert.Empty(t, got.DropsNote)
@@ -364,4 +370,24 @@ func TestProbeVerdicts(t *testing.T) {
 			assert.Regexp(t, regexp.MustCompile(`(?m)^verdict +\S+$`), r.stdout)
 		})
 	}
+}
+
+// TestProbeWithoutSource: without -source the kernel picks our address,
+// and no error names a <nil> one.
+func TestProbeWithoutSource(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	addr := listen(t, echo, key(t, "127.0.0.1", secretA)).Addr().String()
+	file := keyFile(t, 0o600, peerAddr+" "+secretB+"\n")
+	r := run(t, "", nil, "probe", "-key-file", file, "-timeout", "1s", "-wait", "200ms", "-json", addr)
+	require.Equal(t, 1, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	var got probeJSON
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &got), r.stdout)
+	assert.Equal(t, "key-mismatch", got.Verdict)
+	assert.Equal(t, "127.0.0.1", got.Source, "the address the kernel dials from")
+	assert.NotContains(t, r.stdout+r.stderr, "<nil>")
+	human := run(t, "", nil, "probe", "-key-file", file, "-timeout", "1s", "-wait", "200ms", addr)
+	assert.Equal(t, 1, human.code)
+	assert.NotContains(t, human.stdout+human.stderr, "<nil>")
 }

@@ -160,7 +160,9 @@ func run(ctx context.Context, c Config) (Result, error) {
 
 	d := &tcpmd5.Dialer{Keys: c.Keys, AOKeys: c.AOKeys, TTLSecurity: c.TTLSecurity}
 	d.Timeout = c.Timeout
-	d.LocalAddr = local
+	if local != nil { // a nil *net.TCPAddr in the interface would print as <nil>
+		d.LocalAddr = local
+	}
 	var before netstat.Counters
 	var watcher *drops.Watcher
 	if r.PeerOnThisHost {
@@ -216,15 +218,22 @@ func run(ctx context.Context, c Config) (Result, error) {
 	// only, so it keeps the TTL security.
 	nd := &tcpmd5.Dialer{TTLSecurity: c.TTLSecurity}
 	nd.Timeout = c.Timeout
-	nd.LocalAddr = local
+	if local != nil {
+		nd.LocalAddr = local
+	}
 	c.progress(fmt.Sprintf("no answer to the signed SYN; trying once more unsigned, up to %s", c.Timeout))
 	uconn, uerr := nd.DialContext(ctx, "tcp", r.Target)
+	if before != nil { // the counters both attempts moved, TCPMD5NotFound for the unsigned one
+		if after, aerr := netstat.Read(); aerr == nil {
+			r.Counters, r.CounterNote = nil, ""
+			r.noteCounters(before.Delta(after, watched...))
+		}
+	}
 	switch {
 	case uerr == nil, errors.Is(uerr, syscall.ECONNRESET):
 		// A reset in SYN-SENT is ECONNREFUSED: ECONNRESET means the
 		// handshake completed and the peer reset the connection at once.
 		r.Verdict = NoKey
-		r.Summary = fmt.Sprintf("the peer takes unsigned connections: it holds no key for %s, so it dropped our signed SYN", r.sourceName())
 		r.Unsigned = "connected"
 		if uerr == nil {
 			defer uconn.Close()
@@ -233,7 +242,9 @@ func run(ctx context.Context, c Config) (Result, error) {
 			r.Greeting = &Greeting{End: "reset"}
 		}
 		if r.Greeting.End == "reset" {
-			r.Summary += "; it then reset the unsigned connection (its policy refuses peers without a key)"
+			r.Summary = fmt.Sprintf("the peer holds no key for %s: it dropped our signed SYN, completed an unsigned handshake and reset it (its policy refuses peers without a key)", r.sourceName())
+		} else {
+			r.Summary = fmt.Sprintf("the peer holds no key for %s and takes unsigned connections: it dropped our signed SYN and served an unsigned one", r.sourceName())
 		}
 	case timedOut(uerr):
 		r.Verdict = KeyMismatch
