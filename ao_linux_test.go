@@ -22,6 +22,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/rawao"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 )
 
 // The algorithms of these tests: RFC 5926's two and a stronger one.
@@ -494,8 +495,7 @@ func TestTenThousandAOPeers(t *testing.T) {
 		}
 	}
 	t.Logf("%d AO handshakes over %d sockets in %v", peers, sockets, time.Since(start))
-	require.Eventually(t, func() bool { return accepted.Load() == peers }, mustConnect, 10*time.Millisecond,
-		"Accept handed over %d of %d connections", accepted.Load(), peers)
+	testkit.RequireAllAccepted(t, accepted, peers)
 	for n := 0; n < peers; n += peers/8 + 1 {
 		for _, secret := range [][]byte{nil, []byte("fake-secret-wrong")} {
 			c, err := dial(n, secret, refuseAfter)

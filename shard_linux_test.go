@@ -22,6 +22,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
+	"github.com/tcplowlevel/tcpmd5/internal/testkit"
 )
 
 // peer4 returns the n-th peer address of a /16 block of 127.32.0.0/11 (the
@@ -211,8 +212,7 @@ func TestTenThousandPeers(t *testing.T) {
 				}
 			}
 			t.Logf("%d signed handshakes in %v", peers, elapsed)
-			require.Eventually(t, func() bool { return accepted.Load() == peers }, 10*time.Second, 10*time.Millisecond,
-				"Accept handed over %d of %d connections", accepted.Load(), peers)
+			testkit.RequireAllAccepted(t, accepted, peers)
 			assert.Zero(t, ln.RefusedUnsigned())
 
 			requireRefusedPeers(t, addr, peers, target, nil, nil)
@@ -361,7 +361,7 @@ func TestIPv6Group(t *testing.T) {
 	enter := joinNetns(t)
 	failed := dialAll(addr, peers, ln.Addr().String(), freebind, enter)
 	assert.Empty(t, failed)
-	require.Eventually(t, func() bool { return accepted.Load() == peers }, 10*time.Second, 10*time.Millisecond)
+	testkit.RequireAllAccepted(t, accepted, peers)
 	moved := before.Delta(counters(t), netstat.MD5Counters...)
 	for _, name := range netstat.MD5Counters {
 		assert.Zero(t, moved[name], "%s moved on good connections", name)

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -242,4 +243,22 @@ func RequireResetByPolicy(t testing.TB, ln *tcpmd5.Listener, d *tcpmd5.Dialer, a
 	}
 	require.ErrorIs(t, err, syscall.ECONNRESET, "the Listener must reset an unsigned connection")
 	require.Eventually(t, func() bool { return ln.RefusedUnsigned() == before+1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// RequireAllAccepted waits until accepted reaches want, for as long as it
+// keeps moving: a slow machine takes its time, but a count that stands
+// still for MustConnect means connections that Accept will never hand
+// over, and fails t.
+func RequireAllAccepted(t testing.TB, accepted *atomic.Int64, want int64) {
+	t.Helper()
+	last, since := accepted.Load(), time.Now()
+	for n := last; n < want; n = accepted.Load() {
+		if n != last {
+			last, since = n, time.Now()
+		}
+		if time.Since(since) > MustConnect {
+			t.Fatalf("Accept handed over %d of %d connections, and no more for %v", n, want, MustConnect)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
