@@ -125,7 +125,7 @@ func (e *env) listen(args []string) int {
 	}
 	lc := tcpmd5.ListenConfig{Keys: keys.Keys, AOKeys: keys.AOKeys, AllowUnsigned: *allow, TTLSecurity: *hops}
 	lc.OnRefuse = func(r tcpmd5.Refusal) {
-		fmt.Fprintf(e.stderr, "tcpmd5 listen: refused [%s] from %s to %s: %s\n", r.Reason, r.Remote, r.Local, refusalMeaning(r.Reason))
+		fmt.Fprintf(e.stderr, "tcpmd5 listen: refused [%s] from %s to %s: %s\n", r.Reason, r.Remote, r.Local, tally.RefusalMeaning(r.Reason))
 	}
 	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
 	if err != nil {
@@ -166,17 +166,6 @@ func (e *env) listen(args []string) int {
 			fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s ended\n", c.RemoteAddr())
 		}
 	}
-}
-
-// refusalMeaning says what a refusal for r tells an operator.
-func refusalMeaning(r tcpmd5.RefusalReason) string {
-	switch r {
-	case tcpmd5.RefusedNoKey:
-		return "the peer connected unsigned and we hold no key for it; add one, or run with -allow-unsigned"
-	case tcpmd5.RefusedKeyAdded:
-		return "the peer connected unsigned before we took a key for it: it holds no key for us"
-	}
-	return "what the kernel did with the handshake could not be read, so the connection was not trusted"
 }
 
 // dropRepeat is how often listen repeats a line about one peer's drops.

@@ -1,6 +1,7 @@
 // Package tally counts the drops package drops reports the way an operator
 // reads them, by peer, local address and reason, in bounded memory, and
-// says what each reason means: the command's view of drops, which probe,
+// says what each drop and refusal reason means: the command's view of
+// what the kernel and the Listener refuse, which probe,
 // listen, watch and check print.
 package tally
 
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/drops"
 )
 
@@ -34,6 +36,18 @@ func Meaning(r drops.Reason) string {
 		return "the peer used a TCP-AO KeyID we hold no key for"
 	}
 	return "unknown reason"
+}
+
+// RefusalMeaning says in a sentence what a refusal for r tells an
+// operator.
+func RefusalMeaning(r tcpmd5.RefusalReason) string {
+	switch r {
+	case tcpmd5.RefusedNoKey:
+		return "the peer connected unsigned and we hold no key for it; add one, or run with -allow-unsigned"
+	case tcpmd5.RefusedKeyAdded:
+		return "the peer connected unsigned before we took a key for it: it holds no key for us"
+	}
+	return "what the kernel did with the handshake could not be read, so the connection was not trusted"
 }
 
 // Peer is what a [Tally] knows of one peer's drops for one reason at one

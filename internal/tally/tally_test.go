@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tcplowlevel/tcpmd5"
 	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/tally"
 )
@@ -69,4 +70,14 @@ func TestDropReasons(t *testing.T) {
 		seen[m] = true
 	}
 	assert.Equal(t, "unknown reason", tally.Meaning("no-such"))
+}
+
+// TestRefusalMeanings: every refusal reason has its own meaning.
+func TestRefusalMeanings(t *testing.T) {
+	seen := make(map[string]bool)
+	for _, r := range []tcpmd5.RefusalReason{tcpmd5.RefusedNoKey, tcpmd5.RefusedKeyAdded, tcpmd5.RefusedUnreadable} {
+		m := tally.RefusalMeaning(r)
+		assert.False(t, seen[m], "%s shares its meaning", r)
+		seen[m] = true
+	}
 }
