@@ -358,14 +358,14 @@ func (l *Listener) Close() error {
 	}
 	l.mu.Lock()
 	closed := l.closed
-	if !closed {
-		l.closed = true // nothing changes the group from now on
-		l.fan.close()
-	}
+	l.closed = true // nothing changes the group from now on
 	l.mu.Unlock()
 	if closed {
 		return l.first.ln.Close() // the net package's error for a second Close
 	}
+	// Without l.mu: closing the fan-in waits for an accept in progress,
+	// which may be waiting for l.mu.
+	l.fan.close()
 	return l.closeShards()
 }
 
