@@ -23,10 +23,11 @@ import (
 // and accepts itself: no goroutine per socket, no hand-off. Its deadline
 // is the epoll instance's, the one descriptor behind them all.
 type fanIn struct {
-	poll   *os.File        // the epoll instance, nonblocking, in the runtime's poller
-	rc     syscall.RawConn // poll's
-	wake   int             // the eventfd
-	closed atomic.Bool
+	poll    *os.File        // the epoll instance, nonblocking, in the runtime's poller
+	rc      syscall.RawConn // poll's
+	wake    int             // the eventfd
+	closed  atomic.Bool
+	locking func() // tests only: runs in accept's callback before it takes the lock
 
 	mu      sync.Mutex
 	shards  map[int32]*shard // the watched sockets, by descriptor
@@ -103,6 +104,9 @@ func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accept
 	err := f.rc.Read(func(efd uintptr) bool {
 		if a, got = f.popPending(); got {
 			return true
+		}
+		if f.locking != nil {
+			f.locking()
 		}
 		mu.RLock()
 		defer mu.RUnlock()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 // TestFanIn waits on two sockets at once, as Accept waits on a group: a
@@ -118,4 +120,47 @@ func shardIndex(shards []*shard, s *shard) int {
 		}
 	}
 	return -1
+}
+
+// TestCloseWhileAcceptWaitsForTheLock: Close returns while an accept is in
+// its callback, about to take the listener's lock. Closing the fan-in
+// waits for that callback, so Close must not hold the lock meanwhile.
+func TestCloseWhileAcceptWaitsForTheLock(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	ln, err := Listen("tcp4", "127.0.0.1:0", Key{Peer: netip.MustParsePrefix("127.0.74.1/32"), Secret: fakeA})
+	require.NoError(t, err)
+	inCallback, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ln.fan.locking = func() {
+		once.Do(func() {
+			close(inCallback)
+			<-release
+		})
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	dialFrom(t, "127.0.74.1", ln.Addr().String(), fakeA)
+	<-inCallback
+	closed := make(chan error, 1)
+	go func() { closed <- ln.Close() }()
+	time.Sleep(100 * time.Millisecond) // Close is most likely waiting for the callback by now
+	close(release)
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return: it waits, holding the lock, for an accept that waits for the lock")
+	}
+	select {
+	case <-accepted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Accept did not return after Close")
+	}
 }
