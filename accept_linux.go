@@ -4,7 +4,6 @@ package tcpmd5
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -127,12 +126,8 @@ func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accept
 			if s == nil || s.closed.Load() || ev.Events&unix.EPOLLIN == 0 {
 				continue // a socket no longer watched, or no connection in its queue
 			}
-			c, err := s.ln.AcceptTCP()
+			c, err := s.accept()
 			if err != nil {
-				var oe *net.OpError
-				if errors.As(err, &oe) {
-					err = oe.Err
-				}
 				aerr = err
 				return true
 			}

@@ -3,7 +3,6 @@
 package tcpmd5
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"time"
@@ -26,12 +25,8 @@ func (f *fanIn) remove(*shard) {}
 
 // accept takes the next connection of the socket and judges it.
 func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
-	c, err := f.first.ln.AcceptTCP()
+	c, err := f.first.accept()
 	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) {
-			err = oe.Err
-		}
 		return accepted{}, err
 	}
 	mu.RLock()

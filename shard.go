@@ -180,6 +180,17 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	return s, nil
 }
 
+// accept takes the next connection off the socket's queue; its error is
+// the one under the net package's *net.OpError, which Accept wraps in its own.
+func (s *shard) accept() (*net.TCPConn, error) {
+	c, err := s.ln.AcceptTCP()
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return c, err
+}
+
 // close closes the socket.
 func (s *shard) close() error {
 	s.closed.Store(true)
