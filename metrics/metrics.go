@@ -85,7 +85,7 @@ type Set struct {
 	drops    tally.Tally
 	refused  map[refusal]uint64
 	others   uint64           // refusals past Limit
-	watchers []*drops.Watcher // those Watch reads now
+	watchers []*drops.Watcher // those tracked now
 	lost     uint64           // what those that ended lost
 }
 
@@ -131,33 +131,40 @@ func (s *Set) WatchDrops(filter drops.Filter) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	s.watchers = append(s.watchers, w)
-	s.mu.Unlock()
+	untrack := s.Track(w)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer untrack()
 		for {
 			ds, err := w.Read(context.Background())
 			if err != nil { // closed by stop, or the watcher failed
-				break
+				return
 			}
-			s.mu.Lock()
-			s.drops.Limit = s.limit()
 			for _, d := range ds {
-				s.drops.Add(unmapped(d))
+				s.Drop(d)
 			}
-			s.mu.Unlock()
 		}
-		s.mu.Lock()
-		s.watchers = slices.DeleteFunc(s.watchers, func(o *drops.Watcher) bool { return o == w })
-		s.lost += w.Lost()
-		s.mu.Unlock()
 	}()
 	return sync.OnceFunc(func() {
 		w.Close()
 		<-done
 	}), nil
+}
+
+// Track counts, until untrack is called, the drops w lost and that it is
+// read, for a caller that reads w itself and passes each drop to
+// [Set.Drop].
+func (s *Set) Track(w *drops.Watcher) (untrack func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.watchers = append(s.watchers, w)
+	return sync.OnceFunc(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.watchers = slices.DeleteFunc(s.watchers, func(o *drops.Watcher) bool { return o == w })
+		s.lost += w.Lost()
+	})
 }
 
 // Gather returns each of [Families] with its samples now, in a stable

@@ -30,9 +30,9 @@ const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
 Usage:
   tcpmd5 check [-json]
   tcpmd5 probe [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
-  tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] ADDR
+  tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] [-metrics ADDR] ADDR
   tcpmd5 dial [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
-  tcpmd5 watch [-json] [-for D] [-port N]
+  tcpmd5 watch [-json] [-for D] [-port N] [-metrics ADDR]
 
 Commands:
   check   can this host sign segments? kernel features, key limits, TTL
@@ -66,6 +66,12 @@ looks like a parameter goes in quotes. -ao PARAMS makes the secret of -key
 or $TCPMD5_SECRET an AO key with those parameters.
 
 Secrets are never printed.
+
+-metrics ADDR on listen and watch serves Prometheus metrics at
+http://ADDR/metrics: tcpmd5_dropped_segments_total{remote,local,reason},
+tcpmd5_refused_connections_total{remote,local,reason} (listen),
+tcpmd5_netstat_total{counter} (the kernel's TCPMD5* and TCPAO* counters),
+tcpmd5_drop_events_lost_total and tcpmd5_drop_events_watched.
 
 TTL security (GTSM, RFC 5082; "ttl-security hops N" on routers) is
 -ttl-security N on probe, listen and dial: send with TTL 255 and drop every

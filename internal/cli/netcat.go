@@ -17,6 +17,7 @@ import (
 	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/tally"
 	"github.com/tcplowlevel/tcpmd5/keyfile"
+	"github.com/tcplowlevel/tcpmd5/metrics"
 )
 
 const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
@@ -25,6 +26,7 @@ const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
   tcpmd5 listen -ttl-security 1 -key-file peers.keys 192.0.2.1:1790  # peers 1 hop away only
   tcpmd5 listen -k -key-file peers.keys :179  # stay up while a router probes, again and again
   tcpmd5 listen -ao "send=1 recv=2 alg=hmac(sha1)" -key 192.0.2.2=fake-secret-x :1790  # TCP-AO
+  tcpmd5 listen -k -metrics 127.0.0.1:9179 -key-file peers.keys :179  # refusals and drops for Prometheus
 
 Without -k, listen accepts one connection, stops listening, and exits when
 that connection has ended. With -k it accepts one connection after another
@@ -83,7 +85,7 @@ func (p *peerKeys) keys(ao string) (keyfile.File, error) {
 }
 
 func (e *env) listen(args []string) int {
-	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] ADDR", listenExamples)
+	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] [-metrics ADDR] ADDR", listenExamples)
 	keep := fs.Bool("k", false, "keep listening after a connection ends and accept the next, until interrupted (as nc -lk); stdin is not read")
 	var flags peerKeys
 	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
@@ -92,6 +94,7 @@ func (e *env) listen(args []string) int {
 	aoFlag(fs, &ao)
 	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
 	hops := ttlSecurityFlag(fs)
+	metricsAddr := metricsFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
@@ -123,8 +126,15 @@ func (e *env) listen(args []string) int {
 	if keys.Len() == 0 && !*allow {
 		return e.errorf(ExitUsage, "no keys: give -key PEER=SECRET or -key-file FILE")
 	}
+	var set metrics.Set
+	stopMetrics, err := e.serveMetrics("listen", *metricsAddr, &set)
+	if err != nil {
+		return e.errorf(ExitUsage, "-metrics: %v", err)
+	}
+	defer stopMetrics()
 	lc := tcpmd5.ListenConfig{Keys: keys.Keys, AOKeys: keys.AOKeys, AllowUnsigned: *allow, TTLSecurity: *hops}
 	lc.OnRefuse = func(r tcpmd5.Refusal) {
+		set.Refused(r)
 		fmt.Fprintf(e.stderr, "tcpmd5 listen: refused [%s] from %s to %s: %s\n", r.Reason, r.Remote, r.Local, tally.RefusalMeaning(r.Reason))
 	}
 	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
@@ -134,7 +144,7 @@ func (e *env) listen(args []string) int {
 	defer ln.Close()
 	// Watching starts before the line that says the port is ready, so
 	// that no drop on it goes unseen.
-	stopDrops := e.showDrops(uint16(ln.Addr().(*net.TCPAddr).Port))
+	stopDrops := e.showDrops(uint16(ln.Addr().(*net.TCPAddr).Port), &set)
 	defer stopDrops()
 	fmt.Fprintf(e.stderr, "tcpmd5 listen: listening on %s with %d keys%s\n", ln.Addr(), keys.Len(), ttlNote(*hops))
 	if !*keep {
@@ -173,14 +183,15 @@ const dropRepeat = 5 * time.Second
 
 // showDrops prints, until stop is called, the segments the kernel drops on
 // port for their signature: the first from each peer for each reason at
-// once, then its count at most every dropRepeat.
-func (e *env) showDrops(port uint16) (stop func()) {
+// once, then its count at most every dropRepeat; and counts them in set.
+func (e *env) showDrops(port uint16, set *metrics.Set) (stop func()) {
 	const maxDropLines = 4096 // as many as a DropTally keeps
 	w, err := drops.Watch(drops.Filter{Port: port})
 	if err != nil {
 		e.warnf("cannot show the segments the kernel drops for their signature: %v", err)
 		return func() {}
 	}
+	untrack := set.Track(w)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -197,6 +208,7 @@ func (e *env) showDrops(port uint16) (stop func()) {
 				return
 			}
 			for _, d := range ds {
+				set.Drop(d)
 				k := d.Remote.Addr().String() + " " + string(d.Reason)
 				l := seen[k]
 				if l == nil && len(seen) >= maxDropLines {
@@ -222,6 +234,7 @@ func (e *env) showDrops(port uint16) (stop func()) {
 	return func() {
 		cancel()
 		<-done
+		untrack()
 		w.Close()
 	}
 }

@@ -15,11 +15,13 @@ import (
 	"github.com/tcplowlevel/tcpmd5/drops"
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
 	"github.com/tcplowlevel/tcpmd5/internal/tally"
+	"github.com/tcplowlevel/tcpmd5/metrics"
 )
 
 const watchExamples = `  tcpmd5 watch                      # a live table: who fails our signatures, and why
   tcpmd5 watch -port 179 -for 10m   # BGP only, for ten minutes
   tcpmd5 watch -json | jq 'select(.reason == "md5-mismatch")'
+  tcpmd5 watch -metrics 127.0.0.1:9179 > /dev/null  # for Prometheus to scrape
 `
 
 // watchRefresh is how often watch redraws its table or prints JSON lines.
@@ -40,10 +42,11 @@ var counterReasons = []struct {
 }
 
 func (e *env) watch(args []string) int {
-	fs := e.flagSet("watch [-json] [-for D] [-port N]", watchExamples)
+	fs := e.flagSet("watch [-json] [-for D] [-port N] [-metrics ADDR]", watchExamples)
 	asJSON := fs.Bool("json", false, `print one JSON object a line: {"time","remote","local","reason","flags","count"}`)
 	dur := fs.Duration("for", 0, "stop after `D`uration (default: until interrupted)")
 	port := fs.Uint("port", 0, "only segments to local port `N` (default: every port)")
+	metricsAddr := metricsFlag(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return parseExit(err)
@@ -62,6 +65,12 @@ func (e *env) watch(args []string) int {
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
 	}
+	var set metrics.Set
+	stopMetrics, err := e.serveMetrics("watch", *metricsAddr, &set)
+	if err != nil {
+		return e.errorf(ExitUsage, "-metrics: %v", err)
+	}
+	defer stopMetrics()
 	out := &watchOutput{env: e, json: *asJSON, live: !*asJSON && isTerminal(e.stdout), printed: make(map[string]uint64)}
 	w, err := drops.Watch(drops.Filter{Port: uint16(*port)})
 	if err != nil {
@@ -71,6 +80,7 @@ func (e *env) watch(args []string) int {
 		return e.watchCounters(ctx, out)
 	}
 	defer w.Close()
+	defer set.Track(w)()
 	if m := w.Missing(); len(m) > 0 {
 		out.note = fmt.Sprintf("this kernel does not report %v (it lacks their tracepoints)", m)
 		fmt.Fprintf(e.stderr, "tcpmd5 watch: %s\n", out.note)
@@ -94,6 +104,7 @@ func (e *env) watch(args []string) int {
 			mu.Lock()
 			for _, d := range ds {
 				seen.Add(d)
+				set.Drop(d)
 			}
 			mu.Unlock()
 		}
