@@ -232,7 +232,9 @@ func (s *Set) WriteTo(w io.Writer) (int64, error) {
 	return b.WriteTo(w)
 }
 
-// ServeHTTP serves the families in the Prometheus text format.
+// ServeHTTP serves the families in the Prometheus text format. The
+// server's goroutines are in the process's network namespace, and so are
+// the kernel's counters it serves.
 func (s *Set) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	_, _ = s.WriteTo(w)
