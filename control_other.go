@@ -25,6 +25,7 @@ func aoSetRNext(int, uint8) error                         { return aoUnsupported
 func sockFamily(int) (int, error)                         { return 0, nil }
 func sockIfindex(int) (int, error)                        { return 0, nil }
 func sockQueued(int) bool                                 { return false }
+func sockInherited(int) (inherited, error)                { return inherited{}, nil }
 func sockReusePort(int) error                             { return nil } // a listener here never needs a second socket
 func sockSteer(int, int) error                            { return unsupported(Key{}) }
 func sockTTLSecurity(int, int) error                      { return ttlUnsupported() }

@@ -60,6 +60,15 @@ func TestStub(t *testing.T) {
 	require.ErrorIs(t, tcpmd5.SetKeys(tl.(*net.TCPListener), k), tcpmd5.ErrMD5Unsupported)
 	require.NoError(t, tcpmd5.SetKeys(tl.(*net.TCPListener)), "no keys is nothing to do")
 
+	f, err := tl.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = (&tcpmd5.ListenConfig{Keys: []tcpmd5.Key{k}}).FileListener(f)
+	require.ErrorIs(t, err, tcpmd5.ErrMD5Unsupported)
+	inherited, err := (&tcpmd5.ListenConfig{AllowUnsigned: true}).FileListener(f)
+	require.NoError(t, err, "an inherited listener without keys works everywhere")
+	require.NoError(t, inherited.Close())
+
 	var hooked net.ListenConfig
 	hooked.Control = tcpmd5.Control(k)
 	_, err = hooked.Listen(context.Background(), "tcp", "127.0.0.1:0")

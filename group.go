@@ -21,6 +21,7 @@ type group struct {
 	shards  []*shard         // the group, in the order the sockets joined it
 	learned int              // the fewest keys a socket held when the kernel refused one more (0: none refused)
 	steered bool             // the steering program is attached to the group
+	fixed   bool             // an inherited socket without SO_REUSEPORT: no socket can join it
 	cfg     net.ListenConfig // makes the sockets: the caller's, with MPTCP off
 	network string
 	address string // the first socket's, which the others bind too
@@ -169,6 +170,9 @@ func (g *group) crowded(id keyID, room int) bool {
 // shard. A SYN therefore always reaches a socket holding its peer's key.
 func (l *Listener) grow() error {
 	n := len(l.shards)
+	if l.fixed {
+		return errFixedGroup
+	}
 	if n >= maxShards {
 		return fmt.Errorf("tcpmd5: the listener already spreads its keys over %d sockets, its limit", n)
 	}

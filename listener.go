@@ -74,21 +74,9 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err := checkTCP("listen", network); err != nil {
 		return nil, err
 	}
-	keys, err := normalizeKeys(lc.Keys)
-	var aoKeys []AOKey
-	if err == nil {
-		aoKeys, err = normalizeAOKeys(lc.AOKeys)
-	}
-	if err == nil {
-		err = checkTTLSecurity(lc.TTLSecurity)
-	}
+	l, keys, aoKeys, err := lc.newListener(network)
 	if err != nil {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
-	}
-	l := &Listener{allowUnsigned: lc.AllowUnsigned, onRefuse: lc.OnRefuse, group: group{network: network, cfg: lc.ListenConfig}}
-	l.cfg.SetMultipathTCP(false)
-	if hops := lc.TTLSecurity; hops != 0 {
-		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
+		return nil, err
 	}
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.md5.set(k.clone())
@@ -120,6 +108,38 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		}
 		n = min(n+(n+1)/2, maxShards)
 	}
+	if err := l.startFanIn(); err != nil {
+		l.closeShards()
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	return l, nil
+}
+
+// newListener returns a Listener of lc without sockets, for network, with
+// lc's keys normalized for the caller to install.
+func (lc *ListenConfig) newListener(network string) (*Listener, []Key, []AOKey, error) {
+	keys, err := normalizeKeys(lc.Keys)
+	var aoKeys []AOKey
+	if err == nil {
+		aoKeys, err = normalizeAOKeys(lc.AOKeys)
+	}
+	if err == nil {
+		err = checkTTLSecurity(lc.TTLSecurity)
+	}
+	if err != nil {
+		return nil, nil, nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	l := &Listener{allowUnsigned: lc.AllowUnsigned, onRefuse: lc.OnRefuse, group: group{network: network, cfg: lc.ListenConfig}}
+	l.cfg.SetMultipathTCP(false)
+	if hops := lc.TTLSecurity; hops != 0 {
+		l.cfg.Control = chain(l.cfg.Control, func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, hops) })
+	}
+	return l, keys, aoKeys, nil
+}
+
+// startFanIn makes the fan-in over the group's sockets, which Accept
+// waits on.
+func (l *Listener) startFanIn() error {
 	l.first = l.shards[0]
 	fan, err := newFanIn()
 	for i := 0; err == nil && i < len(l.shards); i++ {
@@ -129,11 +149,11 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		if fan != nil {
 			fan.close()
 		}
-		l.closeShards()
-		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+		l.first = nil
+		return err
 	}
 	l.fan = fan
-	return l, nil
+	return nil
 }
 
 // ListenPacket is [net.ListenConfig.ListenPacket] for a configuration

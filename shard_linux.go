@@ -29,6 +29,46 @@ func sockReusePort(fd int) error {
 	return nil
 }
 
+// sockInherited reads what adopting fd, a socket made elsewhere, as a
+// listener needs: it must listen (SO_ACCEPTCONN) and be plain TCP, not
+// MPTCP (SO_PROTOCOL), and whether it is IPv6-only and bound with
+// SO_REUSEPORT decides how its group grows.
+func sockInherited(fd int) (inherited, error) {
+	get := func(level, opt int, what string) (int, error) {
+		v, err := unix.GetsockoptInt(fd, level, opt)
+		if err != nil {
+			return 0, fmt.Errorf("tcpmd5: reading the inherited socket's %s: %w", what, os.NewSyscallError("getsockopt", err))
+		}
+		return v, nil
+	}
+	var in inherited
+	if v, err := get(unix.SOL_SOCKET, unix.SO_ACCEPTCONN, "state"); err != nil {
+		return in, err
+	} else if v == 0 {
+		return in, errors.New("tcpmd5: the inherited socket does not listen; pass a listening socket")
+	}
+	if v, err := get(unix.SOL_SOCKET, unix.SO_PROTOCOL, "protocol"); err != nil {
+		return in, err
+	} else if v != unix.IPPROTO_TCP {
+		return in, fmt.Errorf("tcpmd5: the inherited socket is protocol %d, not plain TCP (MPTCP?); keyed sockets are TCP", v)
+	}
+	v, err := get(unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT")
+	if err != nil {
+		return in, err
+	}
+	in.reusePort = v != 0
+	if family, err := get(unix.SOL_SOCKET, unix.SO_DOMAIN, "family"); err != nil {
+		return in, err
+	} else if family == unix.AF_INET6 {
+		v, err := get(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, "IPV6_V6ONLY")
+		if err != nil {
+			return in, err
+		}
+		in.v6only = v != 0
+	}
+	return in, nil
+}
+
 // sockSteer attaches to the reuseport group of fd the classic BPF program
 // that sends each SYN to the socket shardOf picks for its source address
 // among n (SO_ATTACH_REUSEPORT_CBPF). The program replaces the group's
