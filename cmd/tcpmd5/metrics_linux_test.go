@@ -190,5 +190,5 @@ scrape_configs:
 		t.Logf("Prometheus: %s = %s from %d instances", q.expr, q.value, len(q.instances))
 	}
 	assert.Empty(t, query(t, prom, `tcpmd5_refused_connections_total{remote="`+ourAddr+`"}`), "the signed peer was dropped by the kernel, never refused at Accept")
-	requireNoSecret(t, fmt.Sprint(ln.stderr, w.stderr))
+	requireNoSecret(t, ln.output()+w.output())
 }

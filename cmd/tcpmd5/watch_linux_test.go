@@ -79,6 +79,13 @@ func (b *background) waitFor(t *testing.T, what string, cond func(stdout, stderr
 	t.Fatalf("no %s; stdout:\n%s\nstderr:\n%s", what, strings.Join(b.stdout, "\n"), strings.Join(b.stderr, "\n"))
 }
 
+// output returns what the command printed so far, stdout then stderr.
+func (b *background) output() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.stdout, "\n") + "\n" + strings.Join(b.stderr, "\n")
+}
+
 // exit interrupts the command and returns its exit code.
 func (b *background) exit(t *testing.T) int {
 	t.Helper()
@@ -155,7 +162,7 @@ func TestWatch(t *testing.T) {
 				assert.Equal(t, "unknown", last.Remote)
 				assert.Equal(t, "unknown", last.Local)
 			}
-			requireNoSecret(t, strings.Join(w.stdout, "\n")+strings.Join(w.stderr, "\n"))
+			requireNoSecret(t, w.output())
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +28,14 @@ const listenExamples = `  tcpmd5 listen -key-file peers.keys :1790
   tcpmd5 listen -k -key-file peers.keys :179  # stay up while a router probes, again and again
   tcpmd5 listen -ao "send=1 recv=2 alg=hmac(sha1)" -key 192.0.2.2=fake-secret-x :1790  # TCP-AO
   tcpmd5 listen -k -metrics 127.0.0.1:9179 -key-file peers.keys :179  # refusals and drops for Prometheus
+  systemd-socket-activate -l :1790 tcpmd5 listen -k -key-file peers.keys systemd  # a socket systemd passed
+
+ADDR is an address to listen on, "systemd" for the first socket systemd
+passed (LISTEN_FDS), or "fd:N" for an inherited listening socket N: its keys
+go on before listen accepts from it, with the same Accept policy. A signed
+SYN never completes to a socket without its key, so a socket activated on
+its first connection is never activated by a signed peer: start the service
+with its socket.
 
 Without -k, listen accepts one connection, stops listening, and exits when
 that connection has ended. With -k it accepts one connection after another
@@ -137,7 +146,7 @@ func (e *env) listen(args []string) int {
 		set.Refused(r)
 		fmt.Fprintf(e.stderr, "tcpmd5 listen: refused [%s] from %s to %s: %s\n", r.Reason, r.Remote, r.Local, tally.RefusalMeaning(r.Reason))
 	}
-	ln, err := lc.Listen(context.Background(), "tcp", pos[0])
+	ln, err := listenOn(&lc, pos[0])
 	if err != nil {
 		return e.errorf(ExitNo, "%v", err)
 	}
@@ -176,6 +185,34 @@ func (e *env) listen(args []string) int {
 			fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s ended\n", c.RemoteAddr())
 		}
 	}
+}
+
+// listenOn listens with lc on addr: an address, "systemd" for the first
+// socket systemd passed (LISTEN_FDS), or "fd:N" for descriptor N, a
+// listening socket this process inherited.
+func listenOn(lc *tcpmd5.ListenConfig, addr string) (*tcpmd5.Listener, error) {
+	var f *os.File
+	switch n, isFD := strings.CutPrefix(addr, "fd:"); {
+	case addr == "systemd":
+		pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
+		if pid != strconv.Itoa(os.Getpid()) || fds == "" || fds == "0" {
+			return nil, errors.New("listen systemd: no socket from systemd (LISTEN_PID and LISTEN_FDS name none for this process)")
+		}
+		os.Unsetenv("LISTEN_PID") // as sd_listen_fds(1): children do not take them for theirs
+		os.Unsetenv("LISTEN_FDS")
+		os.Unsetenv("LISTEN_FDNAMES")
+		f = os.NewFile(3, "systemd socket 3") // SD_LISTEN_FDS_START
+	case isFD:
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd < 0 {
+			return nil, fmt.Errorf("listen %s: want fd:N, N a descriptor number", addr)
+		}
+		f = os.NewFile(uintptr(fd), "inherited socket "+n)
+	default:
+		return lc.Listen(context.Background(), "tcp", addr)
+	}
+	defer f.Close() // the Listener holds its own descriptor
+	return lc.FileListener(f)
 }
 
 // dropRepeat is how often listen repeats a line about one peer's drops.
