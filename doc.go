@@ -19,7 +19,10 @@
 // never grows that group over a socket of another program bound to the
 // same address.
 // [Control] and [AOControl] compose MD5 and TCP-AO keys into a Control
-// hook of your own, and [SetKeys] puts MD5 keys on a socket made elsewhere.
+// hook of your own. [ListenConfig.FileListener] makes a listening socket
+// made elsewhere (systemd socket activation, a passed descriptor) a
+// Listener with its keys and the same Accept policy; [SetKeys] only puts
+// MD5 keys on a socket made elsewhere.
 //
 // TTLSecurity on [ListenConfig] and [Dialer] adds RFC 5082 TTL security
 // (GTSM) beside the keys: segments from peers farther than the given number
@@ -64,7 +67,9 @@
 // kernel drops for a missing or wrong signature, as the kernel reports
 // them through its tcp:tcp_hash_* and tcp:tcp_ao_* tracepoints (Linux
 // 6.11+, CAP_PERFMON or root): the peer, our address, the reason, the
-// flags.
+// flags. Package [github.com/tcplowlevel/tcpmd5/metrics] counts them, and
+// the connections a Listener refused ([ListenConfig.OnRefuse]), by peer,
+// for Prometheus.
 //
 // # Platforms
 //
