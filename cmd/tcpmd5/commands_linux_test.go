@@ -78,8 +78,9 @@ func TestCheck(t *testing.T) {
 		Signing     bool `json:"signing"`
 		TTLSecurity bool `json:"ttl_security"`
 		Results     []struct {
-			Check, Status, Value, Detail string
-			Number                       *int
+			ID, Check, Status, Value, Detail string
+			Number                           *int
+			Unit                             *string
 		} `json:"results"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep), r.stdout)
@@ -91,8 +92,13 @@ func TestCheck(t *testing.T) {
 		byName[res.Check] = res.Value
 		if res.Number != nil {
 			numbers[res.Check] = *res.Number
+			require.NotNil(t, res.Unit, "%s: a number without its unit", res.ID)
 		}
+		assert.Regexp(t, `^[a-z0-9_]+$`, res.ID)
+		assert.Contains(t, []string{"ok", "info", "warn", "skip"}, res.Status, "%s", res.ID)
 	}
+	assert.Contains(t, r.stdout, `"id": "optmem_max"`)
+	assert.Contains(t, r.stdout, `"unit": "bytes"`)
 	// Numbers are JSON numbers too, beside the words.
 	assert.Equal(t, byName["keys per socket"], strconv.Itoa(numbers["keys per socket"]))
 	assert.Greater(t, numbers["listener steering"], 1, "the steering row counts the listener's sockets")

@@ -8,10 +8,12 @@ package check
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,13 +34,66 @@ const (
 
 // Result is one line of the report.
 type Result struct {
-	Check  string `json:"check"`
-	Status Status `json:"status"`
-	Value  string `json:"value"`
+	Check  string
+	Status Status
+	Value  string
 	// Number is the value as a number where it is one: bytes of
 	// optmem_max, keys per socket, sockets of the steering listener.
-	Number *int   `json:"number,omitempty"`
-	Detail string `json:"detail,omitempty"`
+	Number *int
+	Detail string
+}
+
+// IDs are the ids a result can have: the JSON's stable names for the
+// rows, as the README lists them.
+var IDs = []string{
+	"platform", "signing", "prefix_keys", "interface_keys", "mptcp_listeners", "optmem_max",
+	"keys_per_socket", "listener_steering", "tcp_ao", "drop_events", "ttl_security",
+	"self_test", "self_test_right_key", "self_test_wrong_key", "self_test_no_key",
+	"self_test_unsigned_peer", "self_test_ttl_security", "self_test_default_ttl",
+	"self_test_tcp_ao", "self_test_tcp_ao_right_key", "self_test_tcp_ao_wrong_key",
+}
+
+// ID returns the result's stable id: its check's name in lower case, each
+// run of other characters an underscore ("self-test: right key" is
+// "self_test_right_key"); [IDs] lists them.
+func (r Result) ID() string {
+	var b strings.Builder
+	gap := false
+	for _, c := range strings.ToLower(r.Check) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+			if gap && b.Len() > 0 {
+				b.WriteByte('_')
+			}
+			b.WriteRune(c)
+			gap = false
+		} else {
+			gap = true
+		}
+	}
+	return b.String()
+}
+
+// unit is what Number counts, by id.
+var unit = map[string]string{"optmem_max": "bytes", "keys_per_socket": "keys", "listener_steering": "sockets"}
+
+// MarshalJSON encodes r as check -json prints it:
+// {"id","check","status","value","number","unit","detail"}, status in
+// lower case ("ok", "fail", "info", "warn", "skip"), and number and unit
+// null where the value is not a number.
+func (r Result) MarshalJSON() ([]byte, error) {
+	var u *string
+	if n, ok := unit[r.ID()]; ok && r.Number != nil {
+		u = &n
+	}
+	return json.Marshal(struct {
+		ID     string  `json:"id"`
+		Check  string  `json:"check"`
+		Status string  `json:"status"`
+		Value  string  `json:"value"`
+		Number *int    `json:"number"`
+		Unit   *string `json:"unit"`
+		Detail string  `json:"detail"`
+	}{r.ID(), r.Check, strings.ToLower(string(r.Status)), r.Value, r.Number, u, r.Detail})
 }
 
 // Report is the outcome of [Run].

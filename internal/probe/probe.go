@@ -9,6 +9,7 @@ package probe
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -71,35 +72,75 @@ type Config struct {
 
 // Result is the outcome of a probe. No field holds a secret.
 type Result struct {
-	Target string `json:"target"`
-	Source string `json:"source,omitempty"`
+	Target string
+	Source string
 	// TTLSecurity is the hop count of TTL security both attempts used, 0
 	// for none.
-	TTLSecurity int     `json:"ttl_security,omitempty"`
-	Verdict     Verdict `json:"verdict"`
-	Summary     string  `json:"summary"`
+	TTLSecurity int
+	Verdict     Verdict
+	Summary     string
 	// SignedError is the error of the signed attempt, if it failed.
-	SignedError string `json:"signed_error,omitempty"`
+	SignedError string
 	// Unsigned is what the unsigned attempt found, if one was made.
-	Unsigned string `json:"unsigned,omitempty"`
+	Unsigned string
 	// Greeting is what the peer said on the connection that worked.
-	Greeting *Greeting `json:"greeting,omitempty"`
+	Greeting *Greeting
 	// PeerOnThisHost reports that the target is a local address, whose
 	// drop counters this host's kernel keeps.
-	PeerOnThisHost bool `json:"peer_on_this_host"`
+	PeerOnThisHost bool
 	// Counters are the drop counters (signature and TTL) that moved
 	// during the signed attempt, when the peer is on this host.
-	Counters map[string]uint64 `json:"counters_moved,omitempty"`
+	Counters map[string]uint64
 	// CounterNote says what the counters that moved mean.
-	CounterNote string `json:"counter_note,omitempty"`
+	CounterNote string
 	// Drops are the segments to or from the target that this host's
 	// kernel dropped for their signature during the signed attempt, by
 	// peer and reason, when the peer is on this host and the kernel
 	// reports drops (drops.Watch).
-	Drops []tally.Peer `json:"drops,omitempty"`
+	Drops []tally.Peer
 	// DropsNote says why drops could not be watched, when the peer is on
 	// this host.
-	DropsNote string `json:"drops_note,omitempty"`
+	DropsNote string
+}
+
+// MarshalJSON encodes r as probe -json prints it: every field present,
+// null where it has no value (no source given or known, no error, no
+// unsigned attempt, no greeting, no counters read, no drops watched).
+func (r Result) MarshalJSON() ([]byte, error) {
+	text := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	var drops *[]tally.Peer
+	if r.Drops != nil || r.PeerOnThisHost && r.DropsNote == "" {
+		d := append([]tally.Peer{}, r.Drops...)
+		drops = &d
+	}
+	var counters map[string]uint64
+	if r.PeerOnThisHost {
+		counters = r.Counters
+		if counters == nil {
+			counters = map[string]uint64{}
+		}
+	}
+	return json.Marshal(struct {
+		Target         string            `json:"target"`
+		Source         *string           `json:"source"`
+		TTLSecurity    int               `json:"ttl_security"`
+		Verdict        Verdict           `json:"verdict"`
+		Summary        string            `json:"summary"`
+		SignedError    *string           `json:"signed_error"`
+		Unsigned       *string           `json:"unsigned"`
+		Greeting       *Greeting         `json:"greeting"`
+		PeerOnThisHost bool              `json:"peer_on_this_host"`
+		Counters       map[string]uint64 `json:"counters_moved"`
+		CounterNote    *string           `json:"counter_note"`
+		Drops          *[]tally.Peer     `json:"drops"`
+		DropsNote      *string           `json:"drops_note"`
+	}{r.Target, text(r.Source), r.TTLSecurity, r.Verdict, r.Summary, text(r.SignedError), text(r.Unsigned), r.Greeting,
+		r.PeerOnThisHost, counters, text(r.CounterNote), drops, text(r.DropsNote)})
 }
 
 // Greeting is what a peer sent before we said anything, BGP's OPEN above all.

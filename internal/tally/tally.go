@@ -63,23 +63,29 @@ type Peer struct {
 
 // MarshalJSON encodes p as tcpmd5 watch -json prints it:
 // {"time","remote","local","reason","flags","count"}, time the last drop's
-// in RFC 3339, addresses as "addr:port", or "unknown" where the kernel's
-// counters, which name no one, stand in for its drop events.
+// in RFC 3339, addresses as "addr:port", count the drops of that line so
+// far; remote, local and flags are null where the kernel's counters, which
+// name no one, stand in for its drop events.
 func (p Peer) MarshalJSON() ([]byte, error) {
-	name := func(a netip.AddrPort) string {
+	name := func(a netip.AddrPort) *string {
 		if !a.IsValid() {
-			return "unknown"
+			return nil
 		}
-		return a.String()
+		s := a.String()
+		return &s
+	}
+	var flags *string
+	if p.Flags != "" {
+		flags = &p.Flags
 	}
 	return json.Marshal(struct {
 		Time   time.Time    `json:"time"`
-		Remote string       `json:"remote"`
-		Local  string       `json:"local"`
+		Remote *string      `json:"remote"`
+		Local  *string      `json:"local"`
 		Reason drops.Reason `json:"reason"`
-		Flags  string       `json:"flags"`
+		Flags  *string      `json:"flags"`
 		Count  uint64       `json:"count"`
-	}{p.Last, name(p.Remote), name(p.Local), p.Reason, p.Flags, p.Count})
+	}{p.Last, name(p.Remote), name(p.Local), p.Reason, flags, p.Count})
 }
 
 // Tally counts drops by peer address, local address and port, and reason:

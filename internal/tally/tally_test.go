@@ -44,8 +44,8 @@ func TestDropTally(t *testing.T) {
 	assert.Zero(t, zero.Total())
 }
 
-// TestPeerDropsJSON: the fields tcpmd5 watch -json prints, and "unknown"
-// where no peer is known.
+// TestPeerDropsJSON: the fields tcpmd5 watch -json prints, and null where
+// no peer is known.
 func TestPeerDropsJSON(t *testing.T) {
 	p := tally.Peer{
 		Remote: netip.MustParseAddrPort("[::1]:40000"), Local: netip.MustParseAddrPort("[::1]:179"),
@@ -57,7 +57,7 @@ func TestPeerDropsJSON(t *testing.T) {
 	assert.JSONEq(t, `{"time":"2026-11-24T10:00:00Z","remote":"[::1]:40000","local":"[::1]:179","reason":"md5-mismatch","flags":"S","count":3}`, string(b))
 	b, err = json.Marshal(tally.Peer{Reason: drops.MD5Missing, Count: 1})
 	require.NoError(t, err)
-	assert.Contains(t, string(b), `"remote":"unknown","local":"unknown"`)
+	assert.Contains(t, string(b), `"remote":null,"local":null,"reason":"md5-missing","flags":null`)
 }
 
 // TestDropReasons: every reason has its own meaning.
