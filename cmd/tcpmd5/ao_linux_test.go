@@ -106,7 +106,7 @@ func TestAOUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"dial", "-ao", "send=1 alg=hmac(sha1)", "127.0.0.1:1"}, "give both send=N and recv=N"},
-		{[]string{"dial", "-ao", "send=1 recv=2 alg=hmac(sha1)", "-key-file", "/dev/null", "127.0.0.1:1"}, "-ao goes with -key"},
+		{[]string{"dial", "-ao", "send=1 recv=2 alg=hmac(sha1)", "-key-file", "/dev/null", "127.0.0.1:1"}, "-ao goes with -secret, -key"},
 		{[]string{"listen", "-ao", "send=1 recv=2 mac=40 alg=hmac(sha1)", "-key", "127.0.0.2=" + secretA, "127.0.0.1:0"}, "MACLen 40 does not fit"},
 	} {
 		r := run(t, "", []string{"TCPMD5_SECRET=" + secretA}, tc.args...)

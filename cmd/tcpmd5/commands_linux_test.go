@@ -211,7 +211,7 @@ func TestListenDialRoundTrip(t *testing.T) {
 
 	// The listener holds no key for otherAddr: it resets the connection
 	// and waits for the next one.
-	unkeyed := run(t, "", nil, "dial", "-source", otherAddr, "-key", secretA, "-timeout", "700ms", addr)
+	unkeyed := run(t, "", nil, "dial", "-source", otherAddr, "-secret", secretA, "-timeout", "700ms", addr)
 	assert.Equal(t, 1, unkeyed.code, "a signed dial from a peer the listener has no key for: %s", unkeyed.stderr)
 	assert.Contains(t, unkeyed.stderr, "holds the same key for")
 
@@ -300,12 +300,27 @@ func TestKeySources(t *testing.T) {
 		assert.Equal(t, 0, r.code, r.stderr)
 		assert.NotContains(t, r.stderr, "warning")
 	})
-	t.Run("-key warns", func(t *testing.T) {
+	t.Run("-secret warns", func(t *testing.T) {
 		t.Parallel()
 		addr := peer(t)
-		r := run(t, "", nil, append(probe, "-key", secretA, addr)...)
+		r := run(t, "", nil, append(probe, "-secret", secretA, addr)...)
+		assert.Equal(t, 0, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "warning: -secret shows the secret in the process list")
+	})
+	t.Run("-key PEER=SECRET, as listen takes it", func(t *testing.T) {
+		t.Parallel()
+		addr := peer(t)
+		host, _, _ := net.SplitHostPort(addr)
+		r := run(t, "", nil, append(probe, "-key", "192.0.2.0/24="+secretB, "-key", host+"/32="+secretA, addr)...)
 		assert.Equal(t, 0, r.code, r.stderr)
 		assert.Contains(t, r.stderr, "warning: -key shows the secret in the process list")
+		r = run(t, "", nil, append(probe, "-key", "192.0.2.0/24="+secretA, addr)...)
+		assert.Equal(t, 2, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "no key in -key covers "+host)
+		r = run(t, "", nil, append(probe, "-key", secretA, addr)...)
+		assert.Equal(t, 2, r.code, r.stderr)
+		assert.Contains(t, r.stderr, "give -secret SECRET")
+		requireNoSecret(t, r.stderr)
 	})
 	t.Run("key file open to others warns", func(t *testing.T) {
 		t.Parallel()
@@ -354,11 +369,11 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"telnet"}, 2, `unknown command "telnet"`},
 		{"help", []string{"help"}, 0, ""},
 		{"probe -h has examples", []string{"probe", "-h"}, 0, "Examples:\n  tcpmd5 probe"},
-		{"probe without target", []string{"probe", "-key", secretA}, 2, "probe takes one HOST:PORT"},
+		{"probe without target", []string{"probe", "-secret", secretA}, 2, "probe takes one HOST:PORT"},
 		{"probe bad duration", []string{"probe", "-timeout", "soon", "192.0.2.1:179"}, 2, "invalid value"},
 		{"probe unknown flag", []string{"probe", "-port", "179", "192.0.2.1:179"}, 2, "flag provided but not defined: -port"},
-		{"probe bad source", []string{"probe", "-source", "here", "-key", secretA, "192.0.2.1:179"}, 2, `-source "here" is not an IP address`},
-		{"probe key and key file", []string{"probe", "-key", secretA, "-key-file", badFile, "192.0.2.1:179"}, 2, "not both"},
+		{"probe bad source", []string{"probe", "-source", "here", "-secret", secretA, "192.0.2.1:179"}, 2, `-source "here" is not an IP address`},
+		{"probe secret and key file", []string{"probe", "-secret", secretA, "-key-file", badFile, "192.0.2.1:179"}, 2, "not both"},
 		{"check takes no arguments", []string{"check", "now"}, 2, "check takes no arguments"},
 		{"listen without keys", []string{"listen", "127.3.0.1:0"}, 2, "no keys"},
 		{"listen bad key flag", []string{"listen", "-key", secretA, "127.3.0.1:0"}, 2, "want PEER=SECRET"},

@@ -29,9 +29,9 @@ const usage = `tcpmd5: test TCP MD5 signatures (RFC 2385) as BGP peers use them.
 
 Usage:
   tcpmd5 check [-json]
-  tcpmd5 probe [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
+  tcpmd5 probe [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT
   tcpmd5 listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] [-metrics ADDR] ADDR
-  tcpmd5 dial [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
+  tcpmd5 dial [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT
   tcpmd5 watch [-json] [-for D] [-port N] [-metrics ADDR]
 
 Commands:
@@ -49,7 +49,8 @@ Commands:
 Run "tcpmd5 COMMAND -h" for a command's flags and examples.
 
 Secrets come from a key file (-key-file), from $TCPMD5_SECRET, or from
--key, which shows them in the process list. A key file holds one key a line,
+-key PEER=SECRET (every command) and -secret SECRET (probe and dial: the
+target's secret), which show them in the process list. A key file holds one key a line,
 "PEER SECRET", PEER an address or prefix. A # after blanks starts a comment;
 a secret with blanks, # or " goes in double quotes (\" and \\ inside):
 
@@ -62,8 +63,8 @@ A TCP-AO key (RFC 5925) has "ao" and its parameters before the secret:
 send=N (the KeyID we sign with, the peer's RecvID), recv=N (the peer's
 SendID), alg=NAME (hmac(sha1), cmac(aes128), hmac(sha256), ...), and
 optionally mac=N (MAC bytes, default 12) and exclude-options. A secret that
-looks like a parameter goes in quotes. -ao PARAMS makes the secret of -key
-or $TCPMD5_SECRET an AO key with those parameters.
+looks like a parameter goes in quotes. -ao PARAMS makes the secrets of
+-key, -secret or $TCPMD5_SECRET AO keys with those parameters.
 
 Secrets are never printed.
 
@@ -170,68 +171,102 @@ func parseExit(err error) int {
 	return ExitUsage
 }
 
-// secretSource is the -key SECRET, -key-file FILE and -ao SPEC flags of
-// probe and dial.
+// secretSource is the -secret SECRET, -key PEER=SECRET, -key-file FILE and
+// -ao SPEC flags of probe and dial.
 type secretSource struct {
 	secret string
+	keys   peerKeys
 	file   string
 	ao     string
 }
 
 func (s *secretSource) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.secret, "key", "", "the `SECRET` shared with the peer (visible in the process list; prefer -key-file or $"+SecretEnv+")")
-	fs.StringVar(&s.file, "key-file", "", "read keys from `FILE`, one \"PEER SECRET\" or \"PEER ao send=N recv=N alg=NAME SECRET\" a line; the keys whose PEER holds the host's address with the longest prefix are used")
+	fs.StringVar(&s.secret, "secret", "", "the `SECRET` shared with the peer (visible in the process list; prefer -key-file or $"+SecretEnv+")")
+	keyFlag(fs, &s.keys)
+	keyFileFlag(fs, &s.file)
 	aoFlag(fs, &s.ao)
+}
+
+// keyFlag registers -key PEER=SECRET, the same on every command.
+func keyFlag(fs *flag.FlagSet, p *peerKeys) {
+	fs.Var(p, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list; prefer -key-file)")
+}
+
+// keyFileFlag registers -key-file FILE, the same on every command.
+func keyFileFlag(fs *flag.FlagSet, file *string) {
+	fs.StringVar(file, "key-file", "", "read keys from `FILE`, one \"PEER SECRET\" or \"PEER ao send=N recv=N alg=NAME SECRET\" a line; a dial uses the keys whose PEER holds the host with the longest prefix")
 }
 
 // aoFlag registers -ao SPEC.
 func aoFlag(fs *flag.FlagSet, spec *string) {
-	fs.StringVar(spec, "ao", "", "sign with TCP-AO (RFC 5925) instead of MD5: the secret of -key or $"+SecretEnv+" with these `PARAMS`, \"send=N recv=N alg=NAME\" and optionally mac=N and exclude-options, as in \"send=1 recv=2 alg=hmac(sha1)\"")
+	fs.StringVar(spec, "ao", "", "sign with TCP-AO (RFC 5925) instead of MD5: the secrets of -secret, -key or $"+SecretEnv+" with these `PARAMS`, \"send=N recv=N alg=NAME\" and optionally mac=N and exclude-options, as in \"send=1 recv=2 alg=hmac(sha1)\"")
 }
 
-// keysFor returns the keys to dial host with: from the key file, from -key,
-// or from the environment, in that order of precedence; with -ao, the
-// secret makes an AO key.
+// keysFor returns the keys to dial host with: from the key file, from -key
+// or -secret, or from the environment, in that order of precedence; with
+// -ao, the secrets make AO keys.
 func (e *env) keysFor(s secretSource, host netip.Addr) (keyfile.File, error) {
 	host = host.Unmap().WithZone("")
-	if s.file != "" && s.secret != "" {
-		return keyfile.File{}, errors.New("give -key or -key-file, not both")
+	if s.keys.err != nil {
+		return keyfile.File{}, fmt.Errorf("%w; for the peer's secret alone, give -secret SECRET", s.keys.err)
 	}
-	if s.file != "" {
-		if s.ao != "" {
-			return keyfile.File{}, errors.New("-ao goes with -key or $" + SecretEnv + "; a key file gives AO parameters on its lines")
+	given := 0
+	for _, set := range []bool{s.file != "", s.secret != "", len(s.keys.given) > 0} {
+		if set {
+			given++
 		}
-		keys, err := e.loadKeys(s.file)
+	}
+	if given > 1 {
+		return keyfile.File{}, errors.New("give one of -secret, -key and -key-file, not both")
+	}
+	var keys keyfile.File
+	switch {
+	case s.file != "":
+		if s.ao != "" {
+			return keyfile.File{}, errors.New("-ao goes with -secret, -key or $" + SecretEnv + "; a key file gives AO parameters on its lines")
+		}
+		var err error
+		if keys, err = e.loadKeys(s.file); err != nil {
+			return keyfile.File{}, err
+		}
+	case len(s.keys.given) > 0:
+		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file or $%s", SecretEnv)
+		var err error
+		if keys, err = s.keys.keys(s.ao); err != nil {
+			return keyfile.File{}, err
+		}
+	default:
+		secret := s.secret
+		if secret != "" {
+			e.warnf("-secret shows the secret in the process list (ps, /proc); use -key-file or $%s", SecretEnv)
+		} else {
+			secret = os.Getenv(SecretEnv)
+		}
+		if secret == "" {
+			return keyfile.File{}, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -secret SECRET", SecretEnv)
+		}
+		if s.ao != "" {
+			k, err := tcpmd5.ParseAOKey(host.String(), s.ao, secret)
+			if err != nil {
+				return keyfile.File{}, fmt.Errorf("-ao: %w", err)
+			}
+			return keyfile.File{AOKeys: []tcpmd5.AOKey{k}}, nil
+		}
+		k, err := tcpmd5.ParseKey(host.String(), secret)
 		if err != nil {
 			return keyfile.File{}, err
 		}
-		found := keys.Lookup(host)
-		if found.Len() == 0 {
-			return keyfile.File{}, fmt.Errorf("no key in %s covers %s", s.file, host)
+		return keyfile.File{Keys: []tcpmd5.Key{k}}, nil
+	}
+	found := keys.Lookup(host)
+	if found.Len() == 0 {
+		from := "-key"
+		if s.file != "" {
+			from = s.file
 		}
-		return found, nil
+		return keyfile.File{}, fmt.Errorf("no key in %s covers %s", from, host)
 	}
-	secret := s.secret
-	if secret != "" {
-		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file or $%s", SecretEnv)
-	} else {
-		secret = os.Getenv(SecretEnv)
-	}
-	if secret == "" {
-		return keyfile.File{}, fmt.Errorf("no secret: give -key-file FILE, set $%s, or give -key SECRET", SecretEnv)
-	}
-	if s.ao != "" {
-		k, err := tcpmd5.ParseAOKey(host.String(), s.ao, secret)
-		if err != nil {
-			return keyfile.File{}, fmt.Errorf("-ao: %w", err)
-		}
-		return keyfile.File{AOKeys: []tcpmd5.AOKey{k}}, nil
-	}
-	k, err := tcpmd5.ParseKey(host.String(), secret)
-	if err != nil {
-		return keyfile.File{}, err
-	}
-	return keyfile.File{Keys: []tcpmd5.Key{k}}, nil
+	return found, nil
 }
 
 // loadKeys reads a key file and prints its permission warning.

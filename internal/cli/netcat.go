@@ -97,8 +97,9 @@ func (e *env) listen(args []string) int {
 	fs := e.flagSet("listen [-k] [-key PEER=SECRET]... [-key-file FILE] [-ao PARAMS] [-allow-unsigned] [-ttl-security N] [-metrics ADDR] ADDR", listenExamples)
 	keep := fs.Bool("k", false, "keep listening after a connection ends and accept the next, until interrupted (as nc -lk); stdin is not read")
 	var flags peerKeys
-	fs.Var(&flags, "key", "a key `PEER=SECRET`, PEER an address or prefix; repeat for more peers (visible in the process list)")
-	file := fs.String("key-file", "", "read keys from `FILE`, one \"PEER SECRET\" or \"PEER ao send=N recv=N alg=NAME SECRET\" a line")
+	keyFlag(fs, &flags)
+	var file string
+	keyFileFlag(fs, &file)
 	var ao string
 	aoFlag(fs, &ao)
 	allow := fs.Bool("allow-unsigned", false, "accept peers no key covers, unsigned (default: reset them)")
@@ -125,8 +126,8 @@ func (e *env) listen(args []string) int {
 	if keys.Len() > 0 {
 		e.warnf("-key shows the secret in the process list (ps, /proc); use -key-file")
 	}
-	if *file != "" {
-		fk, err := e.loadKeys(*file)
+	if file != "" {
+		fk, err := e.loadKeys(file)
 		if err != nil {
 			return e.errorf(ExitUsage, "%v", err)
 		}
@@ -277,7 +278,7 @@ func (e *env) showDrops(port uint16, set *metrics.Set) (stop func()) {
 }
 
 func (e *env) dial(args []string) int {
-	fs := e.flagSet("dial [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
+	fs := e.flagSet("dial [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess")

@@ -15,12 +15,13 @@ import (
 const probeExamples = `  tcpmd5 probe -key-file /etc/tcpmd5.keys 192.0.2.1:179
   TCPMD5_SECRET=fake-secret-x tcpmd5 probe -source 192.0.2.2 192.0.2.1:179
   tcpmd5 probe -timeout 3s -json -key-file peers.keys [2001:db8::1]:179
+  tcpmd5 probe -key 192.0.2.0/24=fake-secret-x 192.0.2.1:179  # -key as listen takes it
   tcpmd5 probe -ttl-security 1 -key-file peers.keys 192.0.2.1:179  # a peer with "ttl-security hops 1"
   TCPMD5_SECRET=fake-secret-x tcpmd5 probe -ao "send=2 recv=1 alg=hmac(sha1)" 192.0.2.1:179  # TCP-AO
 `
 
 func (e *env) probe(args []string) int {
-	fs := e.flagSet("probe [-key SECRET | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
+	fs := e.flagSet("probe [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
 	var keys secretSource
 	keys.register(fs)
 	source := fs.String("source", "", "dial from this local `ADDR`ess (the address the peer holds our key for)")
