@@ -224,8 +224,9 @@ func run(ctx context.Context, c Config) (Result, error) {
 			countersRead = true
 		}
 	}
+	var seen tally.Tally
 	if watcher != nil {
-		r.noteDrops(ctx, watcher, target)
+		r.noteDrops(ctx, watcher, target, &seen)
 	}
 	if err == nil {
 		defer conn.Close()
@@ -270,6 +271,9 @@ func run(ctx context.Context, c Config) (Result, error) {
 			r.noteCounters(before.Delta(after, watched...))
 		}
 	}
+	if watcher != nil { // and the drops both made, as the counters
+		r.noteDrops(ctx, watcher, target, &seen)
+	}
 	switch {
 	case uerr == nil, errors.Is(uerr, syscall.ECONNRESET):
 		// A reset in SYN-SENT is ECONNREFUSED: ECONNRESET means the
@@ -309,18 +313,20 @@ func run(ctx context.Context, c Config) (Result, error) {
 // already written: they are in its buffers when the attempt ends.
 const dropsRead = 200 * time.Millisecond
 
-// noteDrops records the drops w saw of segments to or from target.
-func (r *Result) noteDrops(ctx context.Context, w *drops.Watcher, target netip.AddrPort) {
+// noteDrops adds to seen the drops w saw of segments to or from target,
+// whichever form the kernel named its address in (a dual-stack socket's
+// are v4-mapped), and records them all.
+func (r *Result) noteDrops(ctx context.Context, w *drops.Watcher, target netip.AddrPort, seen *tally.Tally) {
 	ctx, cancel := context.WithTimeout(ctx, dropsRead)
 	defer cancel()
-	var seen tally.Tally
+	unmap := func(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
 	for {
 		ds, err := w.Read(ctx)
 		if err != nil {
 			break
 		}
 		for _, d := range ds {
-			if d.Local == target || d.Remote == target {
+			if unmap(d.Local) == target || unmap(d.Remote) == target {
 				seen.Add(d)
 			}
 		}
