@@ -166,9 +166,18 @@ func aoAddFlags(fd, family int, k AOKey, flags uint32) error {
 
 // aoDel deletes the key of fd, a socket of family, that matches k's peer,
 // KeyIDs and Ifindex.
-func aoDel(fd, family int, k AOKey) error {
+func aoDel(fd, family int, k AOKey) error { return aoDelCmdFor(fd, family, k, aoDelCmd{}) }
+
+// aoDelSwitching is aoDel that, in the same call, makes fd sign with its
+// key of SendID current and ask the peer for RecvID rnext (TCP_AO_DEL_KEY
+// set_current and set_rnext): a connection's current key can go only so.
+func aoDelSwitching(fd, family int, k AOKey, current, rnext uint8) error {
+	return aoDelCmdFor(fd, family, k, aoDelCmd{Flags: bit(bitSetCurrent, 4) | bit(bitSetRNext, 4), CurrentKey: current, RNext: rnext})
+}
+
+// aoDelCmdFor sends cmd, with k's address, KeyIDs and Ifindex filled in.
+func aoDelCmdFor(fd, family int, k AOKey, cmd aoDelCmd) error {
 	var err error
-	var cmd aoDelCmd
 	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
 		return err
 	}
@@ -236,6 +245,15 @@ func aoSetRNext(fd int, recvID uint8) error {
 		return fmt.Errorf("tcpmd5: no AO key with RecvID %d on this connection: add it first: %w", recvID, err)
 	}
 	return err
+}
+
+// aoSetSigning makes fd sign with its key of SendID sendID and ask the
+// peer for RecvID recvID, in one TCP_AO_INFO set.
+func aoSetSigning(fd int, sendID, recvID uint8) error {
+	return writeAOInfo(fd, func(info *aoInfoOpt) {
+		info.Flags |= bit(bitSetCurrent, 4) | bit(bitSetRNext, 4)
+		info.CurrentKey, info.RNext = sendID, recvID
+	})
 }
 
 // writeAOInfo sets fd's TCP_AO_INFO to what set writes. The option writes

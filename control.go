@@ -102,7 +102,7 @@ func fdInstall(fd, family int, keys []Key) (int, error) {
 // setKey installs k on the socket behind c, whose address family the
 // caller already knows: one setsockopt(2), as a live listener's SetKey costs.
 func setKey(c syscall.RawConn, family int, k Key) error {
-	return controlErr(c, func(fd int) error { return md5Add(fd, family, k) })
+	return withFamily(c, family, func(fd, family int) error { return md5Add(fd, family, k) })
 }
 
 // removeKey deletes the key for k.Peer and k.Ifindex from the socket behind

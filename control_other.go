@@ -19,6 +19,8 @@ func md5Del(_, _ int, k Key) (bool, error)                { return false, unsupp
 func aoAdd(_, _ int, _ AOKey) error                       { return aoUnsupported() }
 func aoAddSigning(_, _ int, _ AOKey) error                { return aoUnsupported() }
 func aoDel(_, _ int, _ AOKey) error                       { return aoUnsupported() }
+func aoDelSwitching(_, _ int, _ AOKey, _, _ uint8) error  { return aoUnsupported() }
+func aoSetSigning(int, uint8, uint8) error                { return aoUnsupported() }
 func aoGetInfo(int) (AOStats, error)                      { return AOStats{}, aoUnsupported() }
 func aoSetCurrent(int, uint8) error                       { return aoUnsupported() }
 func aoSetRNext(int, uint8) error                         { return aoUnsupported() }

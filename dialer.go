@@ -35,8 +35,8 @@ type Dialer struct {
 	// or the same grown by append) indexes that. An element changed in
 	// place is not seen. Like every field of a Dialer, Keys is read by each
 	// dial without a lock: assign it only while no dial runs, as with
-	// [net.Dialer]'s fields; a Dialer whose keys change while it dials
-	// needs a Dialer per set of keys.
+	// [net.Dialer]'s fields. Keys that change while dials run belong in a
+	// KeyChain.
 	Keys []Key
 
 	// AOKeys are TCP-AO keys (RFC 5925), indexed as Keys are. A dial
@@ -47,6 +47,14 @@ type Dialer struct {
 	// both cover the destination, the longer prefix decides; at equal
 	// length the dial fails, as a peer is MD5 or AO, never both.
 	AOKeys []AOKey
+
+	// KeyChain, if not nil, holds keys that take over from each other on a
+	// schedule: each dial signs with the chain's keys of that moment for
+	// its destination (the preferred AO key signs the SYN), and each
+	// connection is kept in step with the chain (see [KeyChain]). Unlike
+	// Keys, a chain's keys change while dials run, safely. A destination
+	// that both the chain and Keys or AOKeys cover is an error.
+	KeyChain *KeyChain
 
 	// AllowUnsigned dials destinations that no key covers without a
 	// signature instead of failing with ErrNoKey.
@@ -141,6 +149,10 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		return nil, err
 	}
 	table := d.keyTable()
+	var chained *dialTable
+	if d.KeyChain != nil {
+		chained = d.KeyChain.dialTable()
+	}
 	err := table.err
 	if err == nil {
 		err = checkTTLSecurity(d.TTLSecurity)
@@ -153,12 +165,21 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 	var signed atomic.Bool
 	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
 	sign := func(network, address string, c syscall.RawConn) error {
-		if table.keys.len() == 0 {
+		if table.keys.len() == 0 && chained == nil {
 			return nil
 		}
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
+		}
+		table := table
+		if chained != nil {
+			if table.keys.covers(ap.Addr().Unmap(), 0) && chained.keys.covers(ap.Addr().Unmap(), 0) {
+				return fmt.Errorf("tcpmd5: both the Dialer's keys and its KeyChain cover %s: give a peer keys in one place", ap.Addr())
+			}
+			if !table.keys.covers(ap.Addr().Unmap(), 0) {
+				table = chained
+			}
 		}
 		l3index := 0
 		if table.keys.interfaces() > 0 {
@@ -204,6 +225,9 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		return chain(first, ttl, sign)(network, address, c)
 	}
 	c, err := nd.DialContext(ctx, network, address)
+	if err == nil && d.KeyChain != nil && signed.Load() {
+		d.KeyChain.track(c.(*net.TCPConn), false)
+	}
 	if err != nil {
 		var oe *net.OpError
 		if (signed.Load() || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
@@ -271,7 +295,9 @@ func (d *Dialer) MultipathTCP() bool {
 
 // protects reports whether d has keys or TTL security: then it dials
 // plain TCP only, with them.
-func (d *Dialer) protects() bool { return len(d.Keys) > 0 || len(d.AOKeys) > 0 || d.TTLSecurity != 0 }
+func (d *Dialer) protects() bool {
+	return len(d.Keys) > 0 || len(d.AOKeys) > 0 || d.TTLSecurity != 0 || d.KeyChain != nil
+}
 
 // unprotected returns the error of a dial that cannot carry the Dialer's
 // keys or TTL security, or nil for a Dialer that has neither.

@@ -93,6 +93,9 @@ func (lc *ListenConfig) FileListener(f *os.File) (*Listener, error) {
 	for i := 0; err == nil && i < len(aoKeys); i++ {
 		err = l.SetAOKey(aoKeys[i])
 	}
+	if err == nil {
+		err = l.attachChain(lc.KeyChain)
+	}
 	if err != nil {
 		for _, k := range l.Keys() {
 			_ = l.RemoveKey(k)

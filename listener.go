@@ -44,6 +44,13 @@ type ListenConfig struct {
 	// unsigned peers side by side.
 	AllowUnsigned bool
 
+	// KeyChain, if not nil, holds keys that take over from each other on a
+	// schedule: the listener holds the chain's keys of each moment beside
+	// Keys and AOKeys, and every connection it accepts is kept in step with
+	// the chain (see [KeyChain]). A chain's key and one of Keys or AOKeys
+	// that cover the same peers are an error.
+	KeyChain *KeyChain
+
 	// OnRefuse, if not nil, is told of every connection Accept refuses,
 	// after it is closed: the peer, the address it reached and why (see
 	// [RefusalReason]). It runs in the goroutine that called Accept, which
@@ -112,7 +119,24 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		l.closeShards()
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
+	if err := l.attachChain(lc.KeyChain); err != nil {
+		l.Close()
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.Addr(), Err: err}
+	}
 	return l, nil
+}
+
+// attachChain makes chain, if not nil, keep l in step, its keys installed
+// now.
+func (l *Listener) attachChain(chain *KeyChain) error {
+	if chain == nil {
+		return nil
+	}
+	if err := chain.overlaps(l.Keys(), l.AOKeys()); err != nil {
+		return err
+	}
+	l.chain = chain
+	return chain.attach(l)
 }
 
 // newListener returns a Listener of lc without sockets, for network, with
@@ -215,6 +239,7 @@ type Listener struct {
 	allowUnsigned bool
 	onRefuse      func(Refusal)
 	refused       atomic.Uint64
+	chain         *KeyChain // keeps the keys and accepted connections in step, if not nil
 
 	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
 	keys    keySet       // the key registry: every key, with its secret
@@ -262,6 +287,9 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 			return nil, l.opError(err)
 		}
 		if a.admit && !a.unsigned {
+			if l.chain != nil {
+				l.chain.track(a.c, true)
+			}
 			return a.c, nil
 		}
 		if a.admit && l.stillUncovered(a) {
@@ -382,6 +410,9 @@ func (l *Listener) Close() error {
 	l.mu.Unlock()
 	if closed {
 		return l.first.ln.Close() // the net package's error for a second Close
+	}
+	if l.chain != nil {
+		l.chain.detach(l)
 	}
 	// Without l.mu: closing the fan-in waits for an accept in progress,
 	// which may be waiting for l.mu.

@@ -40,3 +40,21 @@ func Netns(t testing.TB) {
 		t.Fatalf("bringing lo up: %v", err)
 	}
 }
+
+// Here returns a function that moves the goroutine that calls it into the
+// network namespace of the goroutine that called Here (one that Netns put
+// in a namespace of its own), for good: its thread stays locked, and goes
+// away when the goroutine ends. Goroutines a test starts call it first to
+// make sockets in the test's namespace.
+func Here(t testing.TB) func() error {
+	t.Helper()
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("opening this thread's network namespace: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return func() error {
+		runtime.LockOSThread() // never unlocked: the thread must not go back to the pool
+		return unix.Setns(fd, unix.CLONE_NEWNET)
+	}
+}
