@@ -16,6 +16,10 @@ const (
 
 	addSize, addAlg, addPrefix, addSndID, addRcvID, addMACLen, addKeyLen, addKey = 288, 128, 202, 203, 204, 205, 207, 208
 	delSize, delPrefix, delSndID, delRcvID                                       = 144, 138, 139, 140
+
+	optInfo                                 = 40
+	infoSize, infoCurrent, infoRNext        = 48, 6, 7
+	infoSetCurrent, infoSetRNext     uint32 = 1 << 0, 1 << 1 // bit fields, little-endian layout
 )
 
 // Key is one master key tuple as the UAPI takes it.
@@ -43,6 +47,23 @@ func Del(fd, family int, k Key) error {
 	sockaddr(b, family, k.Peer.Addr())
 	b[delPrefix], b[delSndID], b[delRcvID] = byte(k.Peer.Bits()), k.SendID, k.RecvID
 	return setsockopt(fd, optDel, b)
+}
+
+// SetCurrent makes fd sign with its key of SendID current (TCP_AO_INFO
+// set_current), as a peer that switches on its own schedule does.
+func SetCurrent(fd int, current uint8) error { return setInfo(fd, infoSetCurrent, current, 0) }
+
+// SetRNext makes fd ask its peer for the key of RecvID rnext (TCP_AO_INFO
+// set_rnext), as a router does when a key's send lifetime begins.
+func SetRNext(fd int, rnext uint8) error { return setInfo(fd, infoSetRNext, 0, rnext) }
+
+// setInfo writes TCP_AO_INFO with flags, leaving ao_required and
+// accept_icmps off.
+func setInfo(fd int, flags uint32, current, rnext uint8) error {
+	b := make([]byte, infoSize)
+	binary.LittleEndian.PutUint32(b, flags)
+	b[infoCurrent], b[infoRNext] = current, rnext
+	return setsockopt(fd, optInfo, b)
 }
 
 // sockaddr writes a sockaddr_in or sockaddr_in6 of a, port 0, at b.
