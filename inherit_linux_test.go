@@ -157,17 +157,18 @@ func TestFileListenerFixedGroup(t *testing.T) {
 
 	f, addr := inheritedFile(t, nil)
 	var lc tcpmd5.ListenConfig
-	for i := range 200 {
+	fits := room * 2 / 3 // more than a listener would put on one socket, fewer than it holds
+	for i := range fits {
 		lc.Keys = append(lc.Keys, tcpmd5.Key{Peer: hostPrefix(i), Secret: []byte(secretA)})
 	}
 	ln, err := lc.FileListener(f)
-	require.NoError(t, err, "200 keys fit on one socket")
+	require.NoError(t, err, "%d keys fit on one socket that holds %d", fits, room)
 	serveEcho(t, ln)
 	assert.Equal(t, 1, listeningSockets(t, port(ln)))
-	requireEcho(t, dialer(hostPrefix(199).Addr().String(), key(t, "127.0.0.1", secretA)), addr)
+	requireEcho(t, dialer(hostPrefix(fits-1).Addr().String(), key(t, "127.0.0.1", secretA)), addr)
 	require.NoError(t, ln.Close())
 
-	for i := 200; i <= room; i++ {
+	for i := fits; i <= room; i++ {
 		lc.Keys = append(lc.Keys, tcpmd5.Key{Peer: hostPrefix(i), Secret: []byte(secretA)})
 	}
 	_, err = lc.FileListener(f)

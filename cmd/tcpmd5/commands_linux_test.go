@@ -97,8 +97,8 @@ func TestCheck(t *testing.T) {
 		assert.Regexp(t, `^[a-z0-9_]+$`, res.ID)
 		assert.Contains(t, []string{"ok", "info", "warn", "skip"}, res.Status, "%s", res.ID)
 	}
-	assert.Contains(t, r.stdout, `"id": "optmem_max"`)
-	assert.Contains(t, r.stdout, `"unit": "bytes"`)
+	assert.Contains(t, r.stdout, `"id": "keys_per_socket"`)
+	assert.Contains(t, r.stdout, `"unit": "keys"`, "keys per socket are always measured")
 	// Numbers are JSON numbers too, beside the words.
 	assert.Equal(t, byName["keys per socket"], strconv.Itoa(numbers["keys per socket"]))
 	assert.Greater(t, numbers["listener steering"], 1, "the steering row counts the listener's sockets")
