@@ -93,8 +93,10 @@ func (lc *ListenConfig) FileListener(f *os.File) (*Listener, error) {
 	for i := 0; err == nil && i < len(aoKeys); i++ {
 		err = l.SetAOKey(aoKeys[i])
 	}
-	if err == nil {
-		err = l.attachChain(lc.KeyChain)
+	if err == nil && lc.KeyChain != nil {
+		if err = lc.KeyChain.overlaps(keys, aoKeys); err == nil {
+			err = l.attachChain(lc.KeyChain, &keySet{})
+		}
 	}
 	if err != nil {
 		for _, k := range l.Keys() {

@@ -60,6 +60,7 @@ type KeyChain struct {
 	timer     *time.Timer
 	next      time.Time  // the boundary timer is set for; zero for none
 	dial      *dialTable // the keys a Dialer uses now; nil when stale
+	seq       int        // chainAO.seq of the last key added
 }
 
 type chainMD5 struct {
@@ -70,6 +71,7 @@ type chainMD5 struct {
 type chainAO struct {
 	key          AOKey
 	send, accept Lifetime
+	seq          int // the order keys joined the chain: of keys alike, the first is preferred
 }
 
 // NewKeyChain returns an empty chain.
@@ -94,7 +96,12 @@ func (c *KeyChain) SetAOKey(k AOKey, send, accept Lifetime) error {
 			return fmt.Errorf("tcpmd5: AO key %s shares one KeyID only with %s: give both new KeyIDs", k.name(), o.key.name())
 		}
 	}
-	c.ao[k.id()] = chainAO{k.clone(), send, accept}
+	seq := c.ao[k.id()].seq
+	if _, ok := c.ao[k.id()]; !ok {
+		c.seq++
+		seq = c.seq
+	}
+	c.ao[k.id()] = chainAO{k.clone(), send, accept, seq}
 	return c.applyLocked(time.Now())
 }
 
@@ -195,17 +202,33 @@ func (c *KeyChain) aoOn(k AOKey, t time.Time) bool {
 }
 
 // preferred returns, of keys, the one whose send lifetime began last and
-// is open at t.
+// is open at t; of those that began together, the first to join the chain.
 func (c *KeyChain) preferred(keys []AOKey, t time.Time) (AOKey, bool) {
 	var best chainAO
 	found := false
 	for _, k := range keys {
 		o := c.ao[k.id()]
-		if o.send.open(t) && (!found || o.send.From.After(best.send.From)) {
+		if o.send.open(t) && (!found || c.before(o, best, t) < 0) {
 			best, found = o, true
 		}
 	}
 	return best.key, found
+}
+
+// before orders a and b as a dial prefers them at t: an open send lifetime
+// first, then the one that began last, then the first to join the chain.
+func (c *KeyChain) before(a, b chainAO, t time.Time) int {
+	ao, bo := a.send.open(t), b.send.open(t)
+	switch {
+	case ao && !bo:
+		return -1
+	case bo && !ao:
+		return 1
+	}
+	if r := b.send.From.Compare(a.send.From); r != 0 {
+		return r
+	}
+	return a.seq - b.seq
 }
 
 // nextBoundary returns the first lifetime boundary after t, or zero.
@@ -331,11 +354,29 @@ func (c *KeyChain) applyListener(l *Listener, installed *keySet, st *chainState)
 	return errors.Join(errs...)
 }
 
-// attach makes the chain keep l in step, with its keys installed now.
-func (c *KeyChain) attach(l *Listener) error {
+// current returns the keys the chain puts on a listener now, for Listen to
+// install before the socket listens.
+func (c *KeyChain) current() ([]Key, []AOKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	installed := &keySet{}
+	now := time.Now()
+	st := c.stateLocked(now)
+	keys := slices.Collect(st.md5.all())
+	var aoKeys []AOKey
+	for k := range st.ao.all() {
+		if c.aoOn(k, now) {
+			aoKeys = append(aoKeys, k)
+		}
+	}
+	return keys, aoKeys
+}
+
+// attach makes the chain keep l in step: installed are the chain's keys
+// Listen put on it (current), and anything the chain changed since goes on
+// now.
+func (c *KeyChain) attach(l *Listener, installed *keySet) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.listeners[l] = installed
 	return c.applyListener(l, installed, c.stateLocked(time.Now()))
 }
@@ -396,19 +437,7 @@ func (c *KeyChain) dialTable() *dialTable {
 		}
 	}
 	// Preferred keys first: the table keeps a peer's keys in the order set.
-	slices.SortStableFunc(on, func(a, b AOKey) int {
-		return c.ao[b.id()].send.From.Compare(c.ao[a.id()].send.From)
-	})
-	slices.SortStableFunc(on, func(a, b AOKey) int {
-		ao, bo := c.ao[a.id()].send.open(now), c.ao[b.id()].send.open(now)
-		switch {
-		case ao && !bo:
-			return -1
-		case bo && !ao:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(on, func(a, b AOKey) int { return c.before(c.ao[a.id()], c.ao[b.id()], now) })
 	for _, k := range on {
 		t.keys.ao.set(k)
 	}

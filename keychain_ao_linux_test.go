@@ -103,7 +103,7 @@ func (p *rawPeer) talk(stop <-chan struct{}, interval time.Duration) {
 // its own: 1,000 live sessions on one listener, each with data flowing,
 // their peers driven through the kernel's UAPI and switching as routers
 // do. A new key joins the chain, accepted from now and sent from T; the
-// old one's lifetimes end 3 s after T. Every session survives with every
+// old one's lifetimes end 4 s after T. Every session survives with every
 // byte echoed; afterwards each one signs with the new key and asks for
 // it, holds the old one no more, and is not lagging; a segment a peer
 // signs with the old key is dropped on every session (TCPAOKeyNotFound),
@@ -135,8 +135,10 @@ func TestKeyChainAORoll(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, p := range all {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.talk(stop, 250*time.Millisecond) }()
+		go func() { defer wg.Done(); p.talk(stop, 500*time.Millisecond) }()
 	}
+	halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(halt)
 
 	// The peers learn the new key first, as operators configure both ends
 	// before the send lifetime begins.
@@ -144,11 +146,18 @@ func TestKeyChainAORoll(t *testing.T) {
 		p.secret = secretB
 		require.NoError(t, p.addKey(newRecv, newSend))
 	}
-	at := time.Now().Add(3 * time.Second)
+	// The new key goes on every session first, its send lifetime far
+	// away; T is set once that is done, whatever it cost this machine.
 	next := aoKey(t, "127.0.0.1", newSend, newRecv, "hmac(sha1)", secretB)
 	next.Peer = old.Peer
+	start := time.Now()
+	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: start.Add(time.Hour)}, tcpmd5.Lifetime{}))
+	t.Logf("adding the new key to %d sessions and the listener took %v", peers+1, time.Since(start))
+	at := time.Now().Add(5 * time.Second)
+	end := at.Add(4 * time.Second)
 	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: at}, tcpmd5.Lifetime{}))
-	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: at.Add(3 * time.Second)}, tcpmd5.Lifetime{Until: at.Add(3 * time.Second)}))
+	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: end}, tcpmd5.Lifetime{Until: end}))
+	require.True(t, time.Now().Before(at), "changing lifetimes took past T")
 
 	// At T each peer asks for the new key, as its own send lifetime begins.
 	time.Sleep(time.Until(at))
@@ -165,7 +174,7 @@ func TestKeyChainAORoll(t *testing.T) {
 	}
 	assert.Equal(t, 1, lagging, "the peer without the new key is lagging, and only it")
 
-	time.Sleep(time.Until(at.Add(4 * time.Second)))
+	time.Sleep(time.Until(end.Add(time.Second)))
 	for _, s := range chain.Sessions() {
 		if s.Remote.String() == laggard.c.LocalAddr().String() {
 			assert.True(t, s.Lagging, "the laggard is reported lagging after the old key's end")
@@ -179,8 +188,7 @@ func TestKeyChainAORoll(t *testing.T) {
 		require.Len(t, s.AOKeys, 1, "%s holds the old key still", s.Remote)
 		assert.Equal(t, uint8(newSend), s.AOKeys[0].SendID)
 	}
-	close(stop)
-	wg.Wait()
+	halt()
 	for i, p := range keen {
 		require.NoError(t, p.err, "peer %d's session did not survive", i)
 		assert.Positive(t, p.sent.Load(), "peer %d moved no data", i)

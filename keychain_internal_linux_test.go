@@ -15,13 +15,13 @@ import (
 )
 
 // TestKeyChainHoldsNoClosedConnection, in a network namespace of its own: a
-// chain on a listener and a dialer sees 10,000 connections opened, used
+// chain on a listener and a dialer sees 5,000 connections opened, used
 // and closed, one after another; the connections it keeps never number
 // more than a few hundred, and once Sessions has looked, none.
 func TestKeyChainHoldsNoClosedConnection(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
-	const conns = 10000
+	const conns = 5000
 	chain := NewKeyChain()
 	require.NoError(t, chain.SetKey(Key{Peer: netip.MustParsePrefix("127.0.0.0/8"), Secret: fakeA}, time.Time{}))
 	ln, err := (&ListenConfig{KeyChain: chain}).Listen(context.Background(), "tcp4", "127.0.0.1:0")

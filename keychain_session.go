@@ -34,6 +34,7 @@ type session struct {
 	conn          weak.Pointer[net.TCPConn]
 	remote, local netip.AddrPort
 	l3index       int
+	family        int             // the socket's address family, read once
 	host          bool            // accepted: its MD5 key is a host copy of the listener's
 	md5           *Key            // the MD5 entry it holds, secret included; nil for none
 	ao            keyTable[AOKey] // the AO keys it holds
@@ -50,6 +51,7 @@ func (c *KeyChain) track(conn *net.TCPConn, host bool) {
 	s := &session{conn: weak.Make(conn), remote: remote, local: local, host: host}
 	if rc, err := conn.SyscallConn(); err == nil {
 		s.l3index, _ = boundIfindex(rc)
+		s.family, _ = rawFamily(rc)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -103,7 +105,7 @@ func (c *KeyChain) applySession(s *session, conn *net.TCPConn, st *chainState) e
 			if s.host { // the accepted socket's copy is a host key
 				entry.Peer = netip.PrefixFrom(s.remote.Addr(), s.remote.Addr().BitLen())
 			}
-			if err := setKey(rc, 0, entry); err != nil {
+			if err := setKey(rc, s.family, entry); err != nil {
 				errs = append(errs, err)
 			} else {
 				k = k.clone()
@@ -123,7 +125,7 @@ func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.
 	var errs []error
 	for _, k := range keys {
 		if _, held := s.ao.get(k.id()); c.aoOn(k, t) && !held {
-			err := addAOKey(rc, 0, k)
+			err := addAOKey(rc, s.family, k)
 			if err == nil || errors.Is(err, syscall.EEXIST) {
 				s.ao.set(k.bare())
 			} else {
@@ -164,13 +166,17 @@ func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.
 // for is current: it goes with pref made current and asked for in the same
 // call, and s is lagging.
 func (c *KeyChain) deleteAO(s *session, rc syscall.RawConn, k, pref AOKey, havePref bool) error {
-	err := withFamily(rc, 0, func(fd, family int) error {
-		info, ierr := aoGetInfo(fd)
-		if ierr == nil && havePref && pref.id() != k.id() && (info.Current == k.SendID || info.RNext == k.RecvID) {
-			s.lagging = info.Current == k.SendID
-			return aoDelSwitching(fd, family, k, pref.SendID, pref.RecvID)
+	err := withFamily(rc, s.family, func(fd, family int) error {
+		if !havePref || pref.id() == k.id() {
+			return aoDel(fd, family, k)
 		}
-		return aoDel(fd, family, k)
+		// The peer's next segment may make k current again at any moment:
+		// the switch goes in the same call as the delete, whatever the
+		// connection's keys are now.
+		if info, err := aoGetInfo(fd); err == nil && info.Current == k.SendID {
+			s.lagging = true
+		}
+		return aoDelSwitching(fd, family, k, pref.SendID, pref.RecvID)
 	})
 	if err == nil {
 		s.ao.remove(k.id())

@@ -85,6 +85,21 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 	if err != nil {
 		return nil, err
 	}
+	// The chain's keys of now go on before the socket listens, as Keys do.
+	var chained keySet
+	if lc.KeyChain != nil {
+		if err := lc.KeyChain.overlaps(keys, aoKeys); err != nil {
+			return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+		}
+		ck, cao := lc.KeyChain.current()
+		for _, k := range ck {
+			chained.md5.set(k)
+		}
+		for _, k := range cao {
+			chained.ao.set(k.bare())
+		}
+		keys, aoKeys = append(keys, ck...), append(aoKeys, cao...)
+	}
 	for _, k := range keys { // a later key replaces an earlier one, as in the kernel
 		l.keys.md5.set(k.clone())
 	}
@@ -119,24 +134,21 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		l.closeShards()
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	if err := l.attachChain(lc.KeyChain); err != nil {
+	if err := l.attachChain(lc.KeyChain, &chained); err != nil {
 		l.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.Addr(), Err: err}
 	}
 	return l, nil
 }
 
-// attachChain makes chain, if not nil, keep l in step, its keys installed
-// now.
-func (l *Listener) attachChain(chain *KeyChain) error {
+// attachChain makes chain, if not nil, keep l in step; installed are the
+// chain's keys l holds already.
+func (l *Listener) attachChain(chain *KeyChain, installed *keySet) error {
 	if chain == nil {
 		return nil
 	}
-	if err := chain.overlaps(l.Keys(), l.AOKeys()); err != nil {
-		return err
-	}
 	l.chain = chain
-	return chain.attach(l)
+	return chain.attach(l, installed)
 }
 
 // newListener returns a Listener of lc without sockets, for network, with
