@@ -20,6 +20,18 @@
 //	2001:db8::/64     "fake secret # fabric"
 //	192.0.2.2 ao send=1 recv=2 alg=hmac(sha1) fake-secret-router-2  # r2 speaks TCP-AO
 //
+// Keys that take over from each other on a schedule (a [tcpmd5.KeyChain])
+// have lifetimes, given as words before the secret, each an RFC 3339 time:
+// from=TIME for an MD5 key's start; for a TCP-AO key, from=TIME and
+// until=TIME for both its send and accept lifetimes, or send-from=,
+// send-until=, accept-from= and accept-until= for one of them. A peer may
+// then have several MD5 keys, each with its own start:
+//
+//	192.0.2.1 fake-secret-old
+//	192.0.2.1 from=2026-12-01T02:00:00Z fake-secret-new
+//	192.0.2.2 ao send=1 recv=1 alg=hmac(sha1) until=2026-12-01T02:05:00Z fake-secret-ao-old
+//	192.0.2.2 ao send=2 recv=2 alg=hmac(sha256) send-from=2026-12-01T02:00:00Z fake-secret-ao-new
+//
 // No error or warning of this package contains a secret.
 package keyfile
 
@@ -33,14 +45,57 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
 )
 
-// File is what a key file holds: MD5 keys and TCP-AO keys.
+// File is what a key file holds: MD5 keys and TCP-AO keys, and their
+// lifetimes where the file gives them.
 type File struct {
 	Keys   []tcpmd5.Key
 	AOKeys []tcpmd5.AOKey
+	// Starts are the MD5 keys' starts: Starts[i] that of Keys[i]. It is
+	// nil, or shorter, or holds zero times, where the file gives none.
+	Starts []time.Time
+	// Lifetimes are the AO keys' lifetimes: Lifetimes[i] those of
+	// AOKeys[i], as Starts.
+	Lifetimes []Lifetimes
+}
+
+// Lifetimes are a TCP-AO key's send and accept lifetimes.
+type Lifetimes struct{ Send, Accept tcpmd5.Lifetime }
+
+// Start returns the start of Keys[i], zero for none.
+func (f File) Start(i int) time.Time {
+	if i < len(f.Starts) {
+		return f.Starts[i]
+	}
+	return time.Time{}
+}
+
+// Lifetime returns the lifetimes of AOKeys[i], zero for none.
+func (f File) Lifetime(i int) Lifetimes {
+	if i < len(f.Lifetimes) {
+		return f.Lifetimes[i]
+	}
+	return Lifetimes{}
+}
+
+// Timed reports whether the file gives any key a lifetime, which only a
+// [tcpmd5.KeyChain] can follow.
+func (f File) Timed() bool {
+	for i := range f.Keys {
+		if !f.Start(i).IsZero() {
+			return true
+		}
+	}
+	for i := range f.AOKeys {
+		if f.Lifetime(i) != (Lifetimes{}) {
+			return true
+		}
+	}
+	return false
 }
 
 // Parse reads keys in the key file format from r; name is what errors call
@@ -49,7 +104,11 @@ type File struct {
 func Parse(r io.Reader, name string) (File, error) {
 	sc := bufio.NewScanner(r)
 	var f File
-	seen := make(map[netip.Prefix]int)
+	type md5ID struct {
+		peer netip.Prefix
+		from time.Time
+	}
+	seen := make(map[md5ID]int)
 	type aoID struct {
 		peer       netip.Prefix
 		send, recv uint8
@@ -81,6 +140,10 @@ func Parse(r io.Reader, name string) (File, error) {
 		if ao && (rest == "" || rest[0] == '#') {
 			return File{}, fmt.Errorf("%s:%d: no secret after the AO parameters; quote a secret that looks like one", name, n)
 		}
+		lt, rest, err := lifetimeWords(rest, ao)
+		if err != nil {
+			return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
+		}
 		secret, err := parseSecret(rest)
 		if err != nil {
 			return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
@@ -96,17 +159,28 @@ func Parse(r io.Reader, name string) (File, error) {
 			}
 			seenAO[id] = n
 			f.AOKeys = append(f.AOKeys, k)
+			if lt != (Lifetimes{}) {
+				f.Lifetimes = append(f.Lifetimes, make([]Lifetimes, len(f.AOKeys)-1-len(f.Lifetimes))...)
+				f.Lifetimes = append(f.Lifetimes, lt)
+			}
 			continue
 		}
 		k, err := tcpmd5.ParseKey(peer, secret)
 		if err != nil {
 			return File{}, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
-		if first, dup := seen[k.Peer]; dup {
+		from := lt.Send.From
+		if first, dup := seen[md5ID{k.Peer, from}]; dup && from.IsZero() {
 			return File{}, fmt.Errorf("%s:%d: peer %s already has a key on line %d", name, n, k.Peer, first)
+		} else if dup {
+			return File{}, fmt.Errorf("%s:%d: peer %s already has a key from %s on line %d", name, n, k.Peer, from.Format(time.RFC3339), first)
 		}
-		seen[k.Peer] = n
+		seen[md5ID{k.Peer, from}] = n
 		f.Keys = append(f.Keys, k)
+		if !from.IsZero() {
+			f.Starts = append(f.Starts, make([]time.Time, len(f.Keys)-1-len(f.Starts))...)
+			f.Starts = append(f.Starts, from)
+		}
 	}
 	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
 		return File{}, fmt.Errorf("%s:%d: the line is longer than %d KiB; a key line holds a peer and a secret of 80 bytes at most", name, n, maxLine>>10)
@@ -143,6 +217,58 @@ func aoParams(s string) (spec, rest string, ok bool) {
 		return "", s, false
 	}
 	return strings.Join(words, " "), rest, true
+}
+
+// lifetimeWords reads the lifetime words at the start of s: for an AO key
+// (ao) from=, until= and the send- and accept- ones, for an MD5 key from=
+// alone, which sets Send.From. Its errors never quote s.
+func lifetimeWords(s string, ao bool) (Lifetimes, string, error) {
+	var lt Lifetimes
+	for {
+		word := s
+		if end := strings.IndexAny(s, " \t"); end >= 0 {
+			word = s[:end]
+		}
+		name, value, ok := strings.Cut(word, "=")
+		if !ok || !isLifetimeWord(name) {
+			return lt, s, nil
+		}
+		if !ao && name != "from" {
+			return lt, s, fmt.Errorf("an MD5 key has a start only (from=TIME); %s= is for TCP-AO keys", name)
+		}
+		t, err := time.Parse(time.RFC3339, value)
+		if err != nil {
+			return lt, s, fmt.Errorf("%s= takes an RFC 3339 time, such as 2026-12-01T02:00:00Z", name)
+		}
+		t = t.UTC()
+		switch name {
+		case "from":
+			lt.Send.From, lt.Accept.From = t, t
+		case "until":
+			lt.Send.Until, lt.Accept.Until = t, t
+		case "send-from":
+			lt.Send.From = t
+		case "send-until":
+			lt.Send.Until = t
+		case "accept-from":
+			lt.Accept.From = t
+		case "accept-until":
+			lt.Accept.Until = t
+		}
+		s = strings.TrimLeft(s[len(word):], " \t")
+		if s == "" || s[0] == '#' {
+			return lt, s, errors.New("no secret after the lifetimes; quote a secret that looks like one")
+		}
+	}
+}
+
+// isLifetimeWord reports whether name= starts a lifetime word.
+func isLifetimeWord(name string) bool {
+	switch name {
+	case "from", "until", "send-from", "send-until", "accept-from", "accept-until":
+		return true
+	}
+	return false
 }
 
 // isAOParam reports whether word is one of an AO key's parameters.
@@ -258,14 +384,14 @@ func (f File) Lookup(addr netip.Addr) File {
 		}
 	}
 	var out File
-	for _, k := range f.Keys {
+	for i, k := range f.Keys {
 		if k.Peer.Contains(addr) && k.Peer.Bits() == bits {
-			out.Keys = append(out.Keys, k)
+			out.Keys, out.Starts = append(out.Keys, k), append(out.Starts, f.Start(i))
 		}
 	}
-	for _, k := range f.AOKeys {
+	for i, k := range f.AOKeys {
 		if k.Peer.Contains(addr) && k.Peer.Bits() == bits {
-			out.AOKeys = append(out.AOKeys, k)
+			out.AOKeys, out.Lifetimes = append(out.AOKeys, k), append(out.Lifetimes, f.Lifetime(i))
 		}
 	}
 	return out

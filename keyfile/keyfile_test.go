@@ -169,6 +169,8 @@ func FuzzParse(f *testing.F) {
 	f.Add("192.0.2.1 s # c\n192.0.2.2 s#\n")
 	f.Add("192.0.2.1 ao send=1 recv=2 alg=hmac(sha1) mac=4 exclude-options " + secretA + "\n")
 	f.Add("192.0.2.1 ao send=1 recv=2 alg=hmac(sha1)\n192.0.2.2 ao\n")
+	f.Add("192.0.2.1 s\n192.0.2.1 from=2026-12-01T02:00:00Z " + secretA + "\n")
+	f.Add("192.0.2.2 ao send=1 recv=1 alg=hmac(sha1) send-from=2026-12-01T02:00:00.5+01:00 accept-until=2027-01-01T00:00:00Z " + secretB + "\n")
 	f.Fuzz(func(t *testing.T, input string) {
 		parsed, err := keyfile.Parse(strings.NewReader(input), "fuzz")
 		if err != nil {

@@ -2,10 +2,12 @@ package keyfile
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tcplowlevel/tcpmd5"
 )
@@ -20,16 +22,20 @@ import (
 // range of peers (a zone goes with one address).
 func Write(w io.Writer, f File) error {
 	bw := bufio.NewWriter(w)
-	for _, k := range f.Keys {
+	for i, k := range f.Keys {
 		peer, err := peerField(k.Peer.Addr().String(), k.Peer.Bits(), k.Peer.Addr().BitLen(), k.Ifindex)
+		spec := ""
+		if from := f.Start(i); !from.IsZero() {
+			spec = "from=" + from.UTC().Format(time.RFC3339Nano)
+		}
 		if err == nil {
-			err = writeLine(bw, peer, "", k.Secret)
+			err = writeLine(bw, peer, spec, k.Secret)
 		}
 		if err != nil {
 			return fmt.Errorf("keyfile: key for %s: %w", k.Peer, err)
 		}
 	}
-	for _, k := range f.AOKeys {
+	for i, k := range f.AOKeys {
 		peer, err := peerField(k.Peer.Addr().String(), k.Peer.Bits(), k.Peer.Addr().BitLen(), k.Ifindex)
 		spec := "ao send=" + strconv.Itoa(int(k.SendID)) + " recv=" + strconv.Itoa(int(k.RecvID)) + " alg=" + k.Algorithm
 		if k.MACLen != 0 {
@@ -38,6 +44,7 @@ func Write(w io.Writer, f File) error {
 		if k.ExcludeOptions {
 			spec += " exclude-options"
 		}
+		spec += lifetimeSpec(f.Lifetime(i))
 		if err == nil {
 			err = writeLine(bw, peer, spec, k.Secret)
 		}
@@ -46,6 +53,27 @@ func Write(w io.Writer, f File) error {
 		}
 	}
 	return bw.Flush()
+}
+
+// lifetimeSpec writes an AO key's lifetimes as Parse reads them: from= and
+// until= where the send and accept lifetimes are alike.
+func lifetimeSpec(lt Lifetimes) string {
+	var b strings.Builder
+	word := func(name string, t time.Time) {
+		if !t.IsZero() {
+			b.WriteString(" " + name + "=" + t.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	if lt.Send == lt.Accept {
+		word("from", lt.Send.From)
+		word("until", lt.Send.Until)
+		return b.String()
+	}
+	word("send-from", lt.Send.From)
+	word("send-until", lt.Send.Until)
+	word("accept-from", lt.Accept.From)
+	word("accept-until", lt.Accept.Until)
+	return b.String()
 }
 
 // peerField writes a peer as Parse reads it: an address for one host, a
@@ -70,7 +98,8 @@ func writeLine(w *bufio.Writer, peer, spec string, secret []byte) error {
 			return fmt.Errorf("byte %d of the secret is a control character, which a key file cannot hold", i+1)
 		}
 	}
-	if s == "" || strings.ContainsAny(s, " \t#\"\\") || isAOParam(s) {
+	name, _, _ := strings.Cut(s, "=")
+	if s == "" || strings.ContainsAny(s, " \t#\"\\") || isAOParam(s) || isLifetimeWord(name) && strings.Contains(s, "=") {
 		s = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 	}
 	if spec != "" {
@@ -80,6 +109,46 @@ func writeLine(w *bufio.Writer, peer, spec string, secret []byte) error {
 	return err
 }
 
+// UpdateChain makes c hold the keys of f with their lifetimes, as a reload
+// does: every key of f is set first, then the keys of previous (what the
+// last update set) that f no longer has are removed. Every failure is in
+// the error; the rest is applied all the same.
+func (f File) UpdateChain(c *tcpmd5.KeyChain, previous File) error {
+	var errs []error
+	type md5ID struct {
+		peer    string
+		ifindex int
+		from    time.Time
+	}
+	keep := make(map[md5ID]bool)
+	for i, k := range f.Keys {
+		errs = append(errs, c.SetKey(k, f.Start(i)))
+		keep[md5ID{k.Peer.String(), k.Ifindex, f.Start(i)}] = true
+	}
+	type aoID struct {
+		peer       string
+		ifindex    int
+		send, recv uint8
+	}
+	keepAO := make(map[aoID]bool)
+	for i, k := range f.AOKeys {
+		lt := f.Lifetime(i)
+		errs = append(errs, c.SetAOKey(k, lt.Send, lt.Accept))
+		keepAO[aoID{k.Peer.String(), k.Ifindex, k.SendID, k.RecvID}] = true
+	}
+	for i, k := range previous.Keys {
+		if !keep[md5ID{k.Peer.String(), k.Ifindex, previous.Start(i)}] {
+			errs = append(errs, c.RemoveKey(k, previous.Start(i)))
+		}
+	}
+	for _, k := range previous.AOKeys {
+		if !keepAO[aoID{k.Peer.String(), k.Ifindex, k.SendID, k.RecvID}] {
+			errs = append(errs, c.RemoveAOKey(k))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Apply makes l hold the keys of f and no others, as a reload does: every
 // key of f is installed first (a new secret replaces the old one in
 // place), then the keys of l that f no longer has are removed, so that no
@@ -87,6 +156,9 @@ func writeLine(w *bufio.Writer, peer, spec string, secret []byte) error {
 // that fails and returns its error: the keys of f before it are installed,
 // and no key of l is removed yet.
 func (f File) Apply(l *tcpmd5.Listener) error {
+	if f.Timed() {
+		return errors.New("keyfile: the file gives keys lifetimes, which only a KeyChain follows (File.UpdateChain)")
+	}
 	for _, k := range f.Keys {
 		if err := l.SetKey(k); err != nil {
 			return err
