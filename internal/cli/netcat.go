@@ -119,6 +119,7 @@ func (e *env) listen(args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
+	flagKeys := keys // a reload keeps them beside the file's
 	if len(pos) != 1 {
 		fs.Usage()
 		return e.errorf(ExitUsage, "listen takes one ADDR such as :1790 or 192.0.2.1:1790, got %d arguments", len(pos))
@@ -131,7 +132,7 @@ func (e *env) listen(args []string) int {
 		if err != nil {
 			return e.errorf(ExitUsage, "%v", err)
 		}
-		keys.Keys, keys.AOKeys = append(keys.Keys, fk.Keys...), append(keys.AOKeys, fk.AOKeys...)
+		keys = merged(keys, fk)
 	}
 	if keys.Len() == 0 && !*allow {
 		return e.errorf(ExitUsage, "no keys: give -key PEER=SECRET or -key-file FILE")
@@ -142,7 +143,18 @@ func (e *env) listen(args []string) int {
 		return e.errorf(ExitUsage, "-metrics: %v", err)
 	}
 	defer stopMetrics()
-	lc := tcpmd5.ListenConfig{Keys: keys.Keys, AOKeys: keys.AOKeys, AllowUnsigned: *allow, TTLSecurity: *hops}
+	chain, err := newKeyChain("listen", keys)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	if file != "" {
+		stopReload := e.reloadOnHangup(chain, func() (keyfile.File, error) {
+			fk, err := e.loadKeys(file)
+			return merged(flagKeys, fk), err
+		})
+		defer stopReload()
+	}
+	lc := tcpmd5.ListenConfig{KeyChain: chain.KeyChain, AllowUnsigned: *allow, TTLSecurity: *hops}
 	lc.OnRefuse = func(r tcpmd5.Refusal) {
 		set.Refused(r)
 		fmt.Fprintf(e.stderr, "tcpmd5 listen: refused [%s] from %s to %s: %s\n", r.Reason, r.Remote, r.Local, tally.RefusalMeaning(r.Reason))
@@ -186,6 +198,20 @@ func (e *env) listen(args []string) int {
 			fmt.Fprintf(e.stderr, "tcpmd5 listen: connection from %s ended\n", c.RemoteAddr())
 		}
 	}
+}
+
+// merged returns the keys of a and of b, with their lifetimes.
+func merged(a, b keyfile.File) keyfile.File {
+	var out keyfile.File
+	for _, f := range []keyfile.File{a, b} {
+		for i, k := range f.Keys {
+			out.Keys, out.Starts = append(out.Keys, k), append(out.Starts, f.Start(i))
+		}
+		for i, k := range f.AOKeys {
+			out.AOKeys, out.Lifetimes = append(out.AOKeys, k), append(out.Lifetimes, f.Lifetime(i))
+		}
+	}
+	return out
 }
 
 // listenOn listens with lc on addr: an address, "systemd" for the first
@@ -307,7 +333,19 @@ func (e *env) dial(args []string) int {
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	d := tcpmd5.Dialer{Keys: ks.Keys, AOKeys: ks.AOKeys, TTLSecurity: *hops}
+	chain, err := newKeyChain("dial", ks)
+	if err != nil {
+		return e.errorf(ExitUsage, "%v", err)
+	}
+	if keys.file != "" {
+		host := target.AddrPort().Addr().Unmap()
+		stopReload := e.reloadOnHangup(chain, func() (keyfile.File, error) {
+			fk, err := e.loadKeys(keys.file)
+			return fk.Lookup(host), err
+		})
+		defer stopReload()
+	}
+	d := tcpmd5.Dialer{KeyChain: chain.KeyChain, TTLSecurity: *hops}
 	d.Timeout = *timeout
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
