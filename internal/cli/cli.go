@@ -66,6 +66,18 @@ optionally mac=N (MAC bytes, default 12) and exclude-options. A secret that
 looks like a parameter goes in quotes. -ao PARAMS makes the secrets of
 -key, -secret or $TCPMD5_SECRET AO keys with those parameters.
 
+Keys may take over from each other on a schedule, as routers' key chains
+do: words before the secret give lifetimes, RFC 3339 times. from=TIME is an
+MD5 key's start (a peer may have keys of several starts: the latest begun
+signs); an AO key has from= and until=, or send-from=, send-until=,
+accept-from= and accept-until=:
+
+  192.0.2.1 from=2026-12-01T02:00:00Z fake-secret-router-1-new
+  192.0.2.2 ao send=2 recv=2 alg=hmac(sha256) from=2026-12-01T02:00:00Z fake-secret-2-new
+
+listen and dial apply them to the live listener and sessions as they come;
+SIGHUP reloads the key file into them, and SIGUSR1 prints each session's keys.
+
 Secrets are never printed.
 
 -metrics ADDR on listen and watch serves Prometheus metrics at
