@@ -144,7 +144,65 @@ func (c *KeyChain) SetKey(k Key, from time.Time) error {
 	entries = append(entries, chainMD5{k.clone(), from})
 	slices.SortFunc(entries, func(a, b chainMD5) int { return a.from.Compare(b.from) })
 	c.md5[k.id()] = entries
-	return c.applyLocked(time.Now())
+	return c.applyMD5Locked(k.id(), time.Now(), from)
+}
+
+// signingMD5 returns the key of id that signs at t, if any.
+func (c *KeyChain) signingMD5(id keyID, t time.Time) (Key, bool) {
+	var signs *Key
+	for i, e := range c.md5[id] {
+		if !e.from.After(t) {
+			signs = &c.md5[id][i].key
+		}
+	}
+	if signs == nil {
+		return Key{}, false
+	}
+	return *signs, true
+}
+
+// applyMD5Locked applies an edit of the MD5 keys of id alone, at t, to the
+// listeners and the live connections, and sets the timer for boundary if
+// it comes first: an edit costs what that peer's keys cost, however many
+// keys the chain holds. c.mu is held.
+func (c *KeyChain) applyMD5Locked(id keyID, t, boundary time.Time) error {
+	c.dial = nil
+	k, signs := c.signingMD5(id, t)
+	var errs []error
+	for l, installed := range c.listeners {
+		old, held := installed.md5.get(id)
+		switch {
+		case signs && (!held || !bytes.Equal(old.Secret, k.Secret)):
+			if err := l.SetKey(k); err != nil {
+				errs = append(errs, fmt.Errorf("tcpmd5: listener %s: %w", l.Addr(), err))
+				continue
+			}
+			installed.md5.set(k)
+		case !signs && held:
+			if err := l.RemoveKey(old); err != nil {
+				errs = append(errs, fmt.Errorf("tcpmd5: listener %s: %w", l.Addr(), err))
+				continue
+			}
+			installed.md5.remove(id)
+		}
+	}
+	if signs {
+		for _, s := range c.sessions {
+			if s.md5 == nil || s.md5.id() != id {
+				continue
+			}
+			if conn := s.conn.Value(); conn != nil {
+				if err := s.applyMD5(conn, k); err != nil && !errors.Is(err, net.ErrClosed) {
+					errs = append(errs, fmt.Errorf("tcpmd5: connection %s to %s: %w", s.local, s.remote, err))
+				}
+			}
+		}
+	}
+	if boundary.After(t) && (c.next.IsZero() || boundary.Before(c.next)) {
+		c.next = time.Time{} // schedule recomputes it
+		c.schedule(t)
+	}
+	return errors.Join(errs...)
 }
 
 // RemoveKey deletes the MD5 key for k.Peer and k.Ifindex that starts at
@@ -165,7 +223,8 @@ func (c *KeyChain) RemoveKey(k Key, from time.Time) error {
 	} else {
 		c.md5[k.id()] = entries
 	}
-	return c.applyLocked(time.Now())
+	// A boundary it had may still wake the timer: applying then is harmless.
+	return c.applyMD5Locked(k.id(), time.Now(), time.Time{})
 }
 
 // chainState is what the chain holds at one moment.
@@ -178,15 +237,9 @@ type chainState struct {
 // stateLocked returns the chain at t. c.mu is held.
 func (c *KeyChain) stateLocked(t time.Time) *chainState {
 	st := &chainState{at: t}
-	for _, entries := range c.md5 {
-		var signs *Key
-		for i := range entries {
-			if !entries[i].from.After(t) {
-				signs = &entries[i].key
-			}
-		}
-		if signs != nil {
-			st.md5.set(*signs)
+	for id := range c.md5 {
+		if k, ok := c.signingMD5(id, t); ok {
+			st.md5.set(k)
 		}
 	}
 	for _, o := range c.ao {

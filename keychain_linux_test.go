@@ -199,12 +199,15 @@ func TestKeyChainRaces(t *testing.T) {
 			}
 		}()
 	}
-	for i := range 200 {
+	edits := 0
+	for i, end := 0, time.Now().Add(10*time.Second); i < 200 || dials.Load() < 100 && time.Now().Before(end); i++ {
+		edits += 2
 		other := tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 32), Secret: []byte(secretB)}
 		require.NoError(t, chain.SetKey(other, time.Time{}))
 		require.NoError(t, chain.SetKey(key(t, "127.0.0.0/24", secretA), time.Now().Add(-time.Duration(i)*time.Second)))
 		if i%2 == 1 {
 			require.NoError(t, chain.RemoveKey(other, time.Time{}))
+			edits++
 		}
 	}
 	close(stop)
@@ -222,7 +225,7 @@ func TestKeyChainRaces(t *testing.T) {
 	default:
 	}
 	assert.Positive(t, dials.Load())
-	t.Logf("%d dials while the chain changed 500 times", dials.Load())
+	t.Logf("%d dials while the chain changed %d times", dials.Load(), edits)
 }
 
 // TestKeyChainForgets: a chain that saw many connections opened and
@@ -246,4 +249,35 @@ func TestKeyChainForgets(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return len(chain.Sessions()) == 0 }, mustConnect, 20*time.Millisecond,
 		"the chain keeps connections that were closed")
+}
+
+// TestKeyChainSwitchesEveryGroupSocket: a listener holding 10,000 chain
+// keys spreads them over a group of sockets; every key takes a new secret
+// at one moment, and afterwards peers whose keys sit on different sockets
+// connect with the new secret and are dropped with the old one.
+func TestKeyChainSwitchesEveryGroupSocket(t *testing.T) {
+	requireMD5(t)
+	t.Parallel()
+	testenv.Netns(t)
+	const peers = 10000
+	chain := tcpmd5.NewKeyChain()
+	for i := range peers {
+		require.NoError(t, chain.SetKey(tcpmd5.Key{Peer: hostPrefix(i), Secret: []byte(secretA)}, time.Time{}))
+	}
+	ln := listen(t, &tcpmd5.ListenConfig{KeyChain: chain}, "tcp4", "127.0.0.1:0")
+	serveEcho(t, ln)
+	sockets := listeningSockets(t, port(ln))
+	require.Greater(t, sockets, 1, "10,000 keys on one socket")
+	at := time.Now().Add(2 * time.Second)
+	for i := range peers {
+		require.NoError(t, chain.SetKey(tcpmd5.Key{Peer: hostPrefix(i), Secret: []byte(secretB)}, at))
+	}
+	require.True(t, time.Now().Before(at), "scheduling 10,000 keys took past the switch")
+	time.Sleep(time.Until(at) + 500*time.Millisecond)
+	for _, i := range []int{0, 1, peers / 3, peers / 2, peers - 1} {
+		src := hostPrefix(i).Addr().String()
+		requireEcho(t, dialer(src, key(t, "127.0.0.1", secretB)), ln.Addr().String())
+		dropDial(t, dialer(src, key(t, "127.0.0.1", secretA)), "tcp4", ln.Addr().String(), netstat.MD5Failure)
+	}
+	t.Logf("%d keys over %d sockets switched at one moment", peers, sockets)
 }

@@ -99,18 +99,8 @@ func (c *KeyChain) applySession(s *session, conn *net.TCPConn, st *chainState) e
 	}
 	var errs []error
 	if s.md5 != nil {
-		if ks := st.md5.best(s.remote.Addr(), s.l3index); len(ks) > 0 && ks[0].id() == s.md5.id() && !bytes.Equal(ks[0].Secret, s.md5.Secret) {
-			k := ks[0]
-			entry := k
-			if s.host { // the accepted socket's copy is a host key
-				entry.Peer = netip.PrefixFrom(s.remote.Addr(), s.remote.Addr().BitLen())
-			}
-			if err := setKey(rc, s.family, entry); err != nil {
-				errs = append(errs, err)
-			} else {
-				k = k.clone()
-				s.md5 = &k
-			}
+		if ks := st.md5.best(s.remote.Addr(), s.l3index); len(ks) > 0 && ks[0].id() == s.md5.id() {
+			errs = append(errs, s.setMD5(rc, ks[0]))
 		}
 	}
 	if keys := st.ao.best(s.remote.Addr(), s.l3index); len(keys) > 0 {
@@ -118,6 +108,35 @@ func (c *KeyChain) applySession(s *session, conn *net.TCPConn, st *chainState) e
 	}
 	s.err = errors.Join(errs...)
 	return s.err
+}
+
+// applyMD5 gives the live connection conn of s the secret of k, which
+// signs for its MD5 entry now.
+func (s *session) applyMD5(conn *net.TCPConn, k Key) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return net.ErrClosed
+	}
+	s.err = s.setMD5(rc, k)
+	return s.err
+}
+
+// setMD5 overwrites the secret of the connection's MD5 entry with k's, if
+// it differs.
+func (s *session) setMD5(rc syscall.RawConn, k Key) error {
+	if bytes.Equal(k.Secret, s.md5.Secret) {
+		return nil
+	}
+	entry := k
+	if s.host { // the accepted socket's copy is a host key
+		entry.Peer = netip.PrefixFrom(s.remote.Addr(), s.remote.Addr().BitLen())
+	}
+	if err := setKey(rc, s.family, entry); err != nil {
+		return err
+	}
+	k = k.clone()
+	s.md5 = &k
+	return nil
 }
 
 // applyAO is applySession for the AO keys of the connection's peer.
