@@ -61,6 +61,15 @@
 // then each removes the old key. [AOSupported] reports whether the kernel
 // has TCP-AO; where it has not, AO calls fail with [ErrAOUnsupported].
 //
+// # Key chains
+//
+// A [KeyChain] holds MD5 and TCP-AO keys with lifetimes (RFC 8177) and
+// keeps every listener and dialer it is attached to
+// ([ListenConfig.KeyChain], [Dialer.KeyChain]), and every live connection
+// they returned, in step with it: TCP-AO keys take over without a reset,
+// MD5 secrets are replaced in place and survive within TCP's
+// retransmissions.
+//
 // # Who fails our signatures
 //
 // Package [github.com/tcplowlevel/tcpmd5/drops] reads the segments the
