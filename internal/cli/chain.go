@@ -35,7 +35,10 @@ func newKeyChain(command string, keys keyfile.File) (*keyChain, error) {
 // prints the sessions' key state alone.
 func (e *env) reloadOnHangup(c *keyChain, load func() (keyfile.File, error)) (stop func()) {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGHUP)
+	if sessionsSignal != nil {
+		signal.Notify(sigs, sessionsSignal)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
