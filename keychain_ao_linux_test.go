@@ -188,6 +188,7 @@ func TestKeyChainAORoll(t *testing.T) {
 		require.Len(t, s.AOKeys, 1, "%s holds the old key still", s.Remote)
 		assert.Equal(t, uint8(newSend), s.AOKeys[0].SendID)
 	}
+	laggard.c.Close() // its session is dead since the old key's end: its talk would wait out its deadline
 	halt()
 	for i, p := range keen {
 		require.NoError(t, p.err, "peer %d's session did not survive", i)
@@ -199,6 +200,7 @@ func TestKeyChainAORoll(t *testing.T) {
 	before := counters(t)
 	for _, p := range keen {
 		require.NoError(t, p.raw(func(fd int) error { return rawao.SetCurrent(fd, oldRecv) }))
+		require.NoError(t, p.c.SetDeadline(time.Now().Add(mustConnect)))
 		_, err := p.c.Write([]byte("old"))
 		require.NoError(t, err)
 	}
