@@ -100,10 +100,10 @@ func (lc *ListenConfig) FileListener(f *os.File) (*Listener, error) {
 	}
 	if err != nil {
 		for _, k := range l.Keys() {
-			_ = l.RemoveKey(k)
+			_ = removeLive(l, k)
 		}
 		for _, k := range l.AOKeys() {
-			_ = l.RemoveAOKey(k)
+			_ = removeLive(l, k)
 		}
 		l.Close()
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: s.ln.Addr(), Err: err}

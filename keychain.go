@@ -173,13 +173,13 @@ func (c *KeyChain) applyMD5Locked(id keyID, t, boundary time.Time) error {
 		old, held := installed.md5.get(id)
 		switch {
 		case signs && (!held || !bytes.Equal(old.Secret, k.Secret)):
-			if err := l.SetKey(k); err != nil {
+			if err := setLive(l, k); err != nil {
 				errs = append(errs, fmt.Errorf("tcpmd5: listener %s: %w", l.Addr(), err))
 				continue
 			}
 			installed.md5.set(k)
 		case !signs && held:
-			if err := l.RemoveKey(old); err != nil {
+			if err := removeLive(l, old); err != nil {
 				errs = append(errs, fmt.Errorf("tcpmd5: listener %s: %w", l.Addr(), err))
 				continue
 			}
@@ -364,7 +364,7 @@ func (c *KeyChain) applyListener(l *Listener, installed *keySet, st *chainState)
 	var errs []error
 	for k := range st.md5.all() {
 		if old, ok := installed.md5.get(k.id()); !ok || !bytes.Equal(old.Secret, k.Secret) {
-			if err := l.SetKey(k); err != nil {
+			if err := setLive(l, k); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -373,7 +373,7 @@ func (c *KeyChain) applyListener(l *Listener, installed *keySet, st *chainState)
 	}
 	for k := range installed.md5.all() { // no key of the chain left for its peer
 		if _, ok := st.md5.get(k.id()); !ok {
-			if err := l.RemoveKey(k); err != nil {
+			if err := removeLive(l, k); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -384,13 +384,13 @@ func (c *KeyChain) applyListener(l *Listener, installed *keySet, st *chainState)
 		_, on := installed.ao.get(k.id())
 		switch want := c.aoOn(k, st.at); {
 		case want && !on:
-			if err := l.SetAOKey(k); err != nil {
+			if err := setLive(l, k); err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			installed.ao.set(k)
 		case !want && on:
-			if err := l.RemoveAOKey(k); err != nil {
+			if err := removeLive(l, k); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -399,7 +399,7 @@ func (c *KeyChain) applyListener(l *Listener, installed *keySet, st *chainState)
 	}
 	for k := range installed.ao.all() { // removed from the chain
 		if _, ok := st.ao.get(k.id()); !ok {
-			if err := l.RemoveAOKey(k); err == nil {
+			if err := removeLive(l, k); err == nil {
 				installed.ao.remove(k.id())
 			}
 		}
@@ -444,8 +444,6 @@ func (c *KeyChain) detach(l *Listener) {
 // overlaps returns an error if a key of keys or aoKeys covers peers a key
 // of the chain covers too: one of the two would sign.
 func (c *KeyChain) overlaps(keys []Key, aoKeys []AOKey) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var own []netip.Prefix
 	for _, k := range keys {
 		own = append(own, k.Peer)
@@ -453,6 +451,13 @@ func (c *KeyChain) overlaps(keys []Key, aoKeys []AOKey) error {
 	for _, k := range aoKeys {
 		own = append(own, k.Peer)
 	}
+	return c.overlapsPeers(own...)
+}
+
+// overlapsPeers is overlaps for peer prefixes.
+func (c *KeyChain) overlapsPeers(own ...netip.Prefix) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, p := range own {
 		for id := range c.md5 {
 			if id.peer.Overlaps(p) {

@@ -139,6 +139,9 @@ func TestKeyChainListenerKeys(t *testing.T) {
 
 	require.NoError(t, chain.SetKey(key(t, "127.0.0.4", secretB), time.Time{}))
 	requireEcho(t, dialer("127.0.0.4", key(t, "127.0.0.1", secretB)), ln.Addr().String())
+	assert.ErrorContains(t, ln.SetKey(key(t, "127.0.0.4", secretA)), "overlaps the chain's", "the chain's peer changes only through the chain")
+	assert.ErrorContains(t, ln.RemoveKey(key(t, "127.0.0.4", secretA)), "overlaps the chain's")
+	require.NoError(t, ln.SetKey(key(t, "127.0.0.3", secretA)), "the listener's own peer")
 	require.NoError(t, chain.RemoveKey(tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.0.2/32")}, time.Time{}))
 	requireResetByPolicy(t, ln, dialer("127.0.0.2"), ln.Addr().String())
 

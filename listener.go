@@ -48,7 +48,8 @@ type ListenConfig struct {
 	// schedule: the listener holds the chain's keys of each moment beside
 	// Keys and AOKeys, and every connection it accepts is kept in step with
 	// the chain (see [KeyChain]). A chain's key and one of Keys or AOKeys
-	// that cover the same peers are an error.
+	// that cover the same peers are an error, and so is the Listener's
+	// SetKey or RemoveKey (and their AO twins) for a peer the chain covers.
 	KeyChain *KeyChain
 
 	// OnRefuse, if not nil, is told of every connection Accept refuses,
@@ -366,7 +367,19 @@ func (l *Listener) SetKey(k Key) error {
 	if err != nil {
 		return err
 	}
+	if err := l.chained(k.Peer); err != nil {
+		return err
+	}
 	return setLive(l, k)
+}
+
+// chained returns an error if the listener's KeyChain covers peer, whose
+// keys then change only through the chain.
+func (l *Listener) chained(peer netip.Prefix) error {
+	if l.chain == nil {
+		return nil
+	}
+	return l.chain.overlapsPeers(peer)
 }
 
 // open returns why keys cannot change on l: it is closed, or Listen did
@@ -388,6 +401,9 @@ func (l *Listener) open() error {
 func (l *Listener) RemoveKey(k Key) error {
 	k, err := k.normalizePeer()
 	if err != nil {
+		return err
+	}
+	if err := l.chained(k.Peer); err != nil {
 		return err
 	}
 	return removeLive(l, k)

@@ -32,6 +32,9 @@ func (l *Listener) SetAOKey(k AOKey) error {
 	if err != nil {
 		return err
 	}
+	if err := l.chained(k.Peer); err != nil {
+		return err
+	}
 	return setLive(l, k)
 }
 
@@ -45,6 +48,9 @@ func (l *Listener) RemoveAOKey(k AOKey) error {
 		return err
 	}
 	k.Peer = peer.Peer
+	if err := l.chained(k.Peer); err != nil {
+		return err
+	}
 	return removeLive(l, k)
 }
 
