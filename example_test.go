@@ -206,3 +206,39 @@ func ExampleSetAORNext() {
 		log.Fatal(err)
 	}
 }
+
+// A key chain rolls a BGP speaker's TCP-AO key over every session without
+// a reset: the new key is accepted at once and sent from the change
+// window; the old one goes a minute after it. Listener and Dialer share
+// the chain, and every connection they return follows it.
+func ExampleKeyChain() {
+	oldKey, err := tcpmd5.ParseAOKey("192.0.2.0/24", "send=1 recv=1 alg=hmac(sha256)", "not-a-real-secret-old")
+	if err != nil {
+		log.Fatal(err)
+	}
+	newKey, err := tcpmd5.ParseAOKey("192.0.2.0/24", "send=2 recv=2 alg=hmac(sha256)", "not-a-real-secret-new")
+	if err != nil {
+		log.Fatal(err)
+	}
+	window := time.Date(2026, 12, 1, 2, 0, 0, 0, time.UTC)
+	chain := tcpmd5.NewKeyChain()
+	ended := tcpmd5.Lifetime{Until: window.Add(time.Minute)}
+	if err := chain.SetAOKey(oldKey, ended, ended); err != nil {
+		log.Fatal(err)
+	}
+	if err := chain.SetAOKey(newKey, tcpmd5.Lifetime{From: window}, tcpmd5.Lifetime{}); err != nil {
+		log.Fatal(err)
+	}
+	ln, err := (&tcpmd5.ListenConfig{KeyChain: chain}).Listen(context.Background(), "tcp", ":179")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	d := &tcpmd5.Dialer{KeyChain: chain}
+	if _, err := d.Dial("tcp", "192.0.2.1:179"); err != nil {
+		log.Print(err)
+	}
+	for _, s := range chain.Sessions() {
+		log.Printf("%s: current %d, rnext %d, lagging %v", s.Remote, s.Current, s.RNext, s.Lagging)
+	}
+}

@@ -292,3 +292,57 @@ func TestKeyChainAODialer(t *testing.T) {
 	require.Len(t, ss, 1)
 	assert.Len(t, ss[0].AOKeys, 2)
 }
+
+// TestKeyChainAODialedRoll, on a kernel with TCP-AO: a connection a
+// Dialer with a chain made is rolled as an accepted one is. The raw
+// listener's side holds both keys and asks for the new one at T; after
+// the old key's end the dialled connection signs with the new key, asks
+// for it, holds it alone, and data still flows.
+func TestKeyChainAODialedRoll(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	var rawErr error
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return cmp.Or(c.Control(func(fd uintptr) {
+			for _, ids := range [][2]uint8{{oldRecv, oldSend}, {newRecv, newSend}} {
+				rawErr = cmp.Or(rawErr, rawao.Add(int(fd), unix.AF_INET, rawao.Key{Peer: netip.MustParsePrefix("127.0.0.2/32"), SendID: ids[0], RecvID: ids[1], Algorithm: "hmac(sha1)", Secret: []byte(secretA)}))
+			}
+		}), rawErr)
+	}}
+	lc.SetMultipathTCP(false)
+	rl, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { rl.Close() })
+	accepted := serveEcho(t, rl)
+
+	chain := tcpmd5.NewKeyChain()
+	old := aoKey(t, "127.0.0.1", oldSend, oldRecv, "hmac(sha1)", secretA)
+	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{}, tcpmd5.Lifetime{}))
+	d := dialer("127.0.0.2")
+	d.KeyChain = chain
+	c, err := d.Dial("tcp4", rl.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	ping(t, c)
+	server := &rawPeer{c: <-accepted}
+
+	at := time.Now().Add(2 * time.Second)
+	end := at.Add(2 * time.Second)
+	require.NoError(t, chain.SetAOKey(aoKey(t, "127.0.0.1", newSend, newRecv, "hmac(sha1)", secretA), tcpmd5.Lifetime{From: at}, tcpmd5.Lifetime{}))
+	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: end}, tcpmd5.Lifetime{Until: end}))
+	time.Sleep(time.Until(at))
+	require.NoError(t, server.raw(func(fd int) error { return rawao.SetRNext(fd, newSend) }))
+	for time.Now().Before(end.Add(time.Second)) {
+		ping(t, c)
+		time.Sleep(100 * time.Millisecond)
+	}
+	st := aoStats(t, c)
+	assert.Equal(t, uint8(newSend), st.Current)
+	assert.Equal(t, uint8(newRecv), st.RNext)
+	ss := chain.Sessions()
+	require.Len(t, ss, 1)
+	require.Len(t, ss[0].AOKeys, 1, "the dialled connection holds the old key still")
+	assert.Equal(t, uint8(newSend), ss[0].AOKeys[0].SendID)
+	assert.False(t, ss[0].Lagging)
+	assert.NoError(t, ss[0].Err)
+}
