@@ -77,13 +77,17 @@ func Listen(t testing.TB, lc *tcpmd5.ListenConfig, network, address string) *tcp
 }
 
 // ServeEcho accepts connections on ln and echoes what they send until ln is
-// closed; t's cleanup closes ln and waits for every goroutine. The
+// closed; t's cleanup closes ln and the connections it accepted (a peer
+// whose close the kernel drops, say for a key it no longer holds, would
+// leave one open for ever) and waits for every goroutine. The
 // connections it accepts come out of the channel it returns, for tests that
 // look at the server's side, as long as it has room (16).
 func ServeEcho(t testing.TB, ln net.Listener) <-chan *net.TCPConn {
 	t.Helper()
 	accepted := make(chan *net.TCPConn, 16)
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -92,6 +96,9 @@ func ServeEcho(t testing.TB, ln net.Listener) <-chan *net.TCPConn {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
 			if tc, ok := c.(*net.TCPConn); ok {
 				select {
 				case accepted <- tc:
@@ -108,6 +115,11 @@ func ServeEcho(t testing.TB, ln net.Listener) <-chan *net.TCPConn {
 	}()
 	t.Cleanup(func() {
 		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
 		wg.Wait()
 	})
 	return accepted
