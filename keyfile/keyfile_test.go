@@ -178,7 +178,10 @@ func FuzzParse(f *testing.F) {
 			// may show in the error, unless the error has that text anyway
 			// (the peer field as given, quoted or normalized, and the
 			// examples of the message).
-			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET) PEER ao send=N recv=N alg=NAME SECRET"
+			// The lifetime words' names are named by the errors that
+			// refuse them, as the AO parameters are.
+			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET) PEER ao send=N recv=N alg=NAME SECRET" +
+				" from=TIME until= send-from= send-until= accept-from= accept-until="
 			for line := range strings.Lines(input) {
 				line = strings.TrimSpace(line)
 				if i := strings.IndexAny(line, " \t"); i >= 0 {
