@@ -80,10 +80,12 @@ func NewKeyChain() *KeyChain {
 }
 
 // SetAOKey adds k to the chain, sent during send and accepted during
-// accept, or replaces the key with its Peer, SendID, RecvID and Ifindex,
-// and applies the chain at once. Its error joins every failure of applying
-// it (a listener or connection that refused a key), each of which
-// [KeyChain.Sessions] reports too; the others are applied all the same.
+// accept, or replaces the lifetimes of the key with its Peer, SendID,
+// RecvID and Ifindex, and applies the chain at once. A key's secret,
+// algorithm and MAC length cannot change: that is a new key, with new
+// KeyIDs. Its error joins every failure of applying it (a listener or
+// connection that refused a key), each of which [KeyChain.Sessions]
+// reports too; the others are applied all the same.
 func (c *KeyChain) SetAOKey(k AOKey, send, accept Lifetime) error {
 	k, err := k.normalize()
 	if err != nil {
@@ -96,13 +98,26 @@ func (c *KeyChain) SetAOKey(k AOKey, send, accept Lifetime) error {
 			return fmt.Errorf("tcpmd5: AO key %s shares one KeyID only with %s: give both new KeyIDs", k.name(), o.key.name())
 		}
 	}
-	seq := c.ao[k.id()].seq
-	if _, ok := c.ao[k.id()]; !ok {
+	old, ok := c.ao[k.id()]
+	if ok && !sameMKT(old.key, k) {
+		// A live connection cannot take another secret under the same
+		// KeyIDs: the kernel replaces no key in place, nor deletes the one
+		// a connection signs with (RFC 5925's MKTs are fixed).
+		return fmt.Errorf("tcpmd5: AO key %s is in the chain with another secret, algorithm or MAC length: give the new one new KeyIDs, or remove the old one first", k.name())
+	}
+	seq := old.seq
+	if !ok {
 		c.seq++
 		seq = c.seq
 	}
 	c.ao[k.id()] = chainAO{k.clone(), send, accept, seq}
 	return c.applyLocked(time.Now())
+}
+
+// sameMKT reports whether a and b, keys with the same Peer, KeyIDs and
+// Ifindex, sign alike.
+func sameMKT(a, b AOKey) bool {
+	return bytes.Equal(a.Secret, b.Secret) && a.Algorithm == b.Algorithm && a.MACLen == b.MACLen && a.ExcludeOptions == b.ExcludeOptions
 }
 
 // RemoveAOKey deletes the key with k's Peer, SendID, RecvID and Ifindex

@@ -2,6 +2,7 @@ package tcpmd5
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,6 +95,31 @@ func TestChainRefusesHalfKeyIDs(t *testing.T) {
 	err := c.SetAOKey(chainAOKey(t, "192.0.2.0/24", 1, 3, "fake-secret-two"), Lifetime{}, Lifetime{})
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "fake-secret")
-	require.NoError(t, c.SetAOKey(chainAOKey(t, "192.0.2.0/24", 1, 2, "fake-secret-three"), Lifetime{}, Lifetime{}), "the same KeyIDs replace")
+	later := Lifetime{From: time.Unix(2e9, 0)}
+	require.NoError(t, c.SetAOKey(chainAOKey(t, "192.0.2.0/24", 1, 2, "fake-secret-one"), later, Lifetime{}), "the same key takes new lifetimes")
+	assert.Equal(t, later, c.ao[chainAOKey(t, "192.0.2.0/24", 1, 2, "fake-secret-one").id()].send)
 	assert.Len(t, c.ao, 1)
+}
+
+// TestChainRefusesNewSecretUnderOldKeyIDs: a live connection cannot take
+// another secret, algorithm or MAC length under KeyIDs it holds, so the
+// chain refuses such a replacement, changing nothing, and says to use new
+// KeyIDs; the secret is not in the error.
+func TestChainRefusesNewSecretUnderOldKeyIDs(t *testing.T) {
+	c := NewKeyChain()
+	k := chainAOKey(t, "192.0.2.0/24", 1, 2, "fake-secret-one")
+	require.NoError(t, c.SetAOKey(k, Lifetime{}, Lifetime{}))
+	other := func(change func(*AOKey)) AOKey { o := k; o.Secret = slices.Clone(k.Secret); change(&o); return o }
+	for name, o := range map[string]AOKey{
+		"secret":    other(func(o *AOKey) { o.Secret = []byte("fake-secret-two") }),
+		"algorithm": other(func(o *AOKey) { o.Algorithm = "hmac(sha256)" }),
+		"MAC":       other(func(o *AOKey) { o.MACLen = 16 }),
+	} {
+		err := c.SetAOKey(o, Lifetime{From: time.Unix(2e9, 0)}, Lifetime{})
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "new KeyIDs", name)
+		assert.NotContains(t, err.Error(), "fake-secret", name)
+		assert.Equal(t, Lifetime{}, c.ao[k.id()].send, "%s: the refused call changed the lifetimes", name)
+		assert.Equal(t, k.Secret, c.ao[k.id()].key.Secret, name)
+	}
 }
