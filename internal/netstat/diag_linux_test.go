@@ -2,8 +2,10 @@ package netstat_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"testing"
 
@@ -12,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5/internal/netstat"
+	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
 
 // reusePort is a Control hook that sets SO_REUSEPORT.
@@ -72,4 +75,55 @@ func TestListening(t *testing.T) {
 	n, err = netstat.Listening(v6.Addr().(*net.TCPAddr).AddrPort())
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
+}
+
+// BenchmarkListening counts a port's listeners through sock_diag with 30
+// and with 30,000 TIME_WAIT sockets on the host (a network namespace of
+// its own), beside a read of /proc/net/tcp, the way that walks them all:
+// the listener group's same-address check must cost the same either way.
+func BenchmarkListening(b *testing.B) {
+	testenv.Netns(b)
+	ln, err := (&net.ListenConfig{Control: reusePort}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	waiting := 0
+	// timeWait leaves n more sockets in TIME_WAIT: connections the dialling
+	// side closes first, from addresses of their own.
+	timeWait := func(n int) {
+		for range n {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 9, byte(waiting>>8), byte(waiting))}}
+			c, err := d.Dial("tcp4", addr.String())
+			require.NoError(b, err)
+			s, err := ln.Accept()
+			require.NoError(b, err)
+			require.NoError(b, c.Close())
+			_, _ = s.Read(make([]byte, 1)) // the FIN
+			require.NoError(b, s.Close())
+			waiting++
+		}
+	}
+	enter := testenv.Here(b) // a sub-benchmark runs in a goroutine of its own
+	for _, n := range []int{30, 30000} {
+		timeWait(n - waiting)
+		b.Run(fmt.Sprintf("sock_diag/%d-TIME_WAIT", n), func(b *testing.B) {
+			require.NoError(b, enter())
+			for b.Loop() {
+				got, err := netstat.Listening(addr)
+				require.NoError(b, err)
+				require.Equal(b, 1, got)
+			}
+		})
+		b.Run(fmt.Sprintf("proc-net-tcp/%d-TIME_WAIT", n), func(b *testing.B) {
+			require.NoError(b, enter())
+			for b.Loop() {
+				f, err := os.Open("/proc/thread-self/net/tcp") // this namespace's, as the thread is in it
+				require.NoError(b, err)
+				socks, err := netstat.ParseSockets(f)
+				f.Close()
+				require.NoError(b, err)
+				require.GreaterOrEqual(b, len(socks), n)
+			}
+		})
+	}
 }
