@@ -206,6 +206,31 @@ func aoGetInfo(fd int) (AOStats, error) {
 	}, nil
 }
 
+// aoKeyVerified returns how many segments from the peer fd's key k has
+// verified (getsockopt(2) TCP_AO_GET_KEYS, the key's pkt_good): a peer
+// that signs with k has sent that many.
+func aoKeyVerified(fd, family int, k AOKey) (uint64, error) {
+	var cmd aoGetCmd
+	var err error
+	if cmd.Prefix, err = aoAddr(family, k, &cmd.Addr); err != nil {
+		return 0, err
+	}
+	cmd.NKeys, cmd.SndID, cmd.RcvID = 1, k.SendID, k.RecvID
+	if k.Ifindex != 0 {
+		cmd.KeyFlags, cmd.Ifindex = aoKeyIfindex, int32(k.Ifindex)
+	}
+	size := uint32(unsafe.Sizeof(cmd))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOGetKeys, uintptr(unsafe.Pointer(&cmd)), uintptr(unsafe.Pointer(&size)), 0)
+	clear(cmd.Key[:])
+	switch {
+	case errno != 0:
+		return 0, aoError(os.NewSyscallError("getsockopt", errno), "reading AO key "+k.name())
+	case cmd.NKeys == 0:
+		return 0, fmt.Errorf("tcpmd5: reading AO key %s: the connection does not hold it", k.name())
+	}
+	return cmd.PktGood, nil
+}
+
 // readAOInfo is getsockopt(2) TCP_AO_INFO. The kernel reads the buffer as
 // input too and refuses stray flags, so it starts zeroed.
 func readAOInfo(fd int) (aoInfoOpt, error) {

@@ -11,7 +11,8 @@ import (
 // The operations on a socket, written once over the fd-level verbs that
 // control_linux.go and ao_linux.go implement and control_other.go stubs:
 // md5Fits, md5Add and md5Del for MD5 keys; aoAdd, aoAddSigning, aoDel,
-// aoGetInfo, aoSetCurrent and aoSetRNext for TCP-AO; sockFamily,
+// aoDelSwitching, aoGetInfo, aoKeyVerified, aoSetCurrent, aoSetRNext and
+// aoSetSigning for TCP-AO; sockFamily,
 // sockIfindex, sockInherited, sockQueued, sockReusePort, sockSteer and
 // sockTTLSecurity for the rest. Each verb is one kernel operation on one
 // descriptor and gives the kernel's error its meaning.

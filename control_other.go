@@ -22,6 +22,7 @@ func aoDel(_, _ int, _ AOKey) error                       { return aoUnsupported
 func aoDelSwitching(_, _ int, _ AOKey, _, _ uint8) error  { return aoUnsupported() }
 func aoSetSigning(int, uint8, uint8) error                { return aoUnsupported() }
 func aoGetInfo(int) (AOStats, error)                      { return AOStats{}, aoUnsupported() }
+func aoKeyVerified(int, int, AOKey) (uint64, error)       { return 0, aoUnsupported() }
 func aoSetCurrent(int, uint8) error                       { return aoUnsupported() }
 func aoSetRNext(int, uint8) error                         { return aoUnsupported() }
 func sockFamily(int) (int, error)                         { return 0, nil }

@@ -164,15 +164,21 @@ func TestKeyChainAORoll(t *testing.T) {
 	for _, p := range keen {
 		require.NoError(t, p.raw(func(fd int) error { return rawao.SetRNext(fd, newSend) }))
 	}
-	time.Sleep(time.Second)
-	lagging := 0
-	for _, s := range chain.Sessions() {
-		if s.Lagging {
-			lagging++
-			assert.Equal(t, laggard.c.LocalAddr().String(), s.Remote.String(), "a keen peer lags")
+	// A keen peer follows as soon as its next chunk is signed with the new
+	// key; the laggard never does, talking or stalled.
+	var lagging []string
+	assert.Eventually(t, func() bool {
+		lagging = nil
+		for _, s := range chain.Sessions() {
+			if s.Lagging {
+				lagging = append(lagging, s.Remote.String())
+			}
 		}
+		return len(lagging) == 1 && lagging[0] == laggard.c.LocalAddr().String()
+	}, time.Until(end.Add(-time.Second)), 100*time.Millisecond, "the peer without the new key is lagging, and only it")
+	if len(lagging) != 1 {
+		t.Logf("lagging before the old key's end: %d peers, the first %v", len(lagging), lagging[:min(len(lagging), 5)])
 	}
-	assert.Equal(t, 1, lagging, "the peer without the new key is lagging, and only it")
 
 	time.Sleep(time.Until(end.Add(time.Second)))
 	for _, s := range chain.Sessions() {
@@ -295,9 +301,11 @@ func TestKeyChainAODialer(t *testing.T) {
 
 // TestKeyChainAODialedRoll, on a kernel with TCP-AO: a connection a
 // Dialer with a chain made is rolled as an accepted one is. The raw
-// listener's side holds both keys and asks for the new one at T; after
-// the old key's end the dialled connection signs with the new key, asks
-// for it, holds it alone, and data still flows.
+// listener's side holds both keys and asks for the new one at T; the
+// session is lagging from the switch until a segment of the peer's
+// verifies with the new key; after the old key's end the dialled
+// connection signs with the new key, asks for it, holds it alone, and data
+// still flows.
 func TestKeyChainAODialedRoll(t *testing.T) {
 	requireAO(t)
 	testenv.Netns(t)
@@ -332,6 +340,15 @@ func TestKeyChainAODialedRoll(t *testing.T) {
 	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: end}, tcpmd5.Lifetime{Until: end}))
 	time.Sleep(time.Until(at))
 	require.NoError(t, server.raw(func(fd int) error { return rawao.SetRNext(fd, newSend) }))
+	// Switched, and no segment of the peer's verified with the new key
+	// yet: lagging, until the peer speaks.
+	require.Eventually(t, func() bool {
+		ss := chain.Sessions()
+		return len(ss) == 1 && ss[0].Current == newSend
+	}, mustConnect, 20*time.Millisecond, "the chain did not switch the connection at T")
+	assert.True(t, chain.Sessions()[0].Lagging, "a peer that has said nothing since the switch is reported following")
+	ping(t, c)
+	assert.False(t, chain.Sessions()[0].Lagging, "a peer whose echo came signed with the new key is reported lagging")
 	for time.Now().Before(end.Add(time.Second)) {
 		ping(t, c)
 		time.Sleep(100 * time.Millisecond)

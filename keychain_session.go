@@ -22,8 +22,11 @@ type ChainSession struct {
 	// it signs with and the RecvID it asks the peer for (see [AOInfo]).
 	Current, RNext uint8
 	// Lagging reports that the peer of a TCP-AO connection has not
-	// followed the chain's preferred key: it still asks for another, or a
-	// key it asked for was deleted at its end.
+	// followed the chain's preferred key: it still asks for another; or,
+	// since the chain switched the connection to the preferred key, no
+	// segment of the peer's has been verified with it (the key's pkt_good
+	// is 0: a peer that stays silent lags until it speaks); or a key it
+	// asked for was deleted at its end.
 	Lagging bool
 	// Err is the last failure of applying the chain to the connection.
 	Err error
@@ -40,7 +43,8 @@ type session struct {
 	ao            keyTable[AOKey] // the AO keys it holds
 	current       uint8           // the SendID the chain made current, and whether it did
 	currentSet    bool
-	lagging       bool
+	switched      bool // the chain made another key current since the first
+	lagging       bool // a key the peer asked for was deleted
 	err           error
 }
 
@@ -142,24 +146,35 @@ func (s *session) setMD5(rc syscall.RawConn, k Key) error {
 // applyAO is applySession for the AO keys of the connection's peer.
 func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.Time) error {
 	var errs []error
+	pref, ok := c.preferred(keys, t)
 	for _, k := range keys {
 		if _, held := s.ao.get(k.id()); c.aoOn(k, t) && !held {
-			err := addAOKey(rc, s.family, k)
-			if err == nil || errors.Is(err, syscall.EEXIST) {
+			// A key preferred as it arrives is made current and asked for
+			// in the call that adds it.
+			add := aoAdd
+			signing := ok && k.id() == pref.id() && (!s.currentSet || s.current != pref.SendID)
+			if signing {
+				add = aoAddSigning
+			}
+			err := withFamily(rc, s.family, func(fd, family int) error { return add(fd, family, k) })
+			switch {
+			case err == nil && signing:
+				s.current, s.switched, s.currentSet = pref.SendID, s.currentSet, true
+				fallthrough
+			case err == nil || errors.Is(err, syscall.EEXIST):
 				s.ao.set(k.bare())
-			} else {
+			default:
 				errs = append(errs, err)
 			}
 		}
 	}
-	pref, ok := c.preferred(keys, t)
 	if ok && (!s.currentSet || s.current != pref.SendID) {
 		if _, held := s.ao.get(pref.id()); held {
 			err := controlErr(rc, func(fd int) error { return aoSetSigning(fd, pref.SendID, pref.RecvID) })
 			if err != nil {
 				errs = append(errs, err)
 			} else {
-				s.current, s.currentSet = pref.SendID, true
+				s.current, s.switched, s.currentSet = pref.SendID, s.currentSet, true
 			}
 		}
 	}
@@ -181,18 +196,18 @@ func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.
 	return errors.Join(errs...)
 }
 
-// deleteAO deletes k from the connection of s. A key the peer still asks
-// for is current: it goes with pref made current and asked for in the same
-// call, and s is lagging.
+// deleteAO deletes k from the connection of s. The kernel refuses (EBUSY)
+// to delete the key a connection signs with or asks for, atomically: so a
+// plain delete goes first, and one refused means the peer still asks for
+// k; then k goes with pref made current and asked for in the same call,
+// and s is lagging.
 func (c *KeyChain) deleteAO(s *session, rc syscall.RawConn, k, pref AOKey, havePref bool) error {
 	err := withFamily(rc, s.family, func(fd, family int) error {
-		if !havePref || pref.id() == k.id() {
-			return aoDel(fd, family, k)
+		err := aoDel(fd, family, k)
+		if !errors.Is(err, syscall.EBUSY) || !havePref || pref.id() == k.id() {
+			return err
 		}
-		// The peer's next segment may make k current again at any moment:
-		// the switch goes in the same call as the delete, whatever the
-		// connection's keys are now.
-		if info, err := aoGetInfo(fd); err == nil && info.Current == k.SendID {
+		if info, ierr := aoGetInfo(fd); ierr == nil && info.Current == k.SendID {
 			s.lagging = true
 		}
 		return aoDelSwitching(fd, family, k, pref.SendID, pref.RecvID)
@@ -225,18 +240,47 @@ func (c *KeyChain) Sessions() []ChainSession {
 			cs.AOKeys = append(cs.AOKeys, k.bare())
 		}
 		if s.ao.len() > 0 {
-			if info, err := AOInfo(conn); err == nil {
-				cs.Current, cs.RNext = info.Current, info.RNext
-				var keys []AOKey
-				for k := range s.ao.all() {
-					keys = append(keys, c.ao[k.id()].key)
-				}
-				if pref, ok := c.preferred(keys, now); ok && info.Current != pref.SendID {
-					cs.Lagging = true
-				}
-			}
+			c.readAO(s, conn, &cs, now)
 		}
 		out = append(out, cs)
 	}
 	return out
+}
+
+// readAO fills in cs, the report of s, a TCP-AO connection, from what its
+// kernel says: its KeyIDs now, and whether its peer lags behind.
+func (c *KeyChain) readAO(s *session, conn *net.TCPConn, cs *ChainSession, now time.Time) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	var keys []AOKey
+	for k := range s.ao.all() {
+		keys = append(keys, c.ao[k.id()].key)
+	}
+	pref, havePref := c.preferred(keys, now)
+	err = withFamily(rc, s.family, func(fd, family int) error {
+		info, err := aoGetInfo(fd)
+		if err != nil {
+			return err
+		}
+		cs.Current, cs.RNext = info.Current, info.RNext
+		if !havePref {
+			return nil
+		}
+		if info.Current != pref.SendID {
+			cs.Lagging = true
+		}
+		if s.switched {
+			verified, err := aoKeyVerified(fd, family, pref)
+			if err != nil {
+				return err
+			}
+			cs.Lagging = cs.Lagging || verified == 0
+		}
+		return nil
+	})
+	if err != nil && cs.Err == nil {
+		cs.Err = err
+	}
 }
