@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -300,4 +301,130 @@ func TestCMACVectors(t *testing.T) {
 	for n, want := range map[int]string{0: "bb1d6929e95937287fa37d129b756746", 16: "070a16b46b4d4144f79bdd9dd04a287c", 40: "dfa66747de9ae63030ca32611497c827"} {
 		assert.Equal(t, want, hex.EncodeToString(cmacAES(key, msg[:n])), "%d bytes", n)
 	}
+}
+
+// TestAOChainRollOnTheWire captures a TCP-AO connection whose two ends
+// each run a KeyChain, across a scheduled roll, with echo traffic
+// throughout: a new key (KeyIDs 11 and 12, another secret) accepted at
+// once and sent from T, the old one (1 and 2) sent and accepted until a
+// second after T. Every MAC of the connection, SYN to the last ACK,
+// verifies as this file recomputes it; the old KeyIDs sign until T; from
+// the first segment sent after both ends report the new key current, and
+// again after the old key's end, every segment carries the new KeyID and
+// asks for the new one; the old key is then gone from both ends.
+func TestAOChainRollOnTheWire(t *testing.T) {
+	testenv.Require(t, testenv.AO)
+	t.Parallel()
+	client, server := testnet.Pair(t)
+	caddr, saddr := client.Addr4, server.Addr4
+	key := func(peer netip.Addr, send, recv uint8, secret string) tcpmd5.AOKey {
+		return tcpmd5.AOKey{Peer: netip.PrefixFrom(peer, peer.BitLen()), SendID: send, RecvID: recv, Algorithm: "hmac(sha1)", Secret: []byte(secret)}
+	}
+	type end struct {
+		chain      *tcpmd5.KeyChain
+		peer       netip.Addr
+		send, recv uint8 // the old KeyIDs; the new ones are 10 more
+		conn       *net.TCPConn
+	}
+	srv := &end{chain: tcpmd5.NewKeyChain(), peer: caddr, send: 1, recv: 2}
+	cli := &end{chain: tcpmd5.NewKeyChain(), peer: saddr, send: 2, recv: 1}
+	for _, e := range []*end{srv, cli} {
+		require.NoError(t, e.chain.SetAOKey(key(e.peer, e.send, e.recv, testkit.SecretA), tcpmd5.Lifetime{}, tcpmd5.Lifetime{}))
+	}
+	ln := listenIn(t, server.Host, &tcpmd5.ListenConfig{KeyChain: srv.chain}, "tcp", net.JoinHostPort(saddr.String(), "0"))
+	accepted := testkit.ServeEcho(t, ln)
+	capture := client.Capture(t)
+	d := &tcpmd5.Dialer{KeyChain: cli.chain}
+	d.Timeout = testkit.MustConnect
+	c, err := dialIn(client.Host, d, "tcp", ln.Addr().String())
+	require.NoError(t, err)
+	srv.conn, cli.conn = <-accepted, c.(*net.TCPConn)
+	echo := func(word string) {
+		t.Helper()
+		require.NoError(t, c.SetDeadline(time.Now().Add(testkit.MustConnect)))
+		_, err := c.Write([]byte(word))
+		require.NoError(t, err)
+		buf := make([]byte, len(word))
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err)
+		require.Equal(t, word, string(buf))
+	}
+	echo("Old!")
+
+	// The schedule, set once the connection is up: the new key sent from
+	// T, the old one until a second after it.
+	at := time.Now().Add(time.Second)
+	for _, e := range []*end{srv, cli} {
+		require.NoError(t, e.chain.SetAOKey(key(e.peer, e.send+10, e.recv+10, testkit.SecretB), tcpmd5.Lifetime{From: at}, tcpmd5.Lifetime{}))
+		ends := tcpmd5.Lifetime{Until: at.Add(time.Second)}
+		require.NoError(t, e.chain.SetAOKey(key(e.peer, e.send, e.recv, testkit.SecretA), ends, ends))
+	}
+	switched := func(e *end, oldGone bool) bool {
+		for _, s := range e.chain.Sessions() {
+			if s.Remote == e.conn.RemoteAddr().(*net.TCPAddr).AddrPort() {
+				return s.Err == nil && !s.Lagging && s.Current == e.send+10 && s.RNext == e.recv+10 && (!oldGone || len(s.AOKeys) == 1)
+			}
+		}
+		return false
+	}
+	require.Eventually(t, func() bool {
+		echo("Ping")
+		return switched(srv, false) && switched(cli, false)
+	}, testkit.MustConnect, 20*time.Millisecond, "both ends current on the new key after T")
+	echo("Post")
+	require.Eventually(t, func() bool {
+		echo("Ping")
+		return switched(srv, true) && switched(cli, true)
+	}, testkit.MustConnect, 20*time.Millisecond, "the old key gone from both ends after its end")
+	echo("Late")
+	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	require.NoError(t, c.Close())
+	segs := wholeConnection(t, capture, local, remote)
+
+	var clientISN, serverISN uint32
+	for _, s := range segs {
+		if s.Flags&testnet.SYN != 0 {
+			if s.Src == local {
+				clientISN = s.Seq
+			} else {
+				serverISN = s.Seq
+			}
+		}
+	}
+	secrets := map[uint8]string{1: testkit.SecretA, 2: testkit.SecretA, 11: testkit.SecretB, 12: testkit.SecretB}
+	phase := "" // the last marker seen on the wire
+	old, late := 0, 0
+	for _, s := range segs {
+		ao, ok := findAO(s)
+		if !assert.True(t, ok, "a segment without TCP-AO: %v", s) {
+			continue
+		}
+		switch string(s.Payload) {
+		case "Post", "Late":
+			phase = string(s.Payload)
+		}
+		src, dst, srcISN, dstISN, e := local, remote, clientISN, serverISN, cli
+		if s.Src == remote {
+			src, dst, srcISN, dstISN, e = remote, local, serverISN, clientISN, srv
+		}
+		if s.Flags&testnet.SYN != 0 && s.Flags&testnet.ACK == 0 {
+			dstISN = 0
+		}
+		if ao.keyID == e.send {
+			old++
+		}
+		if phase != "" {
+			assert.Equal(t, [2]uint8{e.send + 10, e.recv + 10}, [2]uint8{ao.keyID, ao.rnext}, "KeyID and RNextKeyID of %v, after %q", s, phase)
+			late++
+		}
+		secret, known := secrets[ao.keyID]
+		if !assert.True(t, known, "KeyID %d of %v", ao.keyID, s) {
+			continue
+		}
+		tkey := trafficKey("hmac(sha1)", []byte(secret), src, dst, srcISN, dstISN)
+		assert.Equal(t, segmentMAC("hmac(sha1)", tkey, src, dst, s.TCP, ao, false), ao.mac, "the MAC of %v", s)
+	}
+	assert.Positive(t, old, "no segment signed with the old key before T")
+	assert.Equal(t, "Late", phase, "the markers were not on the wire")
+	t.Logf("%d segments, every MAC recomputed; %d with the old KeyIDs, %d checked after both ends switched", len(segs), old, late)
 }

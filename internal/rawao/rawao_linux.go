@@ -14,8 +14,8 @@ import (
 const (
 	optAdd, optDel = 38, 39
 
-	addSize, addAlg, addPrefix, addSndID, addRcvID, addMACLen, addKeyLen, addKey = 288, 128, 202, 203, 204, 205, 207, 208
-	delSize, delPrefix, delSndID, delRcvID                                       = 144, 138, 139, 140
+	addSize, addAlg, addFlags, addPrefix, addSndID, addRcvID, addMACLen, addKeyLen, addKey = 288, 128, 196, 202, 203, 204, 205, 207, 208
+	delSize, delPrefix, delSndID, delRcvID                                                 = 144, 138, 139, 140
 
 	optInfo                                 = 40
 	infoSize, infoCurrent, infoRNext        = 48, 6, 7
@@ -32,8 +32,17 @@ type Key struct {
 }
 
 // Add installs k on fd, a TCP socket of family (AF_INET or AF_INET6).
-func Add(fd, family int, k Key) error {
+func Add(fd, family int, k Key) error { return add(fd, family, k, 0) }
+
+// AddSigning is Add that also makes k current and asks the peer for it
+// (set_current and set_rnext), on a connected socket.
+func AddSigning(fd, family int, k Key) error {
+	return add(fd, family, k, infoSetCurrent|infoSetRNext)
+}
+
+func add(fd, family int, k Key, flags uint32) error {
 	b := make([]byte, addSize)
+	binary.LittleEndian.PutUint32(b[addFlags:], flags)
 	sockaddr(b, family, k.Peer.Addr())
 	b[addPrefix], b[addSndID], b[addRcvID], b[addMACLen] = byte(k.Peer.Bits()), k.SendID, k.RecvID, k.MACLen
 	copy(b[addAlg:addAlg+63], k.Algorithm)
@@ -56,6 +65,12 @@ func SetCurrent(fd int, current uint8) error { return setInfo(fd, infoSetCurrent
 // SetRNext makes fd ask its peer for the key of RecvID rnext (TCP_AO_INFO
 // set_rnext), as a router does when a key's send lifetime begins.
 func SetRNext(fd int, rnext uint8) error { return setInfo(fd, infoSetRNext, 0, rnext) }
+
+// SetSigning makes fd sign with its key of SendID current and ask for the
+// key of RecvID rnext, in one TCP_AO_INFO write.
+func SetSigning(fd int, current, rnext uint8) error {
+	return setInfo(fd, infoSetCurrent|infoSetRNext, current, rnext)
+}
 
 // setInfo writes TCP_AO_INFO with flags, leaving ao_required and
 // accept_icmps off.
