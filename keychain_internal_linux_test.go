@@ -20,15 +20,21 @@ import (
 )
 
 // TestKeyChainHoldsNoClosedConnection, in a network namespace of its own: a
-// chain on a listener and a dialer sees 100,000 connections opened, used
-// and closed, a few at a time; the connections it keeps never number more
-// than a few hundred, once Sessions has looked none, and the heap is back
-// to within a few megabytes of where it began (100,000 sessions held would
-// take tens of megabytes).
+// chain on a listener and a dialer sees 100,000 connections (5,000 with
+// -short) opened, used and closed, a few at a time; the connections it
+// keeps never number more than a few hundred, once Sessions has looked
+// none, and the heap has grown by less than 40 bytes a connection (a
+// session held takes several times that).
 func TestKeyChainHoldsNoClosedConnection(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
-	const conns, workers = 100000, 4
+	conns, workers := 100000, 4
+	if testing.Short() {
+		// tools/kernels/run passes -test.short: inside UML a connection
+		// costs 3 ms, and what the chain holds does not depend on the
+		// kernel, so there the test sees 5,000.
+		conns = 5000
+	}
 	chain := NewKeyChain()
 	require.NoError(t, chain.SetKey(Key{Peer: netip.MustParsePrefix("127.0.0.0/8"), Secret: fakeA}, time.Time{}))
 	ln, err := (&ListenConfig{KeyChain: chain}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
@@ -97,6 +103,6 @@ func TestKeyChainHoldsNoClosedConnection(t *testing.T) {
 	}, 30*time.Second, 20*time.Millisecond, "closed connections stay in the chain")
 	after := heap()
 	grown := int64(after) - int64(before)
-	assert.Less(t, grown, int64(8<<20), "the heap grew by %d bytes over %d connections", grown, conns)
+	assert.Less(t, grown, int64(40*conns), "the heap grew by %d bytes over %d connections", grown, conns)
 	t.Logf("%d connections: the chain kept at most %d at once and none at the end; heap %d bytes before, %d after", conns, most.Load(), before, after)
 }
