@@ -260,13 +260,10 @@ func dialRawContext(ctx context.Context, t *testing.T, src, addr, secret string,
 	return &rawPeer{c: c.(*net.TCPConn), secret: secret}, nil
 }
 
-// TestKeyChainAODialer, on a kernel with TCP-AO: a Dialer with a chain
-// signs the SYN with the preferred key, the one whose send lifetime began
-// last, whatever the order the keys joined the chain; a raw listener's
-// connection shows which key verified it.
-func TestKeyChainAODialer(t *testing.T) {
-	requireAO(t)
-	testenv.Netns(t)
+// rawListener is a listener on 127.0.0.1 driven through the raw UAPI
+// alone, holding the peer's side of the old and the new key for 127.0.0.2,
+// and the connections it accepted, echoed.
+func rawListener(t *testing.T) (net.Listener, <-chan *net.TCPConn) {
 	var rawErr error
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		return cmp.Or(c.Control(func(fd uintptr) {
@@ -279,7 +276,17 @@ func TestKeyChainAODialer(t *testing.T) {
 	rl, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { rl.Close() })
-	accepted := serveEcho(t, rl)
+	return rl, serveEcho(t, rl)
+}
+
+// TestKeyChainAODialer, on a kernel with TCP-AO: a Dialer with a chain
+// signs the SYN with the preferred key, the one whose send lifetime began
+// last, whatever the order the keys joined the chain; a raw listener's
+// connection shows which key verified it.
+func TestKeyChainAODialer(t *testing.T) {
+	requireAO(t)
+	testenv.Netns(t)
+	rl, accepted := rawListener(t)
 
 	chain := tcpmd5.NewKeyChain()
 	now := time.Now()
@@ -309,19 +316,7 @@ func TestKeyChainAODialer(t *testing.T) {
 func TestKeyChainAODialedRoll(t *testing.T) {
 	requireAO(t)
 	testenv.Netns(t)
-	var rawErr error
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		return cmp.Or(c.Control(func(fd uintptr) {
-			for _, ids := range [][2]uint8{{oldRecv, oldSend}, {newRecv, newSend}} {
-				rawErr = cmp.Or(rawErr, rawao.Add(int(fd), unix.AF_INET, rawao.Key{Peer: netip.MustParsePrefix("127.0.0.2/32"), SendID: ids[0], RecvID: ids[1], Algorithm: "hmac(sha1)", Secret: []byte(secretA)}))
-			}
-		}), rawErr)
-	}}
-	lc.SetMultipathTCP(false)
-	rl, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { rl.Close() })
-	accepted := serveEcho(t, rl)
+	rl, accepted := rawListener(t)
 
 	chain := tcpmd5.NewKeyChain()
 	old := aoKey(t, "127.0.0.1", oldSend, oldRecv, "hmac(sha1)", secretA)

@@ -30,31 +30,7 @@ func BenchmarkKeyChainRoll(b *testing.B) {
 	peers := netip.MustParsePrefix("127.0.0.0/8")
 	chain := NewKeyChain()
 	require.NoError(b, chain.SetKey(Key{Peer: peers, Secret: fakeA}, time.Time{}))
-	ln, err := (&ListenConfig{KeyChain: chain}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(b, err)
-	defer ln.Close()
-	accepted := make(chan *net.TCPConn, sessions)
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	var server []*net.TCPConn
-	for i := range sessions {
-		d := Dialer{Keys: []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: fakeA}}}
-		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i))}
-		c, err := d.Dial("tcp4", ln.Addr().String())
-		require.NoError(b, err)
-		defer c.Close()
-		server = append(server, <-accepted)
-	}
-	for _, c := range server {
-		defer c.Close()
-	}
+	server := chainSessions(b, chain, sessions, Dialer{Keys: []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: fakeA}}})
 	secrets := [][]byte{fakeB, fakeA}
 	b.Run("chain", func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
@@ -98,6 +74,49 @@ func benchSessions(b *testing.B, want int) int {
 	return sessions
 }
 
+// chainSessions makes a listener with chain and dials it sessions times
+// with d, each from an address of its own, and returns the accepted ends;
+// both ends close when b ends.
+func chainSessions(b *testing.B, chain *KeyChain, sessions int, d Dialer) []*net.TCPConn {
+	refused := make(chan Refusal, 1)
+	lc := ListenConfig{KeyChain: chain, OnRefuse: func(r Refusal) {
+		select {
+		case refused <- r:
+		default:
+		}
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(b, err)
+	b.Cleanup(func() { ln.Close() })
+	accepted := make(chan *net.TCPConn, sessions)
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var server []*net.TCPConn
+	for i := range sessions {
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i))}
+		c, err := d.Dial("tcp4", ln.Addr().String())
+		require.NoError(b, err)
+		b.Cleanup(func() { c.Close() })
+		select {
+		case sc := <-accepted:
+			b.Cleanup(func() { sc.Close() })
+			server = append(server, sc)
+		case r := <-refused:
+			b.Fatalf("session %d: the listener refused %v: %s", i, r.Remote, r.Reason)
+		case <-time.After(30 * time.Second):
+			b.Fatalf("session %d: dialled, but the listener handed over no connection in 30 s", i)
+		}
+	}
+	return server
+}
+
 // BenchmarkKeyChainAORoll rolls up to 10,000 live TCP-AO sessions from one
 // key to another and back, the chain against the same kernel calls made by
 // hand through the raw UAPI, side by side in one run, in two ways: a new key
@@ -122,46 +141,13 @@ func BenchmarkKeyChainAORoll(b *testing.B) {
 	}
 	chain := NewKeyChain()
 	require.NoError(b, chain.SetAOKey(keys[0], Lifetime{}, Lifetime{}))
-	refused := make(chan Refusal, 1)
-	lc := ListenConfig{KeyChain: chain, OnRefuse: func(r Refusal) {
-		select {
-		case refused <- r:
-		default:
-		}
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	require.NoError(b, err)
-	defer ln.Close()
-	accepted := make(chan *net.TCPConn, sessions)
-	go func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
+	var d Dialer
+	for _, k := range keys {
+		k.Peer = netip.MustParsePrefix("127.0.0.1/32")
+		d.AOKeys = append(d.AOKeys, k)
+	}
 	var conns []syscall.RawConn
-	for i := range sessions {
-		var d Dialer
-		for _, k := range keys {
-			k.Peer = netip.MustParsePrefix("127.0.0.1/32")
-			d.AOKeys = append(d.AOKeys, k)
-		}
-		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 1, byte(i>>8), byte(i))}
-		c, err := d.Dial("tcp4", ln.Addr().String())
-		require.NoError(b, err)
-		defer c.Close()
-		var sc *net.TCPConn
-		select {
-		case sc = <-accepted:
-		case r := <-refused:
-			b.Fatalf("session %d: the listener refused %v: %s", i, r.Remote, r.Reason)
-		case <-time.After(30 * time.Second):
-			b.Fatalf("session %d: dialled, but the listener handed over no connection in 30 s", i)
-		}
-		defer sc.Close()
+	for _, sc := range chainSessions(b, chain, sessions, d) {
 		rc, err := sc.SyscallConn()
 		require.NoError(b, err)
 		conns = append(conns, rc)

@@ -169,6 +169,21 @@ func segmentMAC(alg string, tkey []byte, src, dst netip.AddrPort, tcp []byte, ao
 	return prf(alg, tkey, msg)[:len(ao.mac)]
 }
 
+// isns returns the initial sequence numbers of a captured connection, the
+// one its SYN from local carries and the peer's.
+func isns(segs []testnet.Segment, local netip.AddrPort) (localISN, peerISN uint32) {
+	for _, s := range segs {
+		if s.Flags&testnet.SYN != 0 {
+			if s.Src == local {
+				localISN = s.Seq
+			} else {
+				peerISN = s.Seq
+			}
+		}
+	}
+	return localISN, peerISN
+}
+
 // TestAOOnTheWire captures whole TCP-AO connections between two namespaces
 // and checks every segment, SYN to the last ACK: option kind 29 with the
 // KeyID and RNextKeyID each side must send, and a MAC this test recomputes
@@ -234,17 +249,7 @@ func TestAOOnTheWire(t *testing.T) {
 			remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 			require.NoError(t, c.Close())
 			segs := wholeConnection(t, capture, local, remote)
-
-			var clientISN, serverISN uint32
-			for _, s := range segs {
-				if s.Flags&testnet.SYN != 0 {
-					if s.Src == local {
-						clientISN = s.Seq
-					} else {
-						serverISN = s.Seq
-					}
-				}
-			}
+			clientISN, serverISN := isns(segs, local)
 			secrets := map[uint8]string{1: testkit.SecretA, 2: testkit.SecretA, 11: testkit.SecretB, 12: testkit.SecretB}
 			newIDs := 0
 			for _, s := range segs {
@@ -380,17 +385,7 @@ func TestAOChainRollOnTheWire(t *testing.T) {
 	local, remote := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	require.NoError(t, c.Close())
 	segs := wholeConnection(t, capture, local, remote)
-
-	var clientISN, serverISN uint32
-	for _, s := range segs {
-		if s.Flags&testnet.SYN != 0 {
-			if s.Src == local {
-				clientISN = s.Seq
-			} else {
-				serverISN = s.Seq
-			}
-		}
-	}
+	clientISN, serverISN := isns(segs, local)
 	secrets := map[uint8]string{1: testkit.SecretA, 2: testkit.SecretA, 11: testkit.SecretB, 12: testkit.SecretB}
 	phase := "" // the last marker seen on the wire
 	old, late := 0, 0
