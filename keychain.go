@@ -103,7 +103,7 @@ func (c *KeyChain) SetAOKey(k AOKey, send, accept Lifetime) error {
 		// A live connection cannot take another secret under the same
 		// KeyIDs: the kernel replaces no key in place, nor deletes the one
 		// a connection signs with (RFC 5925's MKTs are fixed).
-		return fmt.Errorf("tcpmd5: AO key %s is in the chain with another secret, algorithm or MAC length: give the new one new KeyIDs, or remove the old one first", k.name())
+		return fmt.Errorf("tcpmd5: AO key %s: another secret, algorithm or MAC needs new KeyIDs", k.name())
 	}
 	seq := old.seq
 	if !ok {
