@@ -124,9 +124,10 @@ func chainSessions(b *testing.B, chain *KeyChain, sessions int, d Dialer) []*net
 // in one TCP_AO_ADD_KEY; then the old key's plain TCP_AO_DEL_KEY: two calls
 // a session), and a key whose send lifetime begins after it is added (add;
 // TCP_AO_INFO, read and written, since its write rewrites flags the chain
-// does not own; delete: four, where the bare kernel needs three). It
-// reports wall time and the setsockopt(2) and getsockopt(2) calls a session,
-// as strace counts them over one more roll.
+// does not own; delete: four, as by hand when the flags are kept, where
+// the bare kernel needs three). It reports wall time and the setsockopt(2)
+// and getsockopt(2) calls a session, as strace counts them over one more
+// roll.
 func BenchmarkKeyChainAORoll(b *testing.B) {
 	testenv.Require(b, testenv.AO)
 	testenv.Netns(b)
@@ -182,6 +183,13 @@ func BenchmarkKeyChainAORoll(b *testing.B) {
 			})
 			held = 1 - held
 		},
+		"x/sys/scheduled-keeping-flags": func() {
+			next, prev := raw(keys[1-held]), raw(keys[held])
+			byHand(func(fd int) error {
+				return cmp.Or(rawao.Add(fd, unix.AF_INET, next), rawao.SetSigningKeepingFlags(fd, next.SendID, next.RecvID), rawao.Del(fd, unix.AF_INET, prev))
+			})
+			held = 1 - held
+		},
 		"x/sys/scheduled": func() {
 			next, prev := raw(keys[1-held]), raw(keys[held])
 			byHand(func(fd int) error {
@@ -192,7 +200,7 @@ func BenchmarkKeyChainAORoll(b *testing.B) {
 	}
 	// The chain first: the hand-made rolls change the sessions behind its
 	// back.
-	for _, name := range []string{"chain/at-once", "chain/scheduled", "x/sys/at-once", "x/sys/scheduled"} {
+	for _, name := range []string{"chain/at-once", "chain/scheduled", "x/sys/at-once", "x/sys/scheduled-keeping-flags", "x/sys/scheduled"} {
 		roll := rolls[name]
 		b.Run(name, func(b *testing.B) {
 			for b.Loop() {

@@ -27,7 +27,9 @@ import (
 // Every size dials from the same number of peers, 10, spread over its keys
 // (and so over the group's sockets), because each new peer address costs
 // the kernel per-peer state of its own whatever the keys: "peers=5000"
-// beside the largest group shows that cost apart from the group's.
+// beside the largest group shows that cost apart from the group's, and
+// "prefix" beside it is one key covering the same peers: what 100,000 host
+// keys cost a handshake.
 // Each run has its own network namespace.
 func BenchmarkAcceptRate(b *testing.B) {
 	requireMD5(b)
@@ -42,7 +44,7 @@ func BenchmarkAcceptRate(b *testing.B) {
 			runs = append(runs, run{keys, kind, 10})
 		}
 	}
-	runs = append(runs, run{100000, "group", 5000})
+	runs = append(runs, run{100000, "group", 5000}, run{100000, "prefix", 5000})
 	for _, r := range runs {
 		keys, kind := r.keys, r.kind
 		name := "keys=" + strconv.Itoa(keys) + "/" + kind
@@ -53,10 +55,19 @@ func BenchmarkAcceptRate(b *testing.B) {
 			testenv.Netns(b)
 			addr := func(n int) netip.Addr { return peer4(0, n) }
 			var ln net.Listener
-			if kind == "single" {
+			secret := peerSecret
+			switch kind {
+			case "single":
 				ln = singleSocket(b, peerKeys(addr, 0, keys))
-			} else {
+			case "group":
 				ln = listen(b, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, keys)}, "tcp4", "127.0.0.1:0")
+			case "prefix": // one key for the same peers, 127.32.0.0/15
+				prefix := []byte("fake-secret-prefix")
+				secret = func(int) []byte { return prefix }
+				cover, err := addr(0).Prefix(15)
+				require.NoError(b, err)
+				require.True(b, cover.Contains(addr(keys-1)))
+				ln = listen(b, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: cover, Secret: prefix}}}, "tcp4", "127.0.0.1:0")
 			}
 			acceptedc := make(chan struct{})
 			go func() {
@@ -74,7 +85,7 @@ func BenchmarkAcceptRate(b *testing.B) {
 			start := time.Now()
 			for b.Loop() {
 				p := n % r.peers * (keys / r.peers)
-				c, err := dialAs(context.Background(), addr(p), peerSecret(p), target, 5*time.Second, nil)
+				c, err := dialAs(context.Background(), addr(p), secret(p), target, 5*time.Second, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -20,6 +20,7 @@ const (
 	optInfo                                 = 40
 	infoSize, infoCurrent, infoRNext        = 48, 6, 7
 	infoSetCurrent, infoSetRNext     uint32 = 1 << 0, 1 << 1 // bit fields, little-endian layout
+	infoRequired, infoAcceptICMPs    uint32 = 1 << 2, 1 << 4
 )
 
 // Key is one master key tuple as the UAPI takes it.
@@ -70,6 +71,20 @@ func SetRNext(fd int, rnext uint8) error { return setInfo(fd, infoSetRNext, 0, r
 // key of RecvID rnext, in one TCP_AO_INFO write.
 func SetSigning(fd int, current, rnext uint8) error {
 	return setInfo(fd, infoSetCurrent|infoSetRNext, current, rnext)
+}
+
+// SetSigningKeepingFlags is SetSigning for a socket whose ao_required and
+// accept_icmps someone else may have set: TCP_AO_INFO read first, its
+// flags written back (the write sets them too).
+func SetSigningKeepingFlags(fd int, current, rnext uint8) error {
+	b := make([]byte, infoSize)
+	size := uint32(len(b))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, optInfo, uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
+		return os.NewSyscallError("getsockopt", errno)
+	}
+	keep := binary.LittleEndian.Uint32(b) & (infoRequired | infoAcceptICMPs)
+	return setInfo(fd, keep|infoSetCurrent|infoSetRNext, current, rnext)
 }
 
 // setInfo writes TCP_AO_INFO with flags, leaving ao_required and
