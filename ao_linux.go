@@ -161,7 +161,10 @@ func aoAddFlags(fd, family int, k AOKey, flags uint32) error {
 	cmd.KeyLen = uint8(copy(cmd.Key[:], k.Secret))
 	err = setsockoptPtr(fd, tcpAOAddKey, unsafe.Pointer(&cmd), unsafe.Sizeof(cmd))
 	clear(cmd.Key[:])
-	return aoError(err, "adding AO key "+k.name())
+	if err != nil { // the message is built only when there is one
+		return aoError(err, "adding AO key "+k.name())
+	}
+	return nil
 }
 
 // aoDel deletes the key of fd, a socket of family, that matches k's peer,
@@ -184,7 +187,7 @@ func aoDelCmdFor(fd, family int, k AOKey, cmd aoDelCmd) error {
 	cmd.Ifindex = int32(k.Ifindex)
 	cmd.SndID, cmd.RcvID, cmd.KeyFlags = k.SendID, k.RecvID, k.keyFlags()
 	err = setsockoptPtr(fd, tcpAODelKey, unsafe.Pointer(&cmd), unsafe.Sizeof(cmd))
-	if errors.Is(err, unix.ENOENT) {
+	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
 	return aoError(err, "removing AO key "+k.name())

@@ -103,7 +103,7 @@ func (p *rawPeer) talk(stop <-chan struct{}, interval time.Duration) {
 // its own: 1,000 live sessions on one listener, each with data flowing,
 // their peers driven through the kernel's UAPI and switching as routers
 // do. A new key joins the chain, accepted from now and sent from T; the
-// old one's lifetimes end 4 s after T. Every session survives with every
+// old one's lifetimes end 8 s after T. Every session survives with every
 // byte echoed; afterwards each one signs with the new key and asks for
 // it, holds the old one no more, and is not lagging; a segment a peer
 // signs with the old key is dropped on every session (TCPAOKeyNotFound),
@@ -154,7 +154,7 @@ func TestKeyChainAORoll(t *testing.T) {
 	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: start.Add(time.Hour)}, tcpmd5.Lifetime{}))
 	t.Logf("adding the new key to %d sessions and the listener took %v", peers+1, time.Since(start))
 	at := time.Now().Add(5 * time.Second)
-	end := at.Add(4 * time.Second)
+	end := at.Add(8 * time.Second)
 	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: at}, tcpmd5.Lifetime{}))
 	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: end}, tcpmd5.Lifetime{Until: end}))
 	require.True(t, time.Now().Before(at), "changing lifetimes took past T")
@@ -166,18 +166,25 @@ func TestKeyChainAORoll(t *testing.T) {
 	}
 	// A keen peer follows as soon as its next chunk is signed with the new
 	// key; the laggard never does, talking or stalled.
-	var lagging []string
-	assert.Eventually(t, func() bool {
-		lagging = nil
+	var last atomic.Pointer[string] // what the last look saw, for the failure's message
+	ok := assert.Eventually(t, func() bool {
+		var lagging []string
+		var seen tcpmd5.ChainSession // the laggard's
 		for _, s := range chain.Sessions() {
+			if s.Remote.String() == laggard.c.LocalAddr().String() {
+				seen = s
+			}
 			if s.Lagging {
 				lagging = append(lagging, s.Remote.String())
 			}
 		}
+		saw := fmt.Sprintf("%d peers lagging, the first %v; the laggard's session: current %d, rnext %d, keys %v, err %v",
+			len(lagging), lagging[:min(len(lagging), 5)], seen.Current, seen.RNext, seen.AOKeys, seen.Err)
+		last.Store(&saw)
 		return len(lagging) == 1 && lagging[0] == laggard.c.LocalAddr().String()
 	}, time.Until(end.Add(-time.Second)), 100*time.Millisecond, "the peer without the new key is lagging, and only it")
-	if len(lagging) != 1 {
-		t.Logf("lagging before the old key's end: %d peers, the first %v", len(lagging), lagging[:min(len(lagging), 5)])
+	if saw := last.Load(); !ok && saw != nil {
+		t.Logf("before the old key's end: %s", *saw)
 	}
 
 	time.Sleep(time.Until(end.Add(time.Second)))

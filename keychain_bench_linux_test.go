@@ -76,7 +76,8 @@ func benchSessions(b *testing.B, want int) int {
 
 // chainSessions makes a listener with chain and dials it sessions times
 // with d, each from an address of its own, and returns the accepted ends;
-// both ends close when b ends.
+// both ends close when b ends. The sessions stay idle, without keepalives:
+// a TCP-AO peer's probe would ask for its key again and undo a switch.
 func chainSessions(b *testing.B, chain *KeyChain, sessions int, d Dialer) []*net.TCPConn {
 	refused := make(chan Refusal, 1)
 	lc := ListenConfig{KeyChain: chain, OnRefuse: func(r Refusal) {
@@ -85,6 +86,7 @@ func chainSessions(b *testing.B, chain *KeyChain, sessions int, d Dialer) []*net
 		default:
 		}
 	}}
+	lc.KeepAlive, d.KeepAlive = -1, -1
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(b, err)
 	b.Cleanup(func() { ln.Close() })
