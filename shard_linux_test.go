@@ -504,14 +504,17 @@ func TestConcurrentListenOnPortZero(t *testing.T) {
 				if !assert.NoError(t, err) {
 					return
 				}
+				p := port(ln)
 				mu.Lock()
-				assert.False(t, ports[port(ln)], "two live listeners on port %d", port(ln))
-				ports[port(ln)] = true
+				assert.False(t, ports[p], "two live listeners on port %d", p)
+				ports[p] = true
+				mu.Unlock()
+				// Forgotten before it closes: once closed, its port may go
+				// to another goroutine's next Listener at once.
+				mu.Lock()
+				delete(ports, p)
 				mu.Unlock()
 				ln.Close()
-				mu.Lock()
-				delete(ports, port(ln))
-				mu.Unlock()
 			}
 		})
 	}
