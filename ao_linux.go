@@ -222,12 +222,11 @@ func aoKeyVerified(fd, family int, k AOKey) (uint64, error) {
 	if k.Ifindex != 0 {
 		cmd.KeyFlags, cmd.Ifindex = aoKeyIfindex, int32(k.Ifindex)
 	}
-	size := uint32(unsafe.Sizeof(cmd))
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOGetKeys, uintptr(unsafe.Pointer(&cmd)), uintptr(unsafe.Pointer(&size)), 0)
+	err = getsockoptPtr(fd, tcpAOGetKeys, unsafe.Pointer(&cmd), unsafe.Sizeof(cmd))
 	clear(cmd.Key[:])
 	switch {
-	case errno != 0:
-		return 0, aoError(os.NewSyscallError("getsockopt", errno), "reading AO key "+k.name())
+	case err != nil:
+		return 0, aoError(err, "reading AO key "+k.name())
 	case cmd.NKeys == 0:
 		return 0, fmt.Errorf("tcpmd5: reading AO key %s: the connection does not hold it", k.name())
 	}
@@ -238,13 +237,12 @@ func aoKeyVerified(fd, family int, k AOKey) (uint64, error) {
 // input too and refuses stray flags, so it starts zeroed.
 func readAOInfo(fd int) (aoInfoOpt, error) {
 	var info aoInfoOpt
-	size := uint32(unsafe.Sizeof(info))
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, tcpAOInfo, uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
+	err := getsockoptPtr(fd, tcpAOInfo, unsafe.Pointer(&info), unsafe.Sizeof(info))
 	switch {
-	case errno == unix.ENOENT:
-		return aoInfoOpt{}, fmt.Errorf("tcpmd5: the connection has no TCP-AO state: %w", os.NewSyscallError("getsockopt", errno))
-	case errno != 0:
-		return aoInfoOpt{}, aoError(os.NewSyscallError("getsockopt", errno), "reading TCP_AO_INFO")
+	case errors.Is(err, unix.ENOENT):
+		return aoInfoOpt{}, fmt.Errorf("tcpmd5: the connection has no TCP-AO state: %w", err)
+	case err != nil:
+		return aoInfoOpt{}, aoError(err, "reading TCP_AO_INFO")
 	}
 	return info, nil
 }
@@ -303,6 +301,17 @@ func writeAOInfo(fd int, set func(*aoInfoOpt)) error {
 }
 
 // setsockoptPtr is setsockopt(2) at IPPROTO_TCP with a struct of ours.
+// getsockoptPtr is getsockopt(2) of the IPPROTO_TCP option opt into the
+// size bytes at p, which the kernel may read as input too.
+func getsockoptPtr(fd, opt int, p unsafe.Pointer, size uintptr) error {
+	n := uint32(size)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, uintptr(opt), uintptr(p), uintptr(unsafe.Pointer(&n)), 0)
+	if errno != 0 {
+		return os.NewSyscallError("getsockopt", errno)
+	}
+	return nil
+}
+
 func setsockoptPtr(fd, opt int, p unsafe.Pointer, size uintptr) error {
 	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, uintptr(opt), uintptr(p), size, 0)
 	if errno != 0 {

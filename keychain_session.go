@@ -143,6 +143,15 @@ func (s *session) setMD5(rc syscall.RawConn, k Key) error {
 	return nil
 }
 
+// signsOther reports whether the connection of s may sign with another key
+// than the one of SendID id.
+func (s *session) signsOther(id uint8) bool { return !s.currentSet || s.current != id }
+
+// madeCurrent records that the chain made the key of SendID id current.
+func (s *session) madeCurrent(id uint8) {
+	s.current, s.switched, s.currentSet = id, s.currentSet, true
+}
+
 // applyAO is applySession for the AO keys of the connection's peer.
 func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.Time) error {
 	var errs []error
@@ -152,14 +161,14 @@ func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.
 			// A key preferred as it arrives is made current and asked for
 			// in the call that adds it.
 			add := aoAdd
-			signing := ok && k.id() == pref.id() && (!s.currentSet || s.current != pref.SendID)
+			signing := ok && k.id() == pref.id() && s.signsOther(pref.SendID)
 			if signing {
 				add = aoAddSigning
 			}
 			err := withFamily(rc, s.family, func(fd, family int) error { return add(fd, family, k) })
 			switch {
 			case err == nil && signing:
-				s.current, s.switched, s.currentSet = pref.SendID, s.currentSet, true
+				s.madeCurrent(pref.SendID)
 				fallthrough
 			case err == nil || errors.Is(err, syscall.EEXIST):
 				s.ao.set(k.bare())
@@ -168,13 +177,13 @@ func (c *KeyChain) applyAO(s *session, rc syscall.RawConn, keys []AOKey, t time.
 			}
 		}
 	}
-	if ok && (!s.currentSet || s.current != pref.SendID) {
+	if ok && s.signsOther(pref.SendID) {
 		if _, held := s.ao.get(pref.id()); held {
 			err := controlErr(rc, func(fd int) error { return aoSetSigning(fd, pref.SendID, pref.RecvID) })
 			if err != nil {
 				errs = append(errs, err)
 			} else {
-				s.current, s.switched, s.currentSet = pref.SendID, s.currentSet, true
+				s.madeCurrent(pref.SendID)
 			}
 		}
 	}
