@@ -300,7 +300,6 @@ func writeAOInfo(fd int, set func(*aoInfoOpt)) error {
 	return aoError(err, "setting TCP_AO_INFO")
 }
 
-// setsockoptPtr is setsockopt(2) at IPPROTO_TCP with a struct of ours.
 // getsockoptPtr is getsockopt(2) of the IPPROTO_TCP option opt into the
 // size bytes at p, which the kernel may read as input too.
 func getsockoptPtr(fd, opt int, p unsafe.Pointer, size uintptr) error {
@@ -312,6 +311,7 @@ func getsockoptPtr(fd, opt int, p unsafe.Pointer, size uintptr) error {
 	return nil
 }
 
+// setsockoptPtr is setsockopt(2) at IPPROTO_TCP with a struct of ours.
 func setsockoptPtr(fd, opt int, p unsafe.Pointer, size uintptr) error {
 	_, _, errno := unix.Syscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, uintptr(opt), uintptr(p), size, 0)
 	if errno != 0 {
