@@ -18,8 +18,9 @@ import (
 // descriptor and gives the kernel's error its meaning.
 
 // control runs f on the socket behind c, the one way this package touches
-// a raw socket: f's error comes back as it is (f gives it its meaning), and
-// the RawConn's own, such as a closed socket's, wrapped once.
+// a raw socket (with controlErr, its form for an f without a value): f's
+// error comes back as it is (f gives it its meaning), and the RawConn's
+// own, such as a closed socket's, wrapped once.
 func control[T any](c syscall.RawConn, f func(fd int) (T, error)) (T, error) {
 	var v T
 	var err error
@@ -29,9 +30,13 @@ func control[T any](c syscall.RawConn, f func(fd int) (T, error)) (T, error) {
 	return v, err
 }
 
-// controlErr is control for an f that returns only an error.
+// controlErr is control for an f that returns only an error, written out
+// so that a dial's key costs no closure more than it must.
 func controlErr(c syscall.RawConn, f func(fd int) error) error {
-	_, err := control(c, func(fd int) (struct{}, error) { return struct{}{}, f(fd) })
+	var err error
+	if cerr := c.Control(func(fd uintptr) { err = f(int(fd)) }); cerr != nil {
+		return fmt.Errorf("tcpmd5: %w", cerr)
+	}
 	return err
 }
 
@@ -39,14 +44,20 @@ func controlErr(c syscall.RawConn, f func(fd int) error) error {
 // read from the kernel if family is 0.
 func withFamily(c syscall.RawConn, family int, op func(fd, family int) error) error {
 	return controlErr(c, func(fd int) error {
-		if family == 0 {
-			var err error
-			if family, err = sockFamily(fd); err != nil {
-				return err
-			}
+		family, err := familyOr(fd, family)
+		if err != nil {
+			return err
 		}
 		return op(fd, family)
 	})
+}
+
+// familyOr returns family, or if it is 0 the family of socket fd.
+func familyOr(fd, family int) (int, error) {
+	if family != 0 {
+		return family, nil
+	}
+	return sockFamily(fd)
 }
 
 // applyKeys installs keys on the socket behind c, of family (0: read it
@@ -57,7 +68,11 @@ func applyKeys(c syscall.RawConn, family int, keys []Key) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return withFamily(c, family, func(fd, family int) error {
+	return controlErr(c, func(fd int) error {
+		family, err := familyOr(fd, family)
+		if err != nil {
+			return err
+		}
 		n, err := fdInstall(fd, family, keys)
 		if err != nil {
 			for _, done := range keys[:n] {

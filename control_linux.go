@@ -46,13 +46,12 @@ func sockFamily(fd int) (int, error) {
 // An IPv4 peer on an AF_INET6 socket (a dual-stack listener) is encoded as a
 // v4-mapped address (::ffff:a.b.c.d) with its IPv4 prefix length, the only
 // form such a socket takes.
-func md5sig(family int, k Key, del bool) (*unix.TCPMD5Sig, int, error) {
-	var sig unix.TCPMD5Sig
+func md5sig(family int, k Key, del bool) (sig unix.TCPMD5Sig, opt int, err error) {
 	full := k.Peer.Bits() == k.Peer.Addr().BitLen()
 	if err := putPeer(family, k.Peer.Addr(), unsafe.Pointer(&sig.Addr)); err != nil {
-		return nil, 0, fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
+		return sig, 0, fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 	}
-	opt := unix.TCP_MD5SIG
+	opt = unix.TCP_MD5SIG
 	if !full {
 		opt = unix.TCP_MD5SIG_EXT
 		sig.Flags |= unix.TCP_MD5SIG_FLAG_PREFIX
@@ -66,28 +65,38 @@ func md5sig(family int, k Key, del bool) (*unix.TCPMD5Sig, int, error) {
 	if !del {
 		sig.Keylen = uint16(copy(sig.Key[:], k.Secret))
 	}
-	return &sig, opt, nil
+	return sig, opt, nil
 }
 
 // putPeer writes peer as the sockaddr_in or sockaddr_in6 that a socket of
 // family takes in a key's address field at dst: an IPv4 peer goes
 // v4-mapped on an AF_INET6 socket.
 func putPeer(family int, peer netip.Addr, dst unsafe.Pointer) error {
-	switch {
-	case family == unix.AF_INET && peer.Is4():
+	if err := peerFits(family, peer); err != nil {
+		return err
+	}
+	if family == unix.AF_INET {
 		sa := (*unix.RawSockaddrInet4)(dst)
 		sa.Family = unix.AF_INET
 		sa.Addr = peer.As4()
-	case family == unix.AF_INET6:
+	} else {
 		sa := (*unix.RawSockaddrInet6)(dst)
 		sa.Family = unix.AF_INET6
 		sa.Addr = peer.As16()
-	case family == unix.AF_INET:
-		return errors.New("an IPv6 peer cannot be keyed on an IPv4 socket; use tcp6, or a dual-stack address such as [::]")
-	default:
-		return fmt.Errorf("address family %d is neither IPv4 nor IPv6", family)
 	}
 	return nil
+}
+
+// peerFits fails if peer cannot be keyed on a socket of family: an IPv6
+// peer on an IPv4 socket, or a family that is neither.
+func peerFits(family int, peer netip.Addr) error {
+	switch {
+	case family == unix.AF_INET6, family == unix.AF_INET && peer.Is4():
+		return nil
+	case family == unix.AF_INET:
+		return errors.New("an IPv6 peer cannot be keyed on an IPv4 socket; use tcp6, or a dual-stack address such as [::]")
+	}
+	return fmt.Errorf("address family %d is neither IPv4 nor IPv6", family)
 }
 
 // unreachableIPv4 reports an IPv4 peer keyed on an IPv6-only socket
@@ -106,8 +115,10 @@ func unreachableIPv4(fd, family int, peer netip.Addr) error {
 // md5Fits fails if k cannot go on a socket of family: an IPv6 peer on an
 // IPv4 socket.
 func md5Fits(family int, k Key) error {
-	_, _, err := md5sig(family, k, false)
-	return err
+	if err := peerFits(family, k.Peer.Addr()); err != nil {
+		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
+	}
+	return nil
 }
 
 // md5Add installs k on fd, a socket of family (setsockopt(2) TCP_MD5SIG or
@@ -120,7 +131,7 @@ func md5Add(fd, family int, k Key) error {
 	if err := unreachableIPv4(fd, family, k.Peer.Addr()); err != nil {
 		return fmt.Errorf("tcpmd5: key for %s: %w", k.peerString(), err)
 	}
-	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
+	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, &sig)
 	clear(sig.Key[:])
 	return md5Error(fd, opt, k, err)
 }
@@ -132,7 +143,7 @@ func md5Del(fd, family int, k Key) (held bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig)
+	err = unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, &sig)
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}
@@ -194,7 +205,7 @@ func vrfDevice(idx int) error {
 	if err != nil {
 		return nil
 	}
-	if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, sig); errors.Is(err, unix.EINVAL) {
+	if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, opt, &sig); errors.Is(err, unix.EINVAL) {
 		return err
 	}
 	return nil

@@ -70,7 +70,7 @@ func FuzzSockaddr(f *testing.F) {
 		sig, opt, err := md5sig(family, k, false)
 		require.NoError(t, err)
 		require.Equal(t, family, int(sig.Addr.Family))
-		require.Equal(t, k, decode(t, sig, opt))
+		require.Equal(t, k, decode(t, &sig, opt))
 		if family == unix.AF_INET6 && k.Peer.Addr().Is4() {
 			require.True(t, netip.AddrFrom16((*unix.RawSockaddrInet6)(unsafe.Pointer(&sig.Addr)).Addr).Is4In6(), "IPv4 peers on AF_INET6 sockets go in v4-mapped")
 		}
@@ -79,7 +79,7 @@ func FuzzSockaddr(f *testing.F) {
 		require.NoError(t, err)
 		require.Zero(t, del.Keylen, "keylen 0 deletes")
 		require.Equal(t, opt, delOpt, "a delete must name the key as it was set")
-		require.Equal(t, k.id(), decode(t, del, delOpt).id())
+		require.Equal(t, k.id(), decode(t, &del, delOpt).id())
 
 		if k.Peer.Addr().Is6() {
 			_, _, err := md5sig(unix.AF_INET, k, false)
