@@ -111,6 +111,23 @@ func (t *keyTable[K]) best(addr netip.Addr, l3index int) []K {
 
 // match is best without the key skip.
 func (t *keyTable[K]) match(addr netip.Addr, l3index int, skip keyID) []K {
+	ids := t.longest(addr, l3index, skip)
+	if len(ids) == 0 {
+		return nil
+	}
+	out := make([]K, 0, len(ids))
+	for _, id := range ids {
+		if applies(id, l3index, skip) {
+			out = append(out, t.kind(id)[id])
+		}
+	}
+	return out
+}
+
+// longest returns the IDs of the keys for the longest peer prefix that
+// holds addr and has a key that applies on l3index other than skip; nil if
+// there is none. Some of them may not apply: filter with applies.
+func (t *keyTable[K]) longest(addr netip.Addr, l3index int, skip keyID) []keyID {
 	addr = addr.Unmap().WithZone("")
 	f := family(addr)
 	for bits := addr.BitLen(); bits >= 0; bits-- {
@@ -121,28 +138,32 @@ func (t *keyTable[K]) match(addr netip.Addr, l3index int, skip keyID) []K {
 		if err != nil {
 			continue
 		}
-		var out []K
-		for _, id := range t.peers[p] {
-			if id != skip && (id.ifindex == 0 || id.ifindex == l3index) {
-				out = append(out, t.kind(id)[id])
+		ids := t.peers[p]
+		for _, id := range ids {
+			if applies(id, l3index, skip) {
+				return ids
 			}
-		}
-		if len(out) > 0 {
-			return out
 		}
 	}
 	return nil
 }
 
+// applies reports whether the key id is one the kernel uses on a socket
+// bound to VRF l3index (0: none), other than skip: a key for any
+// interface, or for that VRF.
+func applies(id keyID, l3index int, skip keyID) bool {
+	return id != skip && (id.ifindex == 0 || id.ifindex == l3index)
+}
+
 // covers reports whether a key covers peer addr reached through VRF
 // l3index (0: none): a key for any interface, or one for that VRF.
 func (t *keyTable[K]) covers(addr netip.Addr, l3index int) bool {
-	return len(t.best(addr, l3index)) > 0
+	return t.longest(addr, l3index, keyID{}) != nil
 }
 
 // coversExcept is covers without the key skip.
 func (t *keyTable[K]) coversExcept(addr netip.Addr, l3index int, skip keyID) bool {
-	return len(t.match(addr, l3index, skip)) > 0
+	return t.longest(addr, l3index, skip) != nil
 }
 
 // overlapping returns a key whose peers overlap p and whose interface
