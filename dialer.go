@@ -79,6 +79,62 @@ type dialTable struct {
 	aoSrc []AOKey
 	keys  keySet // ao.best returns keys in AOKeys order
 	err   error  // the first invalid key's
+
+	// What a dial reads, made once by index and kept together, since a
+	// dial finds them cold: how many keys there are, whether any is an
+	// interface key, and the plan for each address a host key names, so
+	// that a dial to a peer with a host key (most dials) costs one map
+	// lookup (nil where interface keys make the plan depend on the
+	// socket's VRF).
+	size       int
+	interfaces bool
+	hosts      map[netip.Addr]dialPlan
+}
+
+// dialPlan is what a dial to one destination installs: the MD5 keys the
+// kernel chooses among, or the AO keys, the first of which signs; neither
+// where no key covers it; err where keys of both kinds cover it alike.
+type dialPlan struct {
+	md5 []Key
+	ao  []AOKey
+	err error
+}
+
+// planOf returns the plan s gives peer addr on a socket bound to VRF
+// l3index (0: none): the longer prefix decides between MD5 and AO keys.
+func planOf(s *keySet, addr netip.Addr, l3index int) dialPlan {
+	best, aoBest := s.md5.best(addr, l3index), s.ao.best(addr, l3index)
+	switch {
+	case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
+		return dialPlan{err: mixedKeysError(best[0], aoBest[0])}
+	case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
+		return dialPlan{ao: aoBest}
+	}
+	return dialPlan{md5: best}
+}
+
+// index makes what a dial reads of t, once its keys are in.
+func (t *dialTable) index() {
+	t.size, t.interfaces, t.hosts = t.keys.len(), t.keys.interfaces() > 0, nil
+	if t.interfaces {
+		return
+	}
+	t.hosts = make(map[netip.Addr]dialPlan, t.keys.hosts())
+	for id := range t.keys.md5.hosts {
+		t.hosts[id.peer.Addr()] = planOf(&t.keys, id.peer.Addr(), 0)
+	}
+	for id := range t.keys.ao.hosts {
+		t.hosts[id.peer.Addr()] = planOf(&t.keys, id.peer.Addr(), 0)
+	}
+}
+
+// plan returns the plan for peer addr, unmapped, on a socket bound to VRF
+// l3index (0: none).
+func (t *dialTable) plan(addr netip.Addr, l3index int) dialPlan {
+	if p, ok := t.hosts[addr.WithZone("")]; ok {
+		return p
+	}
+	return planOf(&t.keys, addr, l3index)
 }
 
 // keyTable returns the table for d.Keys, building it if d.Keys is another
@@ -98,6 +154,7 @@ func (d *Dialer) keyTable() *dialTable {
 	for _, k := range aoNormalized {
 		t.keys.ao.set(k.clone())
 	}
+	t.index()
 	d.table.Store(t)
 	return t
 }
@@ -161,83 +218,114 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	nd.SetMultipathTCP(false)
-	userCtx, user := nd.ControlContext, nd.Control
-	var signed atomic.Bool
-	ttl := func(_, _ string, c syscall.RawConn) error { return applyTTLSecurity(c, d.TTLSecurity) }
-	sign := func(network, address string, c syscall.RawConn) error {
-		if table.keys.len() == 0 && chained == nil {
-			return nil
-		}
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
-		}
-		table := table
-		if chained != nil {
-			if table.keys.covers(ap.Addr().Unmap(), 0) && chained.keys.covers(ap.Addr().Unmap(), 0) {
-				return fmt.Errorf("tcpmd5: both the Dialer's keys and its KeyChain cover %s: give a peer keys in one place", ap.Addr())
-			}
-			if !table.keys.covers(ap.Addr().Unmap(), 0) {
-				table = chained
-			}
-		}
-		l3index := 0
-		if table.keys.interfaces() > 0 {
-			// The kernel signs with an interface key only on a socket
-			// bound to that VRF: choose among the keys that apply here.
-			if l3index, err = boundIfindex(c); err != nil {
-				return err
-			}
-		}
-		best, aoBest := table.keys.md5.best(ap.Addr(), l3index), table.keys.ao.best(ap.Addr(), l3index)
-		switch {
-		case len(best) == 0 && len(aoBest) == 0:
-			if d.AllowUnsigned {
-				return nil
-			}
-			if vrf, ok := table.keys.md5.confinedTo(ap.Addr()); ok {
-				return fmt.Errorf("%w %s on this socket: its key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
-			}
-			if vrf, ok := table.keys.ao.confinedTo(ap.Addr()); ok {
-				return fmt.Errorf("%w %s on this socket: its AO key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, ap.Addr(), vrf)
-			}
-			return fmt.Errorf("%w %s: add a Key or AOKey whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, ap.Addr())
-		case len(best) > 0 && len(aoBest) > 0 && best[0].Peer.Bits() == aoBest[0].Peer.Bits():
-			return mixedKeysError(best[0], aoBest[0])
-		case len(aoBest) > 0 && (len(best) == 0 || aoBest[0].Peer.Bits() > best[0].Peer.Bits()):
-			if err := signAOKeys(c, socketFamilyOf(network), aoBest); err != nil {
-				return err
-			}
-		default:
-			if err := applyKeys(c, socketFamilyOf(network), best); err != nil {
-				return err
-			}
-		}
-		signed.Store(true)
-		return nil
-	}
+	dl := &dialing{d: d, table: table, chained: chained, user: nd.Control, userCtx: nd.ControlContext}
 	nd.Control = nil
-	nd.ControlContext = func(ctx context.Context, network, address string, c syscall.RawConn) error {
-		first := user // net.Dialer runs ControlContext where both are set
-		if userCtx != nil {
-			first = func(network, address string, c syscall.RawConn) error { return userCtx(ctx, network, address, c) }
-		}
-		return chain(first, ttl, sign)(network, address, c)
-	}
+	nd.ControlContext = dl.control
 	c, err := nd.DialContext(ctx, network, address)
-	if err == nil && d.KeyChain != nil && signed.Load() {
+	signed := dl.signed.Load()
+	if err == nil && d.KeyChain != nil && signed {
 		d.KeyChain.track(c.(*net.TCPConn), false)
 	}
 	if err != nil {
 		var oe *net.OpError
-		if (signed.Load() || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
+		if (signed || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
 			annotated := *oe
-			annotated.Err = &noAnswerError{err: oe.Err, local: nd.LocalAddr, signed: signed.Load(), hops: d.TTLSecurity}
+			annotated.Err = &noAnswerError{err: oe.Err, local: nd.LocalAddr, signed: signed, hops: d.TTLSecurity}
 			return nil, &annotated
 		}
 		return nil, err
 	}
 	return c, nil
+}
+
+// dialing is one dial of a Dialer with keys or TTL security: what its
+// Control hook reads, and whether it signed a connection attempt (of
+// several, in a Happy Eyeballs race, each on its own goroutine).
+type dialing struct {
+	d              *Dialer
+	table, chained *dialTable // the Dialer's keys, its KeyChain's (nil: none)
+	user           hook       // the caller's hooks, run first
+	userCtx        func(context.Context, string, string, syscall.RawConn) error
+	signed         atomic.Bool
+}
+
+// control is the dial's ControlContext: the caller's hook (ControlContext
+// where both are set, as net.Dialer runs it), then TTL security, then the
+// keys for the address dialled.
+func (dl *dialing) control(ctx context.Context, network, address string, c syscall.RawConn) error {
+	var err error
+	switch {
+	case dl.userCtx != nil:
+		err = dl.userCtx(ctx, network, address, c)
+	case dl.user != nil:
+		err = dl.user(network, address, c)
+	}
+	if err == nil {
+		err = applyTTLSecurity(c, dl.d.TTLSecurity)
+	}
+	if err == nil {
+		err = dl.sign(network, address, c)
+	}
+	return err
+}
+
+// sign installs the keys for address on the socket behind c, about to
+// connect, or fails if none covers it and unsigned dials are not allowed.
+func (dl *dialing) sign(network, address string, c syscall.RawConn) error {
+	table, chained := dl.table, dl.chained
+	if table.size == 0 && chained == nil {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
+	}
+	addr := ap.Addr().Unmap()
+	if chained != nil {
+		if table.keys.covers(addr, 0) && chained.keys.covers(addr, 0) {
+			return fmt.Errorf("tcpmd5: both the Dialer's keys and its KeyChain cover %s: give a peer keys in one place", addr)
+		}
+		if !table.keys.covers(addr, 0) {
+			table = chained
+		}
+	}
+	l3index := 0
+	if table.interfaces {
+		// The kernel signs with an interface key only on a socket
+		// bound to that VRF: choose among the keys that apply here.
+		if l3index, err = boundIfindex(c); err != nil {
+			return err
+		}
+	}
+	p := table.plan(addr, l3index)
+	switch {
+	case p.err != nil:
+		return p.err
+	case len(p.ao) > 0:
+		err = signAOKeys(c, socketFamilyOf(network), p.ao)
+	case len(p.md5) > 0:
+		err = applyKeys(c, socketFamilyOf(network), p.md5)
+	case dl.d.AllowUnsigned:
+		return nil
+	default:
+		return noKeyError(&table.keys, addr)
+	}
+	if err == nil {
+		dl.signed.Store(true)
+	}
+	return err
+}
+
+// noKeyError says that no key of s covers addr on this socket, and how to
+// give it one.
+func noKeyError(s *keySet, addr netip.Addr) error {
+	if vrf, ok := s.md5.confinedTo(addr); ok {
+		return fmt.Errorf("%w %s on this socket: its key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, addr, vrf)
+	}
+	if vrf, ok := s.ao.confinedTo(addr); ok {
+		return fmt.Errorf("%w %s on this socket: its AO key is for VRF %d; bind the dialer's socket to that VRF", ErrNoKey, addr, vrf)
+	}
+	return fmt.Errorf("%w %s: add a Key or AOKey whose Peer holds it, or set AllowUnsigned to dial it unsigned", ErrNoKey, addr)
 }
 
 // DialTCP connects to raddr, from laddr if it is valid, like

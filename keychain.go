@@ -514,6 +514,7 @@ func (c *KeyChain) dialTable() *dialTable {
 	for _, k := range on {
 		t.keys.ao.set(k)
 	}
+	t.index()
 	c.dial = t
 	return t
 }
