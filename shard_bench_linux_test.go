@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -25,12 +26,9 @@ import (
 // the ratio is what the keys cost.
 //
 // Every size dials from the same number of peers, 10, spread over its keys
-// (and so over the group's sockets), because each new peer address costs
-// the kernel per-peer state of its own whatever the keys: "peers=5000"
-// beside the largest group shows that cost apart from the group's, and
-// "prefix" beside it is one key covering the same peers: what 100,000 host
-// keys cost a handshake.
-// Each run has its own network namespace.
+// (and so over the group's sockets). Each run has its own network
+// namespace. BenchmarkAcceptRateHostKeys measures many peers against a
+// prefix key side by side.
 func BenchmarkAcceptRate(b *testing.B) {
 	requireMD5(b)
 	type run struct {
@@ -44,7 +42,6 @@ func BenchmarkAcceptRate(b *testing.B) {
 			runs = append(runs, run{keys, kind, 10})
 		}
 	}
-	runs = append(runs, run{100000, "group", 5000}, run{100000, "prefix", 5000})
 	for _, r := range runs {
 		keys, kind := r.keys, r.kind
 		name := "keys=" + strconv.Itoa(keys) + "/" + kind
@@ -113,4 +110,119 @@ func singleSocket(b *testing.B, keys []tcpmd5.Key) *net.TCPListener {
 	tl := plainListener(b, "127.0.0.1:0", nil)
 	require.NoError(b, tcpmd5.SetKeys(tl, keys...))
 	return tl
+}
+
+// BenchmarkAcceptRateHostKeys measures what 100,000 host keys cost a
+// handshake: a Listener holding a key for each of 100,000 peers beside one
+// holding a single prefix key that covers the same peers, in one network
+// namespace, each dialled from the same sequence of 5,000 distinct peers
+// (every new peer address costs the kernel per-peer state whatever the
+// keys). The two take turns by blocks of connections, so that what else
+// the machine does falls on both alike, and each pair of blocks gives one
+// ratio; "group/prefix" is their median, the accept rates are each one's
+// over the whole run.
+func BenchmarkAcceptRateHostKeys(b *testing.B) {
+	requireMD5(b)
+	const keys, peers, block = 100000, 5000, 250
+	testenv.Netns(b)
+	addr := func(n int) netip.Addr { return peer4(0, n) }
+	cover, err := addr(0).Prefix(15)
+	require.NoError(b, err)
+	require.True(b, cover.Contains(addr(keys-1)))
+	prefixSecret := []byte("fake-secret-prefix")
+	type side struct {
+		ln     net.Listener
+		secret func(int) []byte
+		n      int           // connections made
+		spent  time.Duration // in all of them
+	}
+	sides := [2]*side{
+		{ln: listen(b, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, keys)}, "tcp4", "127.0.0.1:0"), secret: peerSecret},
+		{ln: listen(b, &tcpmd5.ListenConfig{Keys: []tcpmd5.Key{{Peer: cover, Secret: prefixSecret}}}, "tcp4", "127.0.0.1:0"), secret: func(int) []byte { return prefixSecret }},
+	}
+	acceptedc := make(chan struct{})
+	for _, s := range sides {
+		go func() {
+			for {
+				c, err := s.ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+				acceptedc <- struct{}{}
+			}
+		}()
+	}
+	var ratios []float64
+	var blockTime [2]time.Duration
+	i := 0
+	for b.Loop() {
+		s := sides[i/block%2]
+		p := s.n % peers * (keys / peers)
+		start := time.Now()
+		c, err := dialAs(context.Background(), addr(p), s.secret(p), s.ln.Addr().String(), 5*time.Second, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		<-acceptedc
+		closeReset(c)
+		took := time.Since(start)
+		s.n++
+		s.spent += took
+		blockTime[i/block%2] += took
+		if i++; i%(2*block) == 0 {
+			ratios = append(ratios, float64(blockTime[1])/float64(blockTime[0]))
+			blockTime = [2]time.Duration{}
+		}
+	}
+	for _, s := range sides {
+		if s.n == 0 {
+			b.Fatal("no connection made")
+		}
+	}
+	b.ReportMetric(float64(sides[0].n)/sides[0].spent.Seconds(), "group-accepts/s")
+	b.ReportMetric(float64(sides[1].n)/sides[1].spent.Seconds(), "prefix-accepts/s")
+	if len(ratios) > 0 {
+		slices.Sort(ratios)
+		b.ReportMetric(ratios[len(ratios)/2], "group/prefix")
+	}
+	b.ReportMetric(float64(listeningSockets(b, port(sides[0].ln))), "sockets")
+}
+
+// BenchmarkSetKeyGrowth measures how long a live SetKey holds the
+// listener, and Accept with it, while host keys arrive one by one and the
+// group grows from one socket to a few hundred: the longest call and the
+// 99th percentile, beside 0 and 100 prefix keys, which every new socket
+// takes too. Run it with -benchtime 1x: one iteration adds 20,000 keys.
+func BenchmarkSetKeyGrowth(b *testing.B) {
+	requireMD5(b)
+	const hosts = 20000
+	for _, prefixes := range []int{0, 100} {
+		b.Run("prefixes="+strconv.Itoa(prefixes), func(b *testing.B) {
+			testenv.Netns(b)
+			addr := func(n int) netip.Addr { return peer4(0, n) }
+			var took []time.Duration
+			sockets := 0
+			for b.Loop() {
+				var keys []tcpmd5.Key
+				for i := range prefixes { // 127.60.0.0/16, apart from the hosts
+					keys = append(keys, tcpmd5.Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 60, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
+				}
+				ln := listen(b, &tcpmd5.ListenConfig{Keys: keys}, "tcp4", "127.0.0.1:0")
+				for _, k := range peerKeys(addr, 0, hosts) {
+					start := time.Now()
+					if err := ln.SetKey(k); err != nil {
+						b.Fatal(err)
+					}
+					took = append(took, time.Since(start))
+				}
+				sockets = listeningSockets(b, port(ln))
+				ln.Close()
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "max-ms")
+			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(sockets), "sockets")
+		})
+	}
 }
