@@ -257,8 +257,9 @@ func movedKeys[K tableKey](all, split *keyTable[K], n int) []K {
 //
 // The group is bounded: a prefix key goes on every socket, so more sockets
 // cannot make room for it, and it never grows the group; a host key grows
-// it by at most maxGrowth sockets, only while the socket its peer's SYNs
-// reach holds hostRoom host keys. A key that cannot fit is refused before
+// it by one socket where the socket its peer's SYNs reach holds hostRoom
+// host keys, and by up to maxGrowth only where the kernel finds that
+// socket's option memory full. A key that cannot fit is refused before
 // any socket is added, and a key the kernel refuses after the group grew
 // shrinks it back: a refused key changes nothing. A refusal (ENOMEM)
 // teaches the listener what its sockets really hold, the caller's socket
@@ -288,10 +289,13 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 	}
 	n := len(l.shards)
 	budget := min(n, maxGrowth)
-	for ; budget > 0 && l.crowded(id, room); budget-- {
-		if l.grow() != nil {
-			break // a socket with room in its option memory still takes the key
-		}
+	if l.crowded(id, room) && l.grow() == nil {
+		// One socket ahead of need: linear hashing splits the sockets in
+		// turn, so the group keeps pace with the keys one step a SetKey,
+		// and a key that still finds its socket crowded goes there while
+		// its option memory has room. A socket that is full grows the
+		// group further, within the budget.
+		budget--
 	}
 	for {
 		full, err := install()
@@ -315,10 +319,10 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 }
 
 // maxGrowth bounds the sockets one key adds to the group, so that no
-// SetKey holds the listener, and Accept with it, for long: linear hashing
-// may need the group to double before the one socket a peer's SYNs reach
-// is split, and a key that still finds its socket crowded goes there
-// while its option memory has room.
+// SetKey holds the listener, and Accept with it, for long: a crowded
+// socket adds one, and only a key whose socket's option memory is full
+// (ENOMEM) adds more, up to maxGrowth, since linear hashing may need
+// several steps before it splits that socket.
 const maxGrowth = 4
 
 // capacity is how many keys one socket of the group holds: what its

@@ -99,3 +99,44 @@ func TestPeerHashIPv6(t *testing.T) {
 	assert.Equal(t, mix(h), peerHash(a))
 	assert.NotEqual(t, peerHash(a), peerHash(netip.MustParseAddr("2001:db8::1:3")))
 }
+
+// TestCrowdedSocketAddsOne: host keys arriving one by one grow the group by
+// one socket a SetKey at most while no socket's option memory is full, so
+// that no SetKey makes several sockets, each with every prefix key, while
+// Accept waits; the sockets still share the keys within keysPerSocket
+// beside the prefix keys, but for a few crowded ones.
+func TestCrowdedSocketAddsOne(t *testing.T) {
+	if !Supported() {
+		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
+	}
+	testenv.Netns(t)
+	const prefixes, hosts = 20, 3000
+	var keys []Key
+	for i := range prefixes {
+		keys = append(keys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 60, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
+	}
+	lc := ListenConfig{Keys: keys}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	require.Greater(t, ln.capacity(), keysPerSocket(), "this test needs option memory for more than %d keys a socket", keysPerSocket())
+	grew := 0
+	for n := range hosts {
+		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
+		before := len(ln.shards)
+		require.NoError(t, ln.SetKey(Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))}))
+		added := len(ln.shards) - before
+		require.LessOrEqual(t, added, 1, "SetKey of host %d added %d sockets", n, added)
+		grew += added
+	}
+	assert.Greater(t, grew, 10, "the group must have grown")
+	crowded := 0
+	for _, s := range ln.shards {
+		require.Equal(t, prefixes, s.keys.prefixes())
+		if s.keys.len() > keysPerSocket() {
+			crowded++
+		}
+	}
+	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d keys", keysPerSocket())
+	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+}
