@@ -145,17 +145,26 @@ func (d *Dialer) keyTable() *dialTable {
 		return t
 	}
 	normalized, err := normalizeKeys(keys) // nil on error: the table then holds none
-	t := &dialTable{src: keys, aoSrc: aoKeys, err: err}
-	for _, k := range normalized { // a later key replaces an earlier one, as in the kernel
+	aoNormalized, aoErr := normalizeAOKeys(aoKeys)
+	t := newDialTable(normalized, aoNormalized)
+	t.src, t.aoSrc, t.err = keys, aoKeys, cmp.Or(err, aoErr)
+	d.table.Store(t)
+	return t
+}
+
+// newDialTable returns a table of copies of keys and aoKeys, a later key
+// replacing an earlier one with its id, as in the kernel, indexed: every
+// table a dial reads is made here, so that none is read unindexed (a dial
+// signs nothing from a table whose size says it is empty).
+func newDialTable(keys []Key, aoKeys []AOKey) *dialTable {
+	t := &dialTable{}
+	for _, k := range keys {
 		t.keys.md5.set(k.clone())
 	}
-	aoNormalized, err := normalizeAOKeys(aoKeys)
-	t.err = cmp.Or(t.err, err)
-	for _, k := range aoNormalized {
+	for _, k := range aoKeys {
 		t.keys.ao.set(k.clone())
 	}
 	t.index()
-	d.table.Store(t)
 	return t
 }
 

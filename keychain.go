@@ -499,10 +499,6 @@ func (c *KeyChain) dialTable() *dialTable {
 	}
 	now := time.Now()
 	st := c.stateLocked(now)
-	t := &dialTable{}
-	for k := range st.md5.all() {
-		t.keys.md5.set(k)
-	}
 	var on []AOKey
 	for k := range st.ao.all() {
 		if c.aoOn(k, now) {
@@ -511,10 +507,6 @@ func (c *KeyChain) dialTable() *dialTable {
 	}
 	// Preferred keys first: the table keeps a peer's keys in the order set.
 	slices.SortFunc(on, func(a, b AOKey) int { return c.before(c.ao[a.id()], c.ao[b.id()], now) })
-	for _, k := range on {
-		t.keys.ao.set(k)
-	}
-	t.index()
-	c.dial = t
-	return t
+	c.dial = newDialTable(slices.Collect(st.md5.all()), on)
+	return c.dial
 }

@@ -45,14 +45,9 @@ func TestDialTablePlan(t *testing.T) {
 	ao := func(peer string) AOKey {
 		return AOKey{Peer: netip.MustParsePrefix(peer), SendID: 1, RecvID: 2, Algorithm: "hmac(sha1)", Secret: []byte("fake-ao")}
 	}
-	tb := &dialTable{}
-	for _, k := range []Key{md5("198.51.100.1/32"), md5("198.51.100.3/32"), md5("203.0.113.0/24"), md5("2001:db8::1/128")} {
-		tb.keys.md5.set(k)
-	}
-	for _, k := range []AOKey{ao("198.51.100.2/32"), ao("198.51.100.3/32"), ao("203.0.113.9/32")} {
-		tb.keys.ao.set(k)
-	}
-	tb.index()
+	tb := newDialTable(
+		[]Key{md5("198.51.100.1/32"), md5("198.51.100.3/32"), md5("203.0.113.0/24"), md5("2001:db8::1/128")},
+		[]AOKey{ao("198.51.100.2/32"), ao("198.51.100.3/32"), ao("203.0.113.9/32")})
 	assert.Equal(t, 7, tb.size)
 	assert.False(t, tb.interfaces)
 	assert.Len(t, tb.hosts, 5)
