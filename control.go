@@ -13,8 +13,8 @@ import (
 // md5Fits, md5Add and md5Del for MD5 keys; aoAdd, aoAddSigning, aoDel,
 // aoDelSwitching, aoGetInfo, aoKeyVerified, aoSetCurrent, aoSetRNext and
 // aoSetSigning for TCP-AO; sockFamily,
-// sockIfindex, sockInherited, sockQueued, sockReusePort, sockSteer and
-// sockTTLSecurity for the rest. Each verb is one kernel operation on one
+// sockFDTable, sockIfindex, sockInherited, sockQueued, sockReusePort,
+// sockSteer and sockTTLSecurity for the rest. Each verb is one kernel operation on one
 // descriptor and gives the kernel's error its meaning.
 
 // control runs f on the socket behind c, the one way this package touches

@@ -31,6 +31,7 @@ func sockQueued(int) bool                                 { return false }
 func sockInherited(int) (inherited, error)                { return inherited{}, nil }
 func sockReusePort(int) error                             { return nil } // a listener here never needs a second socket
 func sockSteer(int, int) error                            { return unsupported(Key{}) }
+func sockFDTable(int, int) error                          { return nil } // a group here never grows
 func sockTTLSecurity(int, int) error                      { return ttlUnsupported() }
 func othersInGroup(int, netip.AddrPort, int) (int, error) { return 0, nil }
 func optmemMax() (int, error)                             { return 0, errors.ErrUnsupported }

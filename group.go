@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -207,12 +208,41 @@ func (l *Listener) grow() error {
 		return err
 	}
 	l.shards = append(l.shards, s)
+	keepDescriptorsAhead(s)
 	// A connection the split shard verified before the switch may still
 	// wait in its queue: it holds its own copy of the key, and removeFrom
 	// judges it before the key goes. A key it cannot delete stays, unused.
 	_ = removeFrom(l, split, moved...)
 	_ = removeFrom(l, split, aoMoved...)
 	return nil
+}
+
+// fdTableAhead is the descriptor table size keepDescriptorsAhead last
+// asked for, process-wide.
+var fdTableAhead atomic.Int64
+
+// keepDescriptorsAhead keeps the process's descriptor table a doubling
+// ahead of s, the group's newest socket: once its descriptor passes half
+// the table, a goroutine of its own has the kernel double the table, so
+// that the sockets grow adds with the listener's lock held, Accept
+// waiting, never pay the RCU grace period (milliseconds) the kernel waits
+// to grow it.
+func keepDescriptorsAhead(s *shard) {
+	fd, err := control(s.rc, func(fd int) (int, error) { return fd, nil })
+	if err != nil {
+		return
+	}
+	want := int64(2) << bits.Len(uint(fd)) // twice the power of two above fd
+	for {
+		asked := fdTableAhead.Load()
+		if want <= asked {
+			return
+		}
+		if fdTableAhead.CompareAndSwap(asked, want) {
+			break
+		}
+	}
+	go controlErr(s.rc, func(fd int) error { return sockFDTable(fd, int(want)) })
 }
 
 // shrink undoes grow until the group has n sockets again: the last

@@ -4,12 +4,16 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
@@ -139,4 +143,64 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	}
 	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d keys", keysPerSocket())
 	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+}
+
+// TestGroupKeepsDescriptorTableAhead: a socket the group adds leaves the
+// process's descriptor table a doubling ahead of it, grown by a goroutine
+// of its own, so that no later socket added with the listener's lock held
+// waits for the kernel to grow the table (an RCU grace period). It runs in
+// a child process, whose table no other test has grown.
+func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
+	if !Supported() {
+		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
+	}
+	if os.Getenv("TCPMD5_FDTABLE_CHILD") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestGroupKeepsDescriptorTableAhead$", "-test.count", "1", "-test.v")
+		cmd.Env = append(os.Environ(), "TCPMD5_FDTABLE_CHILD=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), "--- PASS: TestGroupKeepsDescriptorTableAhead", "%s", out)
+		require.Contains(t, string(out), "descriptor table", "%s", out)
+		return
+	}
+	fdSize := func() int {
+		status, err := os.ReadFile("/proc/self/status")
+		require.NoError(t, err)
+		for line := range strings.Lines(string(status)) {
+			if v, ok := strings.CutPrefix(line, "FDSize:"); ok {
+				n, err := strconv.Atoi(strings.TrimSpace(v))
+				require.NoError(t, err)
+				return n
+			}
+		}
+		t.Fatal("no FDSize in /proc/self/status")
+		return 0
+	}
+	// Fill the descriptors up to 200, so that the group's next socket
+	// gets one between 128 and 255: the kernel's own table for it is 256.
+	for {
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		if fd >= 200 {
+			break
+		}
+	}
+	require.Less(t, fdSize(), 512, "the table is already grown")
+	lc := ListenConfig{Keys: []Key{{Peer: netip.MustParsePrefix("127.0.0.2/32"), Secret: []byte("fake-secret-a")}}}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	ln.mu.Lock()
+	err = ln.grow()
+	ln.mu.Unlock()
+	require.NoError(t, err)
+	fd, err := control(ln.shards[1].rc, func(fd int) (int, error) { return fd, nil })
+	require.NoError(t, err)
+	require.Less(t, fd, 256)
+	deadline := time.Now().Add(10 * time.Second)
+	for fdSize() < 512 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.GreaterOrEqual(t, fdSize(), 512, "the descriptor table must be a doubling ahead of descriptor %d", fd)
+	t.Logf("descriptor table of %d slots for the group's newest descriptor %d", fdSize(), fd)
 }

@@ -20,6 +20,26 @@ import (
 // address is reachable only this way.
 const skfNetOff = -0x100000
 
+// sockFDTable makes the process's descriptor table hold descriptor want
+// (at most RLIMIT_NOFILE's), by duplicating fd there and closing the copy.
+// The kernel grows the table by doubling, and in a threaded process waits
+// an RCU grace period (milliseconds) to do it: the caller pays that wait
+// here instead of whoever opens the first descriptor past the table.
+func sockFDTable(fd, want int) error {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return os.NewSyscallError("getrlimit", err)
+	}
+	if uint64(want) > lim.Cur {
+		want = int(lim.Cur)
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, want-1)
+	if err != nil {
+		return os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", err)
+	}
+	return unix.Close(dup)
+}
+
 // sockReusePort sets SO_REUSEPORT on fd before bind(2), so that the
 // listener can later add sockets bound to the same address.
 func sockReusePort(fd int) error {
