@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -317,14 +316,8 @@ func TestAcceptDualStackStickyOptions(t *testing.T) {
 // lowers.
 func TestAcceptOutOfDescriptors(t *testing.T) {
 	requireMD5(t)
-	if os.Getenv("TCPMD5_FD_CHILD") == "" {
-		testenv.RequireRoot(t)
-		cmd := exec.Command(os.Args[0], "-test.run", "^TestAcceptOutOfDescriptors$", "-test.count", "1", "-test.v")
-		cmd.Env = append(os.Environ(), "TCPMD5_FD_CHILD=1")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		require.Contains(t, string(out), "--- PASS: TestAcceptOutOfDescriptors", "%s", out)
-		require.Contains(t, string(out), "handed over with no descriptor free", "%s", out)
+	testenv.RequireRoot(t)
+	if !tcpmd5.InChild(t, "TCPMD5_FD_CHILD", "handed over with no descriptor free") {
 		return
 	}
 	testenv.Netns(t)

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -154,13 +153,7 @@ func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
 	if !Supported() {
 		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
 	}
-	if os.Getenv("TCPMD5_FDTABLE_CHILD") == "" {
-		cmd := exec.Command(os.Args[0], "-test.run", "^TestGroupKeepsDescriptorTableAhead$", "-test.count", "1", "-test.v")
-		cmd.Env = append(os.Environ(), "TCPMD5_FDTABLE_CHILD=1")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		require.Contains(t, string(out), "--- PASS: TestGroupKeepsDescriptorTableAhead", "%s", out)
-		require.Contains(t, string(out), "descriptor table", "%s", out)
+	if !InChild(t, "TCPMD5_FDTABLE_CHILD", "descriptor table of") {
 		return
 	}
 	fdSize := func() int {
