@@ -109,9 +109,7 @@ func TestPeerHashIPv6(t *testing.T) {
 // Accept waits; the sockets still share the keys within keysPerSocket
 // beside the prefix keys, but for a few crowded ones.
 func TestCrowdedSocketAddsOne(t *testing.T) {
-	if !Supported() {
-		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
-	}
+	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
 	const prefixes, hosts = 20, 3000
 	var keys []Key
@@ -150,9 +148,7 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 // waits for the kernel to grow the table (an RCU grace period). It runs in
 // a child process, whose table no other test has grown.
 func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
-	if !Supported() {
-		testenv.Missing(t, "this kernel does not sign TCP segments (no CONFIG_TCP_MD5SIG, or a sandbox)", "run the tests on a Linux kernel with CONFIG_TCP_MD5SIG=y")
-	}
+	testenv.Require(t, testenv.MD5)
 	if !InChild(t, "TCPMD5_FDTABLE_CHILD", "descriptor table of") {
 		return
 	}
