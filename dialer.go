@@ -80,15 +80,11 @@ type dialTable struct {
 	keys  keySet // ao.best returns keys in AOKeys order
 	err   error  // the first invalid key's
 
-	// What a dial reads, made once by index and kept together, since a
-	// dial finds them cold: how many keys there are, whether any is an
-	// interface key, and the plan for each address a host key names, so
-	// that a dial to a peer with a host key (most dials) costs one map
-	// lookup (nil where interface keys make the plan depend on the
-	// socket's VRF).
-	size       int
-	interfaces bool
-	hosts      map[netip.Addr]dialPlan
+	// hosts holds the plan for each address a host key names, made once by
+	// index, so that a dial to a peer with a host key (most dials) costs
+	// one map lookup; nil where interface keys make the plan depend on the
+	// socket's VRF.
+	hosts map[netip.Addr]dialPlan
 }
 
 // dialPlan is what a dial to one destination installs: the MD5 keys the
@@ -115,8 +111,8 @@ func planOf(s *keySet, addr netip.Addr, l3index int) dialPlan {
 
 // index makes what a dial reads of t, once its keys are in.
 func (t *dialTable) index() {
-	t.size, t.interfaces, t.hosts = t.keys.len(), t.keys.interfaces() > 0, nil
-	if t.interfaces {
+	t.hosts = nil
+	if t.keys.interfaces() > 0 {
 		return
 	}
 	t.hosts = make(map[netip.Addr]dialPlan, t.keys.hosts())
@@ -154,8 +150,7 @@ func (d *Dialer) keyTable() *dialTable {
 
 // newDialTable returns a table of copies of keys and aoKeys, a later key
 // replacing an earlier one with its id, as in the kernel, indexed: every
-// table a dial reads is made here, so that none is read unindexed (a dial
-// signs nothing from a table whose size says it is empty).
+// table a dial reads, a Dialer's or a KeyChain's, is made here.
 func newDialTable(keys []Key, aoKeys []AOKey) *dialTable {
 	t := &dialTable{}
 	for _, k := range keys {
@@ -282,7 +277,7 @@ func (dl *dialing) control(ctx context.Context, network, address string, c sysca
 // connect, or fails if none covers it and unsigned dials are not allowed.
 func (dl *dialing) sign(network, address string, c syscall.RawConn) error {
 	table, chained := dl.table, dl.chained
-	if table.size == 0 && chained == nil {
+	if table.keys.len() == 0 && chained == nil {
 		return nil
 	}
 	ap, err := netip.ParseAddrPort(address)
@@ -291,15 +286,15 @@ func (dl *dialing) sign(network, address string, c syscall.RawConn) error {
 	}
 	addr := ap.Addr().Unmap()
 	if chained != nil {
-		if table.keys.covers(addr, 0) && chained.keys.covers(addr, 0) {
+		switch own := table.keys.covers(addr, 0); {
+		case own && chained.keys.covers(addr, 0):
 			return fmt.Errorf("tcpmd5: both the Dialer's keys and its KeyChain cover %s: give a peer keys in one place", addr)
-		}
-		if !table.keys.covers(addr, 0) {
+		case !own:
 			table = chained
 		}
 	}
 	l3index := 0
-	if table.interfaces {
+	if table.keys.interfaces() > 0 {
 		// The kernel signs with an interface key only on a socket
 		// bound to that VRF: choose among the keys that apply here.
 		if l3index, err = boundIfindex(c); err != nil {

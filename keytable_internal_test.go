@@ -48,8 +48,8 @@ func TestDialTablePlan(t *testing.T) {
 	tb := newDialTable(
 		[]Key{md5("198.51.100.1/32"), md5("198.51.100.3/32"), md5("203.0.113.0/24"), md5("2001:db8::1/128")},
 		[]AOKey{ao("198.51.100.2/32"), ao("198.51.100.3/32"), ao("203.0.113.9/32")})
-	assert.Equal(t, 7, tb.size)
-	assert.False(t, tb.interfaces)
+	assert.Equal(t, 7, tb.keys.len())
+	assert.Zero(t, tb.keys.interfaces())
 	assert.Len(t, tb.hosts, 5)
 	for _, a := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3", "203.0.113.9", "2001:db8::1", "203.0.113.7", "192.0.2.1"} {
 		addr := netip.MustParseAddr(a)
@@ -72,7 +72,7 @@ func TestDialTablePlan(t *testing.T) {
 	vrf.Ifindex = 7
 	tb.keys.md5.set(vrf)
 	tb.index()
-	assert.True(t, tb.interfaces)
+	assert.Equal(t, 1, tb.keys.interfaces())
 	assert.Nil(t, tb.hosts)
 	assert.Equal(t, []Key{md5("198.51.100.1/32"), vrf}, tb.plan(netip.MustParseAddr("198.51.100.1"), 7).md5)
 	assert.Equal(t, []Key{md5("198.51.100.1/32")}, tb.plan(netip.MustParseAddr("198.51.100.1"), 0).md5)
