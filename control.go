@@ -12,10 +12,10 @@ import (
 // control_linux.go and ao_linux.go implement and control_other.go stubs:
 // md5Fits, md5Add and md5Del for MD5 keys; aoAdd, aoAddSigning, aoDel,
 // aoDelSwitching, aoGetInfo, aoKeyVerified, aoSetCurrent, aoSetRNext and
-// aoSetSigning for TCP-AO; sockFamily,
-// sockFDTable, sockIfindex, sockInherited, sockQueued, sockReusePort,
-// sockSteer and sockTTLSecurity for the rest. Each verb is one kernel operation on one
-// descriptor and gives the kernel's error its meaning.
+// aoSetSigning for TCP-AO; sockFamily, sockFDTable, sockIfindex,
+// sockInherited, sockQueued, sockReusePort, sockSteer and sockTTLSecurity
+// for the rest. Each verb is one kernel operation on one descriptor and
+// gives the kernel's error its meaning.
 
 // control runs f on the socket behind c, the one way this package touches
 // a raw socket (with controlErr, its form for an f without a value): f's
