@@ -9,7 +9,7 @@
 //
 // It prints a table, or the report as JSON with -json, and exits with status
 // 0 if tcpmd5 met its targets, 1 if it did not, 2 if it could not measure:
-// set-up within 5% of the baseline, throughput within 3%, SetKey at 900 keys
+// set-up within 2% of the baseline, throughput within 3%, SetKey at 900 keys
 // within 2x of SetKey at 10.
 //
 // Usage:
