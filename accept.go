@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 // Refusal is a connection that Accept closed with a reset, as
@@ -69,12 +70,11 @@ func (a accepted) close() {
 // (md5Held). Whatever cannot be read is refused.
 func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	refuse := accepted{c: c, why: RefusedUnreadable}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return refuse
-	}
+	// The descriptor is asked only where keys make the answer differ; c is
+	// a connection, not nil, so SyscallConn cannot fail.
+	raw := func() syscall.RawConn { rc, _ := c.SyscallConn(); return rc }
 	if l.aoKeyed { // else nothing could have signed it with AO, and no syscall need say so
-		if ao, err := acceptedAO(rc); err != nil {
+		if ao, err := acceptedAO(raw()); err != nil {
 			return refuse
 		} else if ao {
 			return accepted{c: c, admit: true}
@@ -91,13 +91,15 @@ func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	addr = addr.Unmap()
 	l3index := 0
 	if l.keys.interfaces() > 0 {
-		if l3index, err = boundIfindex(rc); err != nil {
+		var err error
+		if l3index, err = boundIfindex(raw()); err != nil {
 			return refuse
 		}
 	}
 	signed := s.keys.md5.covers(addr, l3index)
 	if k, ok := flipped(&s.keys.md5, during, addr, l3index); ok {
-		if signed, err = md5Held(rc, addr, k.Ifindex, k.Secret); err != nil {
+		var err error
+		if signed, err = md5Held(raw(), addr, k.Ifindex, k.Secret); err != nil {
 			return refuse
 		}
 	}

@@ -28,12 +28,34 @@ type fanIn struct {
 	closed  atomic.Bool
 	locking func() // tests only: runs in accept's callback before it takes the lock
 
-	mu      sync.Mutex
-	shards  map[int32]*shard // the watched sockets, by descriptor
-	pending []accepted       // judged during a key change, for Accept
+	// What accept judges a connection with: the listener's lock, read-held
+	// from accept(2) to the verdict, and the judge.
+	lock  *sync.RWMutex
+	judge func(*shard, *net.TCPConn) accepted
+
+	// One accept at a time waits on the instance, as the runtime would
+	// have them anyway; turn is what its callback, step, found. Both are
+	// made once, so that an accept allocates nothing of its own.
+	turnMu sync.Mutex
+	turn   turn
+	step   func(efd uintptr) bool
+
+	mu       sync.Mutex
+	shards   map[int32]*shard // the watched sockets, by descriptor
+	pending  []accepted       // judged during a key change, for Accept
+	npending atomic.Int32     // len(pending), read without mu
 }
 
-func newFanIn() (*fanIn, error) {
+// turn is what one accept's callback found: a connection, judged, or the
+// error of accept(2).
+type turn struct {
+	a   accepted
+	err error
+}
+
+// newFanIn returns a fan-in that judges each connection with judge while
+// it holds lock for reading.
+func newFanIn(lock *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (*fanIn, error) {
 	efd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("tcpmd5: %w", os.NewSyscallError("epoll_create1", err))
@@ -42,7 +64,8 @@ func newFanIn() (*fanIn, error) {
 		_ = unix.Close(efd)
 		return nil, fmt.Errorf("tcpmd5: %w", os.NewSyscallError("fcntl", err))
 	}
-	f := &fanIn{poll: os.NewFile(uintptr(efd), "accept queues"), wake: -1, shards: make(map[int32]*shard)}
+	f := &fanIn{poll: os.NewFile(uintptr(efd), "accept queues"), wake: -1, lock: lock, judge: judge, shards: make(map[int32]*shard)}
+	f.step = f.try
 	if f.rc, err = f.poll.SyscallConn(); err == nil {
 		f.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		err = os.NewSyscallError("eventfd", err)
@@ -88,69 +111,76 @@ func (f *fanIn) ctl(op, fd int, ev *unix.EpollEvent) error {
 }
 
 // accept waits until a watched socket has a connection in its accept
-// queue, accepts it and judges it with mu read-locked, so that no key
-// change runs between accept(2) and the judgement; or returns a
-// connection judged during a key change. Past the deadline it fails with
-// os.ErrDeadlineExceeded, once closed with net.ErrClosed.
+// queue, accepts it and judges it with the listener's lock read-held, so
+// that no key change runs between accept(2) and the judgement; or returns
+// a connection judged during a key change. Past the deadline it fails
+// with os.ErrDeadlineExceeded, once closed with net.ErrClosed.
 //
-// The queues are read with mu held, so a socket epoll reports ready stays
-// so until the accept: a key change that drains it waits for mu. Accepts
-// take turns, since the runtime runs one Read on the instance at a time.
-func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
-	var a accepted
-	var got bool
-	var aerr error
-	err := f.rc.Read(func(efd uintptr) bool {
-		if a, got = f.popPending(); got {
-			return true
-		}
-		if f.locking != nil {
-			f.locking()
-		}
-		mu.RLock()
-		defer mu.RUnlock()
-		var events [32]unix.EpollEvent
-		n, _ := unix.EpollWait(int(efd), events[:], 0)
-		for _, ev := range events[:max(n, 0)] {
-			if ev.Fd == int32(f.wake) {
-				var b [8]byte
-				_, _ = unix.Read(f.wake, b[:])
-				if a, got = f.popPending(); got {
-					return true
-				}
-				continue
-			}
-			f.mu.Lock()
-			s := f.shards[ev.Fd]
-			f.mu.Unlock()
-			if s == nil || s.closed.Load() || ev.Events&unix.EPOLLIN == 0 {
-				continue // a socket no longer watched, or no connection in its queue
-			}
-			c, err := s.accept()
-			if err != nil {
-				aerr = err
-				return true
-			}
-			a, got = judge(s, c), true
-			return true
-		}
-		return false
-	})
+// The queues are read with the lock held, so a socket epoll reports ready
+// stays so until the accept: a key change that drains it waits for the
+// lock.
+func (f *fanIn) accept() (accepted, error) {
+	f.turnMu.Lock()
+	defer f.turnMu.Unlock()
+	err := f.rc.Read(f.step)
+	t := f.turn
+	f.turn = turn{}
 	switch {
 	case f.closed.Load():
-		a.close()
+		t.a.close()
 		return accepted{}, net.ErrClosed
 	case err != nil:
-		a.close()
+		t.a.close()
 		return accepted{}, err
 	}
-	return a, aerr
+	return t.a, t.err
+}
+
+// try is one look at the instance for accept: it reports whether it found
+// something, a connection or an error, and leaves it in f.turn.
+func (f *fanIn) try(efd uintptr) bool {
+	var ok bool
+	if f.turn.a, ok = f.popPending(); ok {
+		return true
+	}
+	if f.locking != nil {
+		f.locking()
+	}
+	f.lock.RLock()
+	defer f.lock.RUnlock()
+	var events [32]unix.EpollEvent
+	n, _ := unix.EpollWait(int(efd), events[:], 0)
+	for _, ev := range events[:max(n, 0)] {
+		if ev.Fd == int32(f.wake) {
+			var b [8]byte
+			_, _ = unix.Read(f.wake, b[:])
+			if f.turn.a, ok = f.popPending(); ok {
+				return true
+			}
+			continue
+		}
+		f.mu.Lock()
+		s := f.shards[ev.Fd]
+		f.mu.Unlock()
+		if s == nil || s.closed.Load() || ev.Events&unix.EPOLLIN == 0 {
+			continue // a socket no longer watched, or no connection in its queue
+		}
+		c, err := s.accept()
+		if err != nil {
+			f.turn.err = err
+			return true
+		}
+		f.turn.a = f.judge(s, c)
+		return true
+	}
+	return false
 }
 
 // push gives Accept connections judged during a key change.
 func (f *fanIn) push(judged []accepted) {
 	f.mu.Lock()
 	f.pending = append(f.pending, judged...)
+	f.npending.Store(int32(len(f.pending)))
 	f.mu.Unlock()
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
@@ -159,6 +189,9 @@ func (f *fanIn) push(judged []accepted) {
 
 // popPending takes the oldest pending connection.
 func (f *fanIn) popPending() (accepted, bool) {
+	if f.npending.Load() == 0 { // push stores it before it wakes an accept
+		return accepted{}, false
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.pending) == 0 {
@@ -167,6 +200,7 @@ func (f *fanIn) popPending() (accepted, bool) {
 	a := f.pending[0]
 	f.pending[0] = accepted{}
 	f.pending = f.pending[1:]
+	f.npending.Store(int32(len(f.pending)))
 	return a, true
 }
 
@@ -189,4 +223,5 @@ func (f *fanIn) close() {
 		a.close()
 	}
 	f.pending = nil
+	f.npending.Store(0)
 }

@@ -33,16 +33,16 @@ func TestFanIn(t *testing.T) {
 		t.Cleanup(func() { s.close() })
 		shards = append(shards, s)
 	}
-	f, err := newFanIn()
-	require.NoError(t, err)
-	t.Cleanup(f.close)
-	for _, s := range shards {
-		require.NoError(t, f.add(s))
-	}
 	var mu sync.RWMutex
 	judge := func(s *shard, c *net.TCPConn) accepted {
 		assert.False(t, mu.TryLock(), "judged with the lock read-held")
 		return accepted{c: c, admit: true, l3index: shardIndex(shards, s)}
+	}
+	f, err := newFanIn(&mu, judge)
+	require.NoError(t, err)
+	t.Cleanup(f.close)
+	for _, s := range shards {
+		require.NoError(t, f.add(s))
 	}
 	dial := func(s *shard) net.Conn {
 		c, err := net.DialTimeout("tcp4", s.ln.Addr().String(), time.Minute)
@@ -55,7 +55,7 @@ func TestFanIn(t *testing.T) {
 	dial(shards[0])
 	seen := map[int]bool{}
 	for range 2 {
-		a, err := f.accept(&mu, judge)
+		a, err := f.accept()
 		require.NoError(t, err)
 		seen[a.l3index] = true
 		a.close()
@@ -64,14 +64,14 @@ func TestFanIn(t *testing.T) {
 
 	dial(shards[0])
 	f.push([]accepted{{admit: true, l3index: 7}})
-	a, err := f.accept(&mu, judge)
+	a, err := f.accept()
 	require.NoError(t, err)
 	assert.Equal(t, 7, a.l3index, "the pending connection first")
 	f.setDeadline(time.Now().Add(-time.Second))
-	_, err = f.accept(&mu, judge)
+	_, err = f.accept()
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a passed deadline wins over a waiting connection")
 	f.setDeadline(time.Time{})
-	a, err = f.accept(&mu, judge)
+	a, err = f.accept()
 	require.NoError(t, err, "the waiting connection, once the deadline is gone")
 	assert.Zero(t, a.l3index)
 	a.close()
@@ -79,13 +79,13 @@ func TestFanIn(t *testing.T) {
 	f.remove(shards[1])
 	dial(shards[1])
 	f.setDeadline(time.Now().Add(200 * time.Millisecond))
-	_, err = f.accept(&mu, judge)
+	_, err = f.accept()
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "a socket no longer watched hands nothing over")
 	f.setDeadline(time.Time{})
 
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.accept(&mu, judge)
+		_, err := f.accept()
 		done <- err
 	}()
 	time.Sleep(50 * time.Millisecond) // most likely waiting by now
@@ -96,15 +96,15 @@ func TestFanIn(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("close did not end a waiting accept")
 	}
-	_, err = f.accept(&mu, judge)
+	_, err = f.accept()
 	require.ErrorIs(t, err, net.ErrClosed)
 
 	// What waits for Accept when it closes is closed: its peer reads EOF.
-	f2, err := newFanIn()
+	f2, err := newFanIn(&mu, judge)
 	require.NoError(t, err)
 	require.NoError(t, f2.add(shards[0]))
 	client := dial(shards[0])
-	a, err = f2.accept(&mu, judge)
+	a, err = f2.accept()
 	require.NoError(t, err)
 	f2.push([]accepted{a})
 	f2.close()

@@ -10,9 +10,15 @@ import (
 
 // fanIn is a group's only socket here: no socket takes keys, so a
 // Listener never grows its group, and Accept waits in accept(2) itself.
-type fanIn struct{ first *shard }
+type fanIn struct {
+	first *shard
+	lock  *sync.RWMutex
+	judge func(*shard, *net.TCPConn) accepted
+}
 
-func newFanIn() (*fanIn, error) { return &fanIn{}, nil }
+func newFanIn(lock *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (*fanIn, error) {
+	return &fanIn{lock: lock, judge: judge}, nil
+}
 
 func (f *fanIn) add(s *shard) error {
 	if f.first == nil {
@@ -24,14 +30,14 @@ func (f *fanIn) add(s *shard) error {
 func (f *fanIn) remove(*shard) {}
 
 // accept takes the next connection of the socket and judges it.
-func (f *fanIn) accept(mu *sync.RWMutex, judge func(*shard, *net.TCPConn) accepted) (accepted, error) {
+func (f *fanIn) accept() (accepted, error) {
 	c, err := f.first.accept()
 	if err != nil {
 		return accepted{}, err
 	}
-	mu.RLock()
-	defer mu.RUnlock()
-	return judge(f.first, c), nil
+	f.lock.RLock()
+	defer f.lock.RUnlock()
+	return f.judge(f.first, c), nil
 }
 
 // push closes what no key change here can have judged.

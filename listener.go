@@ -178,7 +178,7 @@ func (lc *ListenConfig) newListener(network string) (*Listener, []Key, []AOKey, 
 // waits on.
 func (l *Listener) startFanIn() error {
 	l.first = l.shards[0]
-	fan, err := newFanIn()
+	fan, err := newFanIn(&l.mu, func(s *shard, c *net.TCPConn) accepted { return l.judge(s, c, nil) })
 	for i := 0; err == nil && i < len(l.shards); i++ {
 		err = fan.add(l.shards[i])
 	}
@@ -295,7 +295,7 @@ func (l *Listener) AcceptTCP() (*net.TCPConn, error) {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: errNoListener}
 	}
 	for {
-		a, err := l.fan.accept(&l.mu, func(s *shard, c *net.TCPConn) accepted { return l.judge(s, c, nil) })
+		a, err := l.fan.accept()
 		if err != nil {
 			return nil, l.opError(err)
 		}
