@@ -82,9 +82,17 @@ type dialTable struct {
 
 	// hosts holds the plan for each address a host key names, made once by
 	// index, so that a dial to a peer with a host key (most dials) costs
-	// one map lookup; nil where interface keys make the plan depend on the
+	// one map lookup, or a look at a few, where there are at most fewKeys
+	// such addresses; nil where interface keys make the plan depend on the
 	// socket's VRF.
 	hosts map[netip.Addr]dialPlan
+	few   []hostPlan
+}
+
+// hostPlan is the plan for one address a host key names.
+type hostPlan struct {
+	addr netip.Addr
+	plan dialPlan
 }
 
 // dialPlan is what a dial to one destination installs: the MD5 keys the
@@ -111,7 +119,7 @@ func planOf(s *keySet, addr netip.Addr, l3index int) dialPlan {
 
 // index makes what a dial reads of t, once its keys are in.
 func (t *dialTable) index() {
-	t.hosts = nil
+	t.hosts, t.few = nil, nil
 	if t.keys.interfaces() > 0 {
 		return
 	}
@@ -122,12 +130,24 @@ func (t *dialTable) index() {
 	for id := range t.keys.ao.hosts {
 		t.hosts[id.peer.Addr()] = planOf(&t.keys, id.peer.Addr(), 0)
 	}
+	if len(t.hosts) <= fewKeys {
+		for addr, p := range t.hosts {
+			t.few = append(t.few, hostPlan{addr, p})
+		}
+		t.hosts = nil
+	}
 }
 
 // plan returns the plan for peer addr, unmapped, on a socket bound to VRF
 // l3index (0: none).
 func (t *dialTable) plan(addr netip.Addr, l3index int) dialPlan {
-	if p, ok := t.hosts[addr.WithZone("")]; ok {
+	addr = addr.WithZone("")
+	for _, h := range t.few {
+		if h.addr == addr {
+			return h.plan
+		}
+	}
+	if p, ok := t.hosts[addr]; ok {
 		return p
 	}
 	return planOf(&t.keys, addr, l3index)
@@ -280,11 +300,10 @@ func (dl *dialing) sign(network, address string, c syscall.RawConn) error {
 	if table.keys.len() == 0 && chained == nil {
 		return nil
 	}
-	ap, err := netip.ParseAddrPort(address)
+	addr, err := dialled(address)
 	if err != nil {
-		return fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
+		return err
 	}
-	addr := ap.Addr().Unmap()
 	if chained != nil {
 		switch own := table.keys.covers(addr, 0); {
 		case own && chained.keys.covers(addr, 0):
@@ -318,6 +337,30 @@ func (dl *dialing) sign(network, address string, c syscall.RawConn) error {
 		dl.signed.Store(true)
 	}
 	return err
+}
+
+// dialled returns the address, unmapped, of what a Control hook is told
+// it dials: "host:port", host an IP literal, in brackets if IPv6. The port
+// decides no key, so it is not parsed.
+func dialled(address string) (netip.Addr, error) {
+	host := address
+	if i := strings.LastIndexByte(address, ':'); i >= 0 {
+		host = address[:i]
+	}
+	var addr netip.Addr
+	var err error
+	switch {
+	case len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']':
+		addr, err = netip.ParseAddr(host[1 : len(host)-1])
+	case strings.IndexByte(host, ':') >= 0:
+		err = errors.New("an IPv6 address goes in brackets")
+	default:
+		addr, err = netip.ParseAddr(host)
+	}
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("tcpmd5: dialling %q: %w", address, err)
+	}
+	return addr.Unmap(), nil
 }
 
 // noKeyError says that no key of s covers addr on this socket, and how to

@@ -34,7 +34,15 @@ type keyTable[K tableKey] struct {
 	peers           map[netip.Prefix][]keyID // the keys of each peer prefix, over interfaces and KeyIDs, in the order first set
 	bits            [2][129]int              // peer prefixes per length: [0] IPv4, [1] IPv6
 	interfaces      int                      // keys with an Ifindex
+
+	// few is the ID of every key while there are at most fewKeys: covers
+	// then walks it, a line or two of memory, where the maps cost a few
+	// cache misses each (a connection's first look at them is cold).
+	few []keyID
 }
+
+// fewKeys is the most keys a keyTable keeps in few.
+const fewKeys = 8
 
 // kind returns the map that holds keys like the one id names.
 func (t *keyTable[K]) kind(id keyID) map[keyID]K {
@@ -51,16 +59,23 @@ func (t *keyTable[K]) set(k K) {
 	}
 	id := k.id()
 	m := t.kind(id)
-	if _, ok := m[id]; !ok {
-		if len(t.peers[id.peer]) == 0 {
-			t.bits[family(id.peer.Addr())][id.peer.Bits()]++
-		}
-		t.peers[id.peer] = append(t.peers[id.peer], id)
-		if id.ifindex != 0 {
-			t.interfaces++
-		}
-	}
+	_, had := m[id]
 	m[id] = k
+	if had {
+		return
+	}
+	if len(t.peers[id.peer]) == 0 {
+		t.bits[family(id.peer.Addr())][id.peer.Bits()]++
+	}
+	t.peers[id.peer] = append(t.peers[id.peer], id)
+	if id.ifindex != 0 {
+		t.interfaces++
+	}
+	if t.len() <= fewKeys {
+		t.few = append(t.few, id)
+	} else {
+		t.few = nil
+	}
 }
 
 func (t *keyTable[K]) remove(id keyID) {
@@ -78,6 +93,12 @@ func (t *keyTable[K]) remove(id keyID) {
 		t.bits[family(id.peer.Addr())][id.peer.Bits()]--
 	} else {
 		t.peers[id.peer] = ids
+	}
+	t.few = nil
+	if t.len() <= fewKeys {
+		for _, ids := range t.peers {
+			t.few = append(t.few, ids...)
+		}
 	}
 }
 
@@ -158,12 +179,22 @@ func applies(id keyID, l3index int, skip keyID) bool {
 // covers reports whether a key covers peer addr reached through VRF
 // l3index (0: none): a key for any interface, or one for that VRF.
 func (t *keyTable[K]) covers(addr netip.Addr, l3index int) bool {
-	return t.longest(addr, l3index, keyID{}) != nil
+	return t.coversExcept(addr, l3index, keyID{})
 }
 
-// coversExcept is covers without the key skip.
+// coversExcept is covers without the key skip: a key other than skip
+// applies on l3index and its prefix holds addr, whatever its length.
 func (t *keyTable[K]) coversExcept(addr netip.Addr, l3index int, skip keyID) bool {
-	return t.longest(addr, l3index, skip) != nil
+	if t.len() > fewKeys {
+		return t.longest(addr, l3index, skip) != nil
+	}
+	addr = addr.Unmap().WithZone("")
+	for _, id := range t.few {
+		if applies(id, l3index, skip) && id.peer.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // overlapping returns a key whose peers overlap p and whose interface
