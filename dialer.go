@@ -87,6 +87,11 @@ type dialTable struct {
 	// socket's VRF.
 	hosts map[netip.Addr]dialPlan
 	few   []hostPlan
+
+	// control is the Control hook of a dial with a Dialer's table alone,
+	// no KeyChain and no interface key, made with the table so that such
+	// a dial allocates nothing of its own; nil in a KeyChain's table.
+	control func(ctx context.Context, network, address string, c syscall.RawConn) error
 }
 
 // hostPlan is the plan for one address a host key names.
@@ -164,8 +169,23 @@ func (d *Dialer) keyTable() *dialTable {
 	aoNormalized, aoErr := normalizeAOKeys(aoKeys)
 	t := newDialTable(normalized, aoNormalized)
 	t.src, t.aoSrc, t.err = keys, aoKeys, cmp.Or(err, aoErr)
+	t.control = func(ctx context.Context, network, address string, c syscall.RawConn) error {
+		dl := dialing{d: d, table: t}
+		return dl.control(ctx, network, address, c)
+	}
 	d.table.Store(t)
 	return t
+}
+
+// signs reports whether a dial with t alone signs its attempt to addr, a
+// *net.TCPAddr: what the hook does, asked afterwards.
+func (t *dialTable) signs(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	p := t.plan(ta.AddrPort().Addr().Unmap(), 0)
+	return p.err == nil && len(p.md5)+len(p.ao) > 0
 }
 
 // newDialTable returns a table of copies of keys and aoKeys, a later key
@@ -242,47 +262,58 @@ func (d *Dialer) dial(ctx context.Context, network, address string, local net.Ad
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	nd.SetMultipathTCP(false)
-	dl := &dialing{d: d, table: table, chained: chained, user: nd.Control, userCtx: nd.ControlContext}
-	nd.Control = nil
-	nd.ControlContext = dl.control
-	c, err := nd.DialContext(ctx, network, address)
-	signed := dl.signed.Load()
-	if err == nil && d.KeyChain != nil && signed {
-		d.KeyChain.track(c.(*net.TCPConn), false)
+	control, dl := table.control, (*dialing)(nil)
+	if chained != nil || table.keys.interfaces() > 0 {
+		// The keys an attempt signs with depend on the chain's moment or
+		// on the socket's VRF: this dial keeps its own record of them.
+		dl = &dialing{d: d, table: table, chained: chained}
+		control = dl.control
 	}
-	if err != nil {
-		var oe *net.OpError
-		if (signed || d.TTLSecurity != 0) && errors.As(err, &oe) && oe.Timeout() {
-			annotated := *oe
-			annotated.Err = &noAnswerError{err: oe.Err, local: nd.LocalAddr, signed: signed, hops: d.TTLSecurity}
-			return nil, &annotated
+	nd.Control, nd.ControlContext = nil, control
+	c, err := nd.DialContext(ctx, network, address)
+	if err == nil {
+		if d.KeyChain != nil && dl != nil && dl.signed.Load() {
+			d.KeyChain.track(c.(*net.TCPConn), false)
 		}
+		return c, nil
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || !oe.Timeout() {
 		return nil, err
 	}
-	return c, nil
+	signed := table.signs(oe.Addr)
+	if dl != nil {
+		signed = dl.signed.Load()
+	}
+	if !signed && d.TTLSecurity == 0 {
+		return nil, err
+	}
+	annotated := *oe
+	annotated.Err = &noAnswerError{err: oe.Err, local: nd.LocalAddr, signed: signed, hops: d.TTLSecurity}
+	return nil, &annotated
 }
 
-// dialing is one dial of a Dialer with keys or TTL security: what its
-// Control hook reads, and whether it signed a connection attempt (of
-// several, in a Happy Eyeballs race, each on its own goroutine).
+// dialing is what the Control hook of a Dialer with keys or TTL security
+// reads, and whether it signed a connection attempt (of several, in a
+// Happy Eyeballs race, each on its own goroutine): a dial with a KeyChain
+// or interface keys keeps one for all its attempts, to read that record;
+// any other makes one for each attempt on its stack (dialTable.control).
 type dialing struct {
 	d              *Dialer
 	table, chained *dialTable // the Dialer's keys, its KeyChain's (nil: none)
-	user           hook       // the caller's hooks, run first
-	userCtx        func(context.Context, string, string, syscall.RawConn) error
 	signed         atomic.Bool
 }
 
-// control is the dial's ControlContext: the caller's hook (ControlContext
-// where both are set, as net.Dialer runs it), then TTL security, then the
-// keys for the address dialled.
+// control is the dial's ControlContext: the caller's hook (the Dialer's
+// ControlContext where both are set, as net.Dialer runs it), then TTL
+// security, then the keys for the address dialled.
 func (dl *dialing) control(ctx context.Context, network, address string, c syscall.RawConn) error {
 	var err error
 	switch {
-	case dl.userCtx != nil:
-		err = dl.userCtx(ctx, network, address, c)
-	case dl.user != nil:
-		err = dl.user(network, address, c)
+	case dl.d.ControlContext != nil:
+		err = dl.d.ControlContext(ctx, network, address, c)
+	case dl.d.Control != nil:
+		err = dl.d.Control(network, address, c)
 	}
 	if err == nil {
 		err = applyTTLSecurity(c, dl.d.TTLSecurity)

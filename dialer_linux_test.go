@@ -333,3 +333,46 @@ func TestDialerInterfaceKeyOnUnboundSocket(t *testing.T) {
 		assert.Contains(t, err.Error(), "key is for VRF 999; bind the dialer's socket to that VRF")
 	}
 }
+
+// TestDialTimeoutSaysWhetherItSigned: a dial that times out says "no answer
+// to a signed SYN" where its attempt signed, and nothing of keys where it
+// did not, whether its keys are the Dialer's own or a KeyChain's. The
+// signed SYN goes to a listener that holds no key, which drops it; the
+// unsigned one (AllowUnsigned) to a listener that holds a key for the
+// dialer, which drops it too.
+func TestDialTimeoutSaysWhetherItSigned(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	key := tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.77.1/32"), Secret: []byte("fake-timeout-a")}
+	chain := tcpmd5.NewKeyChain()
+	require.NoError(t, chain.SetKey(key, time.Time{}))
+	for name, d := range map[string]*tcpmd5.Dialer{
+		"own keys": {Keys: []tcpmd5.Key{key}, AllowUnsigned: true},
+		"KeyChain": {KeyChain: chain, AllowUnsigned: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			testenv.Netns(t)
+			keyless, err := net.Listen("tcp4", "127.0.77.1:0")
+			require.NoError(t, err)
+			t.Cleanup(func() { keyless.Close() })
+			keyed, err := tcpmd5.Listen("tcp4", "127.0.77.2:0", tcpmd5.Key{Peer: netip.MustParsePrefix("127.0.77.9/32"), Secret: []byte("fake-timeout-b")})
+			require.NoError(t, err)
+			t.Cleanup(func() { keyed.Close() })
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP("127.0.77.9")}
+			d.Timeout = 500 * time.Millisecond // the dials must fail: no answer comes
+			for _, tc := range []struct {
+				addr   string
+				signed bool
+			}{{keyless.Addr().String(), true}, {keyed.Addr().String(), false}} {
+				_, err := d.Dial("tcp4", tc.addr)
+				var ne net.Error
+				require.ErrorAs(t, err, &ne, tc.addr)
+				require.True(t, ne.Timeout(), "%s: %v", tc.addr, err)
+				if tc.signed {
+					assert.ErrorContains(t, err, "no answer to a signed SYN", tc.addr)
+				} else {
+					assert.NotContains(t, err.Error(), "signed", tc.addr)
+				}
+			}
+		})
+	}
+}
