@@ -90,8 +90,11 @@ type dialTable struct {
 
 	// control is the Control hook of a dial with a Dialer's table alone,
 	// no KeyChain and no interface key, made with the table so that such
-	// a dial allocates nothing of its own; nil in a KeyChain's table.
+	// a dial allocates nothing of its own; it reads the fields of owner,
+	// the Dialer that made it (a copy of that Dialer makes its own). Both
+	// are nil in a KeyChain's table.
 	control func(ctx context.Context, network, address string, c syscall.RawConn) error
+	owner   *Dialer
 }
 
 // hostPlan is the plan for one address a host key names.
@@ -159,16 +162,17 @@ func (t *dialTable) plan(addr netip.Addr, l3index int) dialPlan {
 }
 
 // keyTable returns the table for d.Keys, building it if d.Keys is another
-// slice than the one of the last table.
+// slice than the one of the last table, or if that table is another
+// Dialer's (d is a copy of the Dialer that built it).
 func (d *Dialer) keyTable() *dialTable {
 	keys, aoKeys := d.Keys, d.AOKeys
-	if t, ok := d.table.Load().(*dialTable); ok && sameSlice(t.src, keys) && sameSlice(t.aoSrc, aoKeys) {
+	if t, ok := d.table.Load().(*dialTable); ok && t.owner == d && sameSlice(t.src, keys) && sameSlice(t.aoSrc, aoKeys) {
 		return t
 	}
 	normalized, err := normalizeKeys(keys) // nil on error: the table then holds none
 	aoNormalized, aoErr := normalizeAOKeys(aoKeys)
 	t := newDialTable(normalized, aoNormalized)
-	t.src, t.aoSrc, t.err = keys, aoKeys, cmp.Or(err, aoErr)
+	t.src, t.aoSrc, t.err, t.owner = keys, aoKeys, cmp.Or(err, aoErr), d
 	t.control = func(ctx context.Context, network, address string, c syscall.RawConn) error {
 		dl := dialing{d: d, table: t}
 		return dl.control(ctx, network, address, c)

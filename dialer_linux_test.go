@@ -376,3 +376,37 @@ func TestDialTimeoutSaysWhetherItSigned(t *testing.T) {
 		})
 	}
 }
+
+// TestDialerCopyDialsByItsOwnFields: a Dialer copied after it dialled
+// dials by the copy's fields, not the original's: the copy that no longer
+// allows unsigned dials refuses a destination no key covers, which the
+// original dials unsigned.
+func TestDialerCopyDialsByItsOwnFields(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	ln, err := net.Listen("tcp4", "127.0.78.2:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	original := &tcpmd5.Dialer{Keys: []tcpmd5.Key{{Peer: netip.MustParsePrefix("127.0.78.1/32"), Secret: []byte("fake-copy")}}, AllowUnsigned: true}
+	original.Timeout = 30 * time.Second
+	c, err := original.Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err, "no key covers it: the original dials unsigned")
+	c.Close()
+
+	strict := *original
+	strict.AllowUnsigned = false
+	_, err = strict.Dial("tcp4", ln.Addr().String())
+	require.ErrorIs(t, err, tcpmd5.ErrNoKey, "the copy does not allow unsigned dials")
+	c, err = original.Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err, "the original still does")
+	c.Close()
+}
