@@ -386,16 +386,7 @@ func TestDialerCopyDialsByItsOwnFields(t *testing.T) {
 	testenv.Netns(t)
 	ln, err := net.Listen("tcp4", "127.0.78.2:0")
 	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	acceptAndReset(t, ln)
 	original := &tcpmd5.Dialer{Keys: []tcpmd5.Key{{Peer: netip.MustParsePrefix("127.0.78.1/32"), Secret: []byte("fake-copy")}}, AllowUnsigned: true}
 	original.Timeout = 30 * time.Second
 	c, err := original.Dial("tcp4", ln.Addr().String())
