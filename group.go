@@ -28,9 +28,9 @@ type group struct {
 	address string // the first socket's, which the others bind too
 }
 
-// shardsFor returns the fewest shards whose fullest one holds its host keys
-// and every prefix key, MD5 and AO, within keysPerSocket, by the placement
-// shardOf makes.
+// shardsFor returns the fewest shards whose fullest one holds no more host
+// keys than hostRoom leaves beside every prefix key, MD5 and AO, by the
+// placement shardOf makes.
 func shardsFor(keys *keySet) int {
 	hosts := make([]uint32, 0, keys.hosts())
 	for id := range keys.md5.hosts {
@@ -39,7 +39,7 @@ func shardsFor(keys *keySet) int {
 	for id := range keys.ao.hosts {
 		hosts = append(hosts, peerHash(id.peer.Addr()))
 	}
-	room := keysPerSocket() - keys.prefixes()
+	room := hostRoom(socketCapacity(), keys.prefixes())
 	if room <= 0 || len(hosts) <= room {
 		return 1
 	}
@@ -313,7 +313,7 @@ func (l *Listener) place(id keyID, installed bool, install func() (*shard, error
 		}
 		return nil
 	}
-	room, hosts := l.hostRoom(prefixes), l.keys.hosts()+1
+	room, hosts := hostRoom(l.capacity(), prefixes), l.keys.hosts()+1
 	if room < 1 || (hosts+room-1)/room > maxShards {
 		return fmt.Errorf("tcpmd5: key for %s: %d prefix keys leave no room for %d host keys on %d sockets (%s): %w", id.name(), prefixes, hosts, maxShards, optmemFull(), errFull)
 	}
@@ -378,11 +378,9 @@ func (g *group) learn(s *shard) {
 var errFull = fmt.Errorf("no socket of the group can take it: %w", syscall.ENOMEM)
 
 // hostRoom is how many host keys one socket takes beside prefixes prefix
-// keys: keysPerSocket in all while the prefix keys leave room, else what
-// its option memory holds beside them.
-func (g *group) hostRoom(prefixes int) int {
-	if soft := min(keysPerSocket(), g.capacity()); prefixes < soft {
-		return soft - prefixes
-	}
-	return g.capacity() - prefixes
-}
+// keys when its option memory holds capacity keys: keysPerSocket, or what
+// the option memory leaves beside the prefix keys if that is less. Prefix
+// keys go on every socket, so they take no more host keys' room: spreading
+// host keys thinner would copy every prefix key onto more sockets and
+// shorten no SYN's walk of them.
+func hostRoom(capacity, prefixes int) int { return min(keysPerSocket(), capacity-prefixes) }

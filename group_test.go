@@ -68,9 +68,49 @@ func TestGroupPlacement(t *testing.T) {
 	emptier.keys.md5.set(Key{Peer: netip.MustParsePrefix("127.3.1.1/32")})
 	g.learn(emptier)
 	assert.Equal(t, 1, g.capacity(), "an emptier socket's refusal lowers it")
+}
 
-	g = fakeGroup(1)
-	soft := min(keysPerSocket(), g.capacity())
-	assert.Equal(t, soft-3, g.hostRoom(3), "prefix keys take room from host keys")
-	assert.Equal(t, g.capacity()-soft, g.hostRoom(soft), "beyond the soft cap, what option memory holds")
+// TestHostRoom: prefix keys, which go on every socket, leave a socket its
+// keysPerSocket host keys while its option memory holds both, and then
+// what it holds beside them; more prefix keys never leave more room. The
+// fewest sockets for a set of host keys is then the same beside any number
+// of prefix keys that leaves that room: a prefix key one short of
+// keysPerSocket used to leave one host key a socket, and a listener made
+// thousands of sockets, each with every prefix key.
+func TestHostRoom(t *testing.T) {
+	t.Parallel()
+	capacity, soft := socketCapacity(), keysPerSocket()
+	assert.Equal(t, soft, hostRoom(capacity, 0))
+	assert.Equal(t, 10, hostRoom(capacity, capacity-10), "beside many prefix keys, what option memory holds")
+	assert.Equal(t, 0, hostRoom(capacity, capacity))
+	for prefixes := 1; prefixes <= capacity; prefixes++ {
+		require.LessOrEqual(t, hostRoom(capacity, prefixes), hostRoom(capacity, prefixes-1), "%d prefix keys", prefixes)
+	}
+	for prefixes := range capacity - soft + 1 {
+		require.Equal(t, soft, hostRoom(capacity, prefixes), "%d prefix keys", prefixes)
+	}
+
+	hostsOnly := keySetOf(t, 0, 2000)
+	want := shardsFor(hostsOnly)
+	require.Greater(t, want, 1)
+	for _, prefixes := range []int{1, soft / 2, soft - 1, soft, soft + 1} {
+		if capacity-prefixes < soft {
+			continue
+		}
+		assert.Equal(t, want, shardsFor(keySetOf(t, prefixes, 2000)), "beside %d prefix keys", prefixes)
+	}
+}
+
+// keySetOf returns a key set of prefixes prefix keys and hosts host keys.
+func keySetOf(t *testing.T, prefixes, hosts int) *keySet {
+	t.Helper()
+	var s keySet
+	for i := range prefixes {
+		s.md5.set(Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)})
+	}
+	for i := range hosts {
+		s.md5.set(Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}), 32)})
+	}
+	require.Equal(t, prefixes+hosts, s.md5.len())
+	return &s
 }

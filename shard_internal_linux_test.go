@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,12 +135,59 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	crowded := 0
 	for _, s := range ln.shards {
 		require.Equal(t, prefixes, s.keys.prefixes())
-		if s.keys.len() > keysPerSocket() {
+		if s.keys.hosts() > keysPerSocket() {
 			crowded++
 		}
 	}
-	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d keys", keysPerSocket())
-	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d host keys", keysPerSocket())
+	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d host keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+}
+
+// TestPrefixKeysLeaveHostRoom: beside as many prefix keys as leave a
+// socket's option memory room for keysPerSocket host keys, the same host
+// keys make the same group as beside none, at Listen and live. One prefix
+// key short of keysPerSocket used to leave each socket one host key: 1,000
+// host keys made 4,096 sockets at Listen and 758 live, each with every
+// prefix key, where 14 do.
+func TestPrefixKeysLeaveHostRoom(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	const hosts = 1000
+	capacity := socketCapacity()
+	prefixes := min(keysPerSocket()-1, capacity-keysPerSocket())
+	require.Greater(t, prefixes, 0, "this test needs option memory for more than %d keys a socket", keysPerSocket())
+	var prefixKeys, hostKeys []Key
+	for i := range prefixes {
+		prefixKeys = append(prefixKeys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 61, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
+	}
+	for n := range hosts {
+		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
+		hostKeys = append(hostKeys, Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))})
+	}
+	sockets := func(listenWith []Key, live bool) int {
+		keys := listenWith
+		if !live {
+			keys = append(slices.Clone(listenWith), hostKeys...)
+		}
+		lc := ListenConfig{Keys: keys}
+		ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer ln.Close()
+		if live {
+			for _, k := range hostKeys {
+				require.NoError(t, ln.SetKey(k))
+			}
+		}
+		for _, s := range ln.shards {
+			require.Equal(t, len(listenWith), s.keys.prefixes(), "every socket holds every prefix key")
+		}
+		return len(ln.shards)
+	}
+	for _, live := range []bool{false, true} {
+		alone, beside := sockets(nil, live), sockets(prefixKeys, live)
+		assert.Equal(t, alone, beside, "%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
+		assert.Greater(t, alone, 1)
+	}
 }
 
 // TestGroupKeepsDescriptorTableAhead: a socket the group adds leaves the
