@@ -263,12 +263,12 @@ func applyTTLSecurity(c syscall.RawConn, hops int) error {
 // (net.core.optmem_max) holds no more keys.
 func keysFull(err error) bool { return errors.Is(err, syscall.ENOMEM) }
 
-// maxSocketKeys caps the host keys a Listener puts on one socket, well below
-// the roughly 960 keys its option memory holds: the kernel keeps a socket's
-// keys in a list and walks it for every SYN it verifies and every key it
-// installs, so spreading peers over more sockets keeps handshakes and SetKey
-// cheap as the peers grow. Prefix keys, which go on every socket, come on
-// top: more sockets cannot shorten their part of the walk.
+// maxSocketKeys caps the keys a Listener puts on one socket, well below the
+// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
+// list and walks it for every SYN it verifies and every key it installs, so
+// spreading peers over more sockets keeps handshakes and SetKey cheap as the
+// peers grow. Prefix keys, which go on every socket, take host keys' room
+// down to half of it, then come on top (hostRoom).
 const maxSocketKeys = 128
 
 // keyBytes is what the kernel charges to a socket's option memory for one
@@ -287,8 +287,8 @@ var socketCapacity = sync.OnceValue(func() int {
 	return n
 })
 
-// keysPerSocket is how many host keys a Listener puts on one socket: what
-// its option memory holds, at most maxSocketKeys.
+// keysPerSocket is how many keys a Listener puts on one socket: what its
+// option memory holds, at most maxSocketKeys.
 func keysPerSocket() int { return min(socketCapacity(), maxSocketKeys) }
 
 // optmemFull says what a socket's full option memory (ENOMEM) holds.

@@ -228,14 +228,14 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // as its option memory allows (net.core.optmem_max: about 960 on 6.x
 // kernels, 150 on older ones), and the kernel walks all of a socket's keys
 // for every SYN it verifies and every key it installs. So when a new host
-// key would be a socket's 129th host key, or the socket is full, the
-// Listener adds another socket bound to the same address, in a SO_REUSEPORT
-// group, and attaches a classic BPF program (SO_ATTACH_REUSEPORT_CBPF) that
-// sends each SYN to the socket holding the key for its source address. Keys
-// for a single host live on one socket; prefix keys live on every socket,
-// beside its host keys, and take room in each one's option memory. Accept
-// takes connections from all sockets, Addr stays the same, and Close closes
-// them all.
+// key would be a socket's 129th key, or the socket is full, the Listener
+// adds another socket bound to the same address, in a SO_REUSEPORT group,
+// and attaches a classic BPF program (SO_ATTACH_REUSEPORT_CBPF) that sends
+// each SYN to the socket holding the key for its source address. Keys for a
+// single host live on one socket; prefix keys live on every socket and
+// count against each one's room, but leave it at least 64 host keys, as far
+// as its option memory holds them. Accept takes connections from all
+// sockets, Addr stays the same, and Close closes them all.
 //
 // Every socket of the group, the first included, has SO_REUSEPORT set, so
 // another socket of the same user (a second instance of a daemon, say) can

@@ -135,27 +135,29 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	crowded := 0
 	for _, s := range ln.shards {
 		require.Equal(t, prefixes, s.keys.prefixes())
-		if s.keys.hosts() > keysPerSocket() {
+		if s.keys.len() > keysPerSocket() {
 			crowded++
 		}
 	}
-	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d host keys", keysPerSocket())
-	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d host keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d keys", keysPerSocket())
+	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
 }
 
-// TestPrefixKeysLeaveHostRoom: beside as many prefix keys as leave a
-// socket's option memory room for keysPerSocket host keys, the same host
-// keys make the same group as beside none, at Listen and live. One prefix
-// key short of keysPerSocket used to leave each socket one host key: 1,000
-// host keys made 4,096 sockets at Listen and 758 live, each with every
-// prefix key, where 14 do.
+// TestPrefixKeysLeaveHostRoom: beside many prefix keys, a socket keeps
+// half of keysPerSocket host keys, so the same host keys make about twice
+// the group they make beside none (within three times), at Listen and
+// live. One prefix key short of keysPerSocket used to leave each socket one
+// host key: 1,000 host keys made 4,096 sockets at Listen and 758 live, each
+// with every prefix key, where 14 do alone.
 func TestPrefixKeysLeaveHostRoom(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
 	const hosts = 1000
-	capacity := socketCapacity()
-	prefixes := min(keysPerSocket()-1, capacity-keysPerSocket())
-	require.Greater(t, prefixes, 0, "this test needs option memory for more than %d keys a socket", keysPerSocket())
+	// As many prefix keys as leave a socket half of keysPerSocket host
+	// keys, short of its option memory by a few keys' room, which the
+	// steering program takes on the first socket.
+	prefixes := min(keysPerSocket()-1, socketCapacity()-keysPerSocket()/2-16)
+	require.Greater(t, prefixes, keysPerSocket()/2, "this test needs option memory for more than %d keys a socket", keysPerSocket()+16)
 	var prefixKeys, hostKeys []Key
 	for i := range prefixes {
 		prefixKeys = append(prefixKeys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 61, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
@@ -185,8 +187,9 @@ func TestPrefixKeysLeaveHostRoom(t *testing.T) {
 	}
 	for _, live := range []bool{false, true} {
 		alone, beside := sockets(nil, live), sockets(prefixKeys, live)
-		assert.Equal(t, alone, beside, "%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
 		assert.Greater(t, alone, 1)
+		assert.LessOrEqual(t, beside, 3*alone, "%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
+		t.Logf("%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
 	}
 }
 
