@@ -23,7 +23,7 @@ type liveKey[K tableKey] interface {
 	add(c syscall.RawConn, family int) error            // install on a socket that holds no key with its id
 	replace(c syscall.RawConn, family int, old K) error // install in the place of old, which has its id
 	del(c syscall.RawConn, family int) error            // delete; one not there is not an error
-	settle(l *Listener, installed bool) error           // what follows its install on l, l.mu held
+	settle(l *Listener, s *shard) error                 // what follows its install on s, where it is new, l.mu held
 }
 
 func (Key) of(s *keySet) *keyTable[Key]     { return &s.md5 }
@@ -69,40 +69,28 @@ func (k AOKey) replace(c syscall.RawConn, family int, o AOKey) error {
 }
 func (k AOKey) del(c syscall.RawConn, family int) error { return removeAOKey(c, family, k) }
 
-// settle keeps judge's invariant after a new MD5 key: the queues of the
-// sockets whose cover it changed are drained and judged. If that fails
-// (EMFILE, say), the key goes again and nothing is changed.
-func (k Key) settle(l *Listener, installed bool) error {
-	if installed { // a new secret for an installed key covers no new peer
+// settle keeps judge's invariant on s after k, new there, went on it: if
+// k changed which peers s covers, the queue of s is drained and judged.
+func (k Key) settle(l *Listener, s *shard) error {
+	if !s.flips(k) {
 		return nil
 	}
-	for _, s := range l.holders(k.Peer) {
-		if !s.flips(k) {
-			continue
-		}
-		if err := l.drainMD5(s, []Key{k}); err != nil {
-			for _, s := range l.holders(k.Peer) {
-				if k.del(s.rc, s.family) == nil {
-					s.keys.md5.remove(k.id())
-				}
-			}
-			l.keys.md5.remove(k.id())
-			return fmt.Errorf("%w; the key for %s was not installed", err, k.peerString())
-		}
-	}
-	return nil
+	return l.drainMD5(s, []Key{k})
 }
 
-// settle makes Accept ask every connection for its AO state from now on.
-func (k AOKey) settle(l *Listener, _ bool) error {
+// settle makes Accept ask every connection for its AO state from now on,
+// before it can take one from s.
+func (k AOKey) settle(l *Listener, _ *shard) error {
 	l.aoKeyed = true
 	return nil
 }
 
 // setLive installs k, normalized, on the live listener l, or replaces the
-// key with its id: room is made (place), k goes on the sockets that need
-// it or on none (installOn), then settle.
+// key with its id: room is made (place), then k goes on the sockets that
+// need it, or on none (installOn).
 func setLive[K liveKey[K]](l *Listener, k K) error {
+	l.changing.Lock()
+	defer l.changing.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.open(); err != nil {
@@ -111,30 +99,32 @@ func setLive[K liveKey[K]](l *Listener, k K) error {
 	if err := k.clash(&l.keys); err != nil {
 		return err
 	}
-	_, installed := k.of(&l.keys).get(k.id())
-	if err := l.place(k.id(), installed, func() (*shard, error) { return installOn(l, k) }); err != nil {
-		return err
-	}
-	k.of(&l.keys).set(k.clone())
-	return k.settle(l, installed)
+	old, installed := k.of(&l.keys).get(k.id())
+	return l.place(k.id(), installed, func() (*shard, error) { return installOn(l, k, old, installed) })
 }
 
-// installOn puts k on the sockets that need it, a host key on the one
-// shardOf picks and a prefix key on all, or on none: after a failure it
-// puts back the key with k's id that was there, or deletes k. It returns
-// the socket that refused k. l.mu is held.
-func installOn[K liveKey[K]](l *Listener, k K) (*shard, error) {
+// installOn puts k in the registry and on the sockets that need it, a host
+// key on the one shardOf picks and a prefix key on all, in place of old if
+// had, or on none. Each socket gets k and, where k is new, has its queue
+// judged (settle) before the next, and between two the listener lets
+// Accept in (yield), so that a prefix key keeps Accept waiting for one
+// socket's step at a time, not for the group's. After a failure it puts
+// old back, or deletes k, on the sockets done, and returns the socket that
+// refused k, if the kernel did. l.mu and l.changing are held.
+func installOn[K liveKey[K]](l *Listener, k, old K, had bool) (*shard, error) {
+	// In the registry first: a socket without k yet refuses an unsigned
+	// connection from k's peers as one that a key now covers.
+	k.of(&l.keys).set(k.clone())
 	targets := l.holders(k.id().peer)
-	old, had := k.of(&l.keys).get(k.id())
 	for i, s := range targets {
-		var err error
-		if had {
-			err = k.replace(s.rc, s.family, old)
-		} else {
-			err = k.add(s.rc, s.family)
+		if i > 0 {
+			l.yield()
 		}
-		if err != nil {
-			for _, done := range targets[:i] {
+		if refused, err := installOne(l, k, old, had, s); err != nil {
+			for j, done := range targets[:i] {
+				if j > 0 {
+					l.yield()
+				}
 				if had {
 					if old.replace(done.rc, done.family, k) == nil {
 						k.of(&done.keys).set(old.bare())
@@ -143,9 +133,40 @@ func installOn[K liveKey[K]](l *Listener, k K) (*shard, error) {
 					k.of(&done.keys).remove(k.id())
 				}
 			}
-			return s, err
+			if had {
+				k.of(&l.keys).set(old)
+			} else {
+				k.of(&l.keys).remove(k.id())
+			}
+			return refused, err
 		}
-		k.of(&s.keys).set(k.bare())
+	}
+	return nil, nil
+}
+
+// installOne puts k on s, in place of old if had, and settles it where it
+// is new; a failure leaves s as it was, and returns s if the kernel
+// refused k. A key it cannot take back after a failed settle leaves s
+// refusing, never admitting: its queue is judged by the keys s holds.
+func installOne[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) (*shard, error) {
+	var err error
+	if had {
+		err = k.replace(s.rc, s.family, old)
+	} else {
+		err = k.add(s.rc, s.family)
+	}
+	if err != nil {
+		return s, err
+	}
+	k.of(&s.keys).set(k.bare())
+	if had {
+		return nil, nil
+	}
+	if err := k.settle(l, s); err != nil {
+		if k.del(s.rc, s.family) == nil {
+			k.of(&s.keys).remove(k.id())
+		}
+		return nil, fmt.Errorf("%w; the %s was not installed", err, k.label())
 	}
 	return nil, nil
 }
@@ -154,14 +175,19 @@ func installOn[K liveKey[K]](l *Listener, k K) (*shard, error) {
 // from every socket that holds it; one that is not there is not an error.
 func removeLive[K liveKey[K]](l *Listener, k K) error {
 	id := k.id()
+	l.changing.Lock()
+	defer l.changing.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	old, ok := k.of(&l.keys).get(id)
 	if !ok {
 		return nil
 	}
-	for _, s := range l.shards {
+	for i, s := range l.shards {
 		if _, ok := k.of(&s.keys).get(id); ok {
+			if i > 0 {
+				l.yield() // as installOn does: each socket is done, drains and all
+			}
 			if err := removeFrom(l, s, old); err != nil {
 				return err
 			}

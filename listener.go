@@ -255,7 +255,12 @@ type Listener struct {
 	refused       atomic.Uint64
 	chain         *KeyChain // keeps the keys and accepted connections in step, if not nil
 
-	mu      sync.RWMutex // guards what follows and serializes changes to the sockets' keys
+	// changing serializes changes to the keys, each of which holds mu, the
+	// lock Accept judges under, for one socket's step at a time (yield).
+	changing sync.Mutex
+	yielded  func() // tests only: runs in yield, mu released
+
+	mu      sync.RWMutex // guards what follows
 	keys    keySet       // the key registry: every key, with its secret
 	aoKeyed bool         // an AO key was ever installed
 	closed  bool
@@ -410,6 +415,17 @@ func (l *Listener) RemoveKey(k Key) error {
 	return removeLive(l, k)
 }
 
+// yield lets the accepts that wait for l.mu judge what they took, between
+// two sockets of one key change: l.changing keeps every other change out,
+// and each socket holds its keys with its queue judged, or neither.
+func (l *Listener) yield() {
+	l.mu.Unlock()
+	if l.yielded != nil {
+		l.yielded()
+	}
+	l.mu.Lock()
+}
+
 // Keys returns copies of the keys installed now, ordered by peer and
 // interface.
 func (l *Listener) Keys() []Key {
@@ -433,10 +449,12 @@ func (l *Listener) Close() error {
 	if l.first == nil {
 		return &net.OpError{Op: "close", Net: "tcp", Err: errNoListener}
 	}
+	l.changing.Lock() // a key change in progress ends first
 	l.mu.Lock()
 	closed := l.closed
 	l.closed = true // nothing changes the group from now on
 	l.mu.Unlock()
+	l.changing.Unlock()
 	if closed {
 		return l.first.ln.Close() // the net package's error for a second Close
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,16 +26,22 @@ var (
 // dialFrom connects from src to addr, signing with secret unless it is nil.
 func dialFrom(t *testing.T, src, addr string, secret []byte) net.Conn {
 	t.Helper()
-	d := Dialer{AllowUnsigned: secret == nil}
-	d.Timeout = 30 * time.Second
-	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-	if secret != nil {
-		d.Keys = []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: secret}}
-	}
-	c, err := d.Dial("tcp4", addr)
+	c, err := dialKeyed(netip.MustParseAddr(src), addr, secret)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// dialKeyed dials addr, on 127.0.0.1, from src, signed with secret, or
+// unsigned if secret is nil.
+func dialKeyed(src netip.Addr, addr string, secret []byte) (net.Conn, error) {
+	d := Dialer{AllowUnsigned: secret == nil}
+	d.Timeout = 30 * time.Second
+	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	if secret != nil {
+		d.Keys = []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: secret}}
+	}
+	return d.Dial("tcp4", addr)
 }
 
 // echoes requires client's bytes back from server, which echoes them.
@@ -117,4 +124,104 @@ func TestSetKeyJudgesWhatCompletedDuringIt(t *testing.T) {
 	require.NoError(t, unsigned.SetReadDeadline(time.Now().Add(10*time.Second)))
 	_, err = unsigned.Read(make([]byte, 1))
 	require.ErrorIs(t, err, syscall.ECONNRESET)
+}
+
+// TestPrefixKeyLetsAcceptIn: a prefix key goes on the group's sockets one
+// at a time, each with its queue judged, and between two the listener lets
+// Accept in, so that Accept waits for one socket's step, not the group's.
+// A signed connection that arrives once the key is on the first socket is
+// handed over before SetKey returns; an unsigned one from a peer of the
+// new key, on a socket the key has not reached, is refused as one that a
+// key now covers. RemoveKey takes the key off the same way.
+func TestPrefixKeyLetsAcceptIn(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	var keys []Key
+	for i := range 3 * keysPerSocket() {
+		keys = append(keys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 40 + byte(i/250), byte(i%250 + 1)}), 32), Secret: fakeA})
+	}
+	var mu sync.Mutex
+	var refused []Refusal
+	lc := ListenConfig{Keys: keys, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
+	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	n := len(l.shards)
+	require.Greater(t, n, 2)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+
+	k := Key{Peer: netip.MustParsePrefix("127.0.50.0/24"), Secret: fakeB}
+	var late netip.Addr // a peer of k whose SYNs reach the last socket, which k reaches last
+	for i := 1; !late.IsValid(); i++ {
+		if a := netip.AddrFrom4([4]byte{127, 0, 50, byte(i)}); shardOf(peerHash(a), n) == n-1 {
+			late = a
+		}
+	}
+	yields := 0
+	// The hook runs with l.mu released inside SetKey: it fails the test
+	// with assert, never require, whose Goexit would unlock l.mu again.
+	l.yielded = func() {
+		if yields++; yields > 1 {
+			return
+		}
+		signed, err := dialKeyed(keys[0].Peer.Addr(), l.Addr().String(), fakeA)
+		if !assert.NoError(t, err) {
+			return
+		}
+		defer signed.Close()
+		select {
+		case c := <-accepted:
+			assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
+			c.Close()
+		case <-time.After(30 * time.Second):
+			t.Error("Accept handed nothing over while the key went on the group")
+		}
+		// Accept may refuse it before the dial has read its own outcome.
+		unsigned, err := dialKeyed(late, l.Addr().String(), nil)
+		if err == nil {
+			defer unsigned.Close()
+			_ = unsigned.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, err = unsigned.Read(make([]byte, 1))
+		}
+		assert.ErrorIs(t, err, syscall.ECONNRESET, "an unsigned peer of the new key, before the key reached its socket")
+	}
+	require.NoError(t, l.SetKey(k))
+	assert.Equal(t, n-1, yields, "one yield between two sockets")
+	mu.Lock()
+	assert.Equal(t, []Refusal{{Remote: netip.AddrPortFrom(late, 0), Local: l.first.addrPort(), Reason: RefusedKeyAdded}},
+		portless(refused))
+	mu.Unlock()
+	for _, s := range l.shards {
+		_, ok := s.keys.md5.get(k.id())
+		assert.True(t, ok, "every socket holds the key")
+	}
+
+	yields = 0
+	l.yielded = func() { yields++ }
+	require.NoError(t, l.RemoveKey(k))
+	assert.Equal(t, n-1, yields, "RemoveKey too")
+	for _, s := range l.shards {
+		_, ok := s.keys.md5.get(k.id())
+		assert.False(t, ok, "no socket holds the key")
+	}
+}
+
+// portless returns rs with the remote ports zeroed, which the kernel chose.
+func portless(rs []Refusal) []Refusal {
+	out := make([]Refusal, len(rs))
+	for i, r := range rs {
+		r.Remote = netip.AddrPortFrom(r.Remote.Addr(), 0)
+		out[i] = r
+	}
+	return out
 }

@@ -244,3 +244,45 @@ func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
 	require.GreaterOrEqual(t, fdSize(), 512, "the descriptor table must be a doubling ahead of descriptor %d", fd)
 	t.Logf("descriptor table of %d slots for the group's newest descriptor %d", fdSize(), fd)
 }
+
+// BenchmarkPrefixKeyHold measures a prefix key's SetKey, then RemoveKey,
+// on a group of 1,024 sockets (100,000 host keys): the whole call, and the
+// longest the call holds the listener, and Accept with it, at a time:
+// from its start, or from a yield, to the next yield, or its end. Run it
+// with -benchtime 10x.
+func BenchmarkPrefixKeyHold(b *testing.B) {
+	testenv.Require(b, testenv.MD5)
+	testenv.Netns(b)
+	const hosts = 100000
+	keys := make([]Key, 0, hosts)
+	for n := range hosts {
+		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
+		keys = append(keys, Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))})
+	}
+	lc := ListenConfig{Keys: keys}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	var longest time.Duration
+	var since time.Time
+	ln.yielded = func() {
+		now := time.Now()
+		longest = max(longest, now.Sub(since))
+		since = time.Now()
+	}
+	var calls []time.Duration
+	k := Key{Peer: netip.MustParsePrefix("10.99.0.0/16"), Secret: []byte("fake-secret-prefix")}
+	for b.Loop() {
+		for _, change := range []func(Key) error{ln.SetKey, ln.RemoveKey} {
+			since = time.Now()
+			start := since
+			require.NoError(b, change(k))
+			longest = max(longest, time.Since(since))
+			calls = append(calls, time.Since(start))
+		}
+	}
+	slices.Sort(calls)
+	b.ReportMetric(float64(calls[len(calls)/2].Microseconds())/1000, "call-ms")
+	b.ReportMetric(float64(longest.Microseconds())/1000, "max-hold-ms")
+	b.ReportMetric(float64(len(ln.shards)), "sockets")
+}
