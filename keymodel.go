@@ -183,15 +183,18 @@ func removeLive[K liveKey[K]](l *Listener, k K) error {
 	if !ok {
 		return nil
 	}
-	for i, s := range l.shards {
-		if _, ok := k.of(&s.keys).get(id); ok {
-			if i > 0 {
-				l.yield() // as installOn does: each socket is done, drains and all
-			}
-			if err := removeFrom(l, s, old); err != nil {
-				return err
-			}
+	done := 0
+	for _, s := range l.shards {
+		if _, ok := k.of(&s.keys).get(id); !ok {
+			continue
 		}
+		if done > 0 {
+			l.yield() // as installOn does: each socket is done, drains and all
+		}
+		if err := removeFrom(l, s, old); err != nil {
+			return err
+		}
+		done++
 	}
 	k.of(&l.keys).remove(id)
 	return nil
