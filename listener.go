@@ -361,7 +361,9 @@ func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 // of the group; and a key that finds its socket full grows the group first,
 // which moves some host keys to the new socket (see [Listener]). It returns
 // the kernel's ENOMEM only when growing cannot help, such as for a prefix
-// key on a socket holding nothing but prefix keys.
+// key on a socket holding nothing but prefix keys. A prefix key goes on the
+// sockets one at a time, and Accept goes on between two; other key changes
+// and Close wait for it to end.
 //
 // A key that covers peers no key covered before also takes the connections
 // waiting in the accept queue of its sockets off it, to judge each by
