@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -224,4 +225,32 @@ func portless(rs []Refusal) []Refusal {
 		out[i] = r
 	}
 	return out
+}
+
+// TestRemovedKeyLeavesNoSecret: once RemoveKey took a key off the
+// listener, nothing of the listener keeps its secret: not the registry,
+// and not the hooks that installed it on a socket, which the socket's
+// ListenConfig keeps for the listener's life.
+func TestRemovedKeyLeavesNoSecret(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	k := Key{Peer: netip.MustParsePrefix("127.0.60.1/32"), Secret: []byte("fake-secret-removed")}
+	l, err := (&ListenConfig{Keys: []Key{k}}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	held, ok := l.keys.md5.get(k.id())
+	require.True(t, ok)
+	dropped := make(chan struct{})
+	runtime.AddCleanup(&held.Secret[0], func(ch chan struct{}) { close(ch) }, dropped)
+	held = Key{}
+	require.NoError(t, l.RemoveKey(k))
+	for range 50 {
+		runtime.GC()
+		select {
+		case <-dropped:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatal("the listener still holds the removed key's secret")
 }

@@ -177,6 +177,9 @@ func listenShard(ctx context.Context, cfg net.ListenConfig, network, address str
 	for _, k := range aoKeys {
 		s.keys.ao.set(k.bare())
 	}
+	// The listener keeps its ListenConfig, and with it the hooks: they
+	// must not keep the keys, secrets and all, once they are installed.
+	keys, aoKeys = nil, nil
 	return s, nil
 }
 
