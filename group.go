@@ -383,7 +383,7 @@ var errFull = fmt.Errorf("no socket of the group can take it: %w", syscall.ENOME
 // more than its option memory holds beside the prefix keys. Prefix keys go
 // on every socket, so taking host keys' room for them spreads the host
 // keys over more sockets, each with every prefix key: the floor bounds
-// that to twice the sockets the host keys alone would take.
+// that to about twice the sockets the host keys alone would take.
 func hostRoom(capacity, prefixes int) int {
 	soft := keysPerSocket()
 	return min(max(soft-prefixes, soft/2), capacity-prefixes)
