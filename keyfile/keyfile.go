@@ -240,7 +240,10 @@ func lifetimeWords(s string, ao bool) (Lifetimes, string, error) {
 		if err != nil {
 			return lt, s, fmt.Errorf("%s= takes an RFC 3339 time, such as 2026-12-01T02:00:00Z", name)
 		}
-		t = t.UTC()
+		// Kept in UTC, and written so: its year must be one RFC 3339 has.
+		if t = t.UTC(); t.Year() < 0 || t.Year() > 9999 {
+			return lt, s, fmt.Errorf("%s= takes a time whose year in UTC is 0000 to 9999", name)
+		}
 		switch name {
 		case "from":
 			lt.Send.From, lt.Accept.From = t, t

@@ -60,6 +60,8 @@ func TestParseLifetimeErrors(t *testing.T) {
 	for _, tc := range []struct{ line, want string }{
 		{"192.0.2.1 until=2026-12-01T02:00:00Z fake-secret-x", "an MD5 key has a start only"},
 		{"192.0.2.1 from=yesterday fake-secret-x", "from= takes an RFC 3339 time"},
+		{"192.0.2.1 from=0000-01-01T00:00:00+00:10 fake-secret-x", "from= takes a time whose year in UTC is 0000 to 9999"},
+		{"192.0.2.2 ao send=1 recv=1 alg=hmac(sha1) until=9999-12-31T23:59:00-01:00 fake-secret-x", "until= takes a time whose year in UTC is 0000 to 9999"},
 		{"192.0.2.1 from=2026-12-01T02:00:00Z", "no secret after the lifetimes"},
 		{"192.0.2.2 ao send=1 recv=1 alg=hmac(sha1) send-until=soon fake-secret-x", "send-until= takes an RFC 3339 time"},
 		{"192.0.2.1 from=2026-12-01T02:00:00Z fake-secret-x\n192.0.2.1 from=2026-12-01T02:00:00Z fake-secret-y", "already has a key from 2026-12-01T02:00:00Z on line 1"},
