@@ -107,7 +107,7 @@ func setLive[K liveKey[K]](l *Listener, k K) error {
 // key on the one shardOf picks and a prefix key on all, in place of old if
 // had, or on none. Each socket gets k and, where k is new, has its queue
 // judged (settle) before the next, and between two the listener lets
-// Accept in (yield), so that a prefix key keeps Accept waiting for one
+// Accept in (stepwise), so that a prefix key keeps Accept waiting for one
 // socket's step at a time, not for the group's. After a failure it puts
 // old back, or deletes k, on the sockets done, and returns the socket that
 // refused k, if the kernel did. l.mu and l.changing are held.
@@ -116,32 +116,21 @@ func installOn[K liveKey[K]](l *Listener, k, old K, had bool) (*shard, error) {
 	// connection from k's peers as one that a key now covers.
 	k.of(&l.keys).set(k.clone())
 	targets := l.holders(k.id().peer)
-	for i, s := range targets {
-		if i > 0 {
-			l.yield()
-		}
-		if refused, err := installOne(l, k, old, had, s); err != nil {
-			for j, done := range targets[:i] {
-				if j > 0 {
-					l.yield()
-				}
-				if had {
-					if old.replace(done.rc, done.family, k) == nil {
-						k.of(&done.keys).set(old.bare())
-					}
-				} else if k.del(done.rc, done.family) == nil {
-					k.of(&done.keys).remove(k.id())
-				}
-			}
-			if had {
-				k.of(&l.keys).set(old)
-			} else {
-				k.of(&l.keys).remove(k.id())
-			}
-			return refused, err
-		}
+	var refused *shard
+	done, err := l.stepwise(targets, func(s *shard) (err error) {
+		refused, err = installOne(l, k, old, had, s)
+		return err
+	})
+	if err == nil {
+		return nil, nil
 	}
-	return nil, nil
+	_, _ = l.stepwise(targets[:done], func(s *shard) error { takeBack(k, old, had, s); return nil })
+	if had {
+		k.of(&l.keys).set(old)
+	} else {
+		k.of(&l.keys).remove(k.id())
+	}
+	return refused, err
 }
 
 // installOne puts k on s, in place of old if had, and settles it where it
@@ -163,12 +152,23 @@ func installOne[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) (*shard
 		return nil, nil
 	}
 	if err := k.settle(l, s); err != nil {
-		if k.del(s.rc, s.family) == nil {
-			k.of(&s.keys).remove(k.id())
-		}
+		takeBack(k, old, had, s)
 		return nil, fmt.Errorf("%w; the %s was not installed", err, k.label())
 	}
 	return nil, nil
+}
+
+// takeBack undoes k on s, which holds it: old goes back in its place if
+// had, else k is deleted. What the kernel refuses to undo stays, and the
+// table of s says so.
+func takeBack[K liveKey[K]](k, old K, had bool, s *shard) {
+	if had {
+		if old.replace(s.rc, s.family, k) == nil {
+			k.of(&s.keys).set(old.bare())
+		}
+	} else if k.del(s.rc, s.family) == nil {
+		k.of(&s.keys).remove(k.id())
+	}
 }
 
 // removeLive deletes the key with k's id from the live listener l and
@@ -189,7 +189,7 @@ func removeLive[K liveKey[K]](l *Listener, k K) error {
 			continue
 		}
 		if done > 0 {
-			l.yield() // as installOn does: each socket is done, drains and all
+			l.yield() // as stepwise does: each socket is done, drains and all
 		}
 		if err := removeFrom(l, s, old); err != nil {
 			return err

@@ -428,6 +428,22 @@ func (l *Listener) yield() {
 	l.mu.Lock()
 }
 
+// stepwise runs step on each of shards in turn, each step one socket's
+// whole change, and lets Accept in between two (yield); it stops at the
+// first error and returns how many steps were done before it. l.mu and
+// l.changing are held.
+func (l *Listener) stepwise(shards []*shard, step func(*shard) error) (int, error) {
+	for i, s := range shards {
+		if i > 0 {
+			l.yield()
+		}
+		if err := step(s); err != nil {
+			return i, err
+		}
+	}
+	return len(shards), nil
+}
+
 // Keys returns copies of the keys installed now, ordered by peer and
 // interface.
 func (l *Listener) Keys() []Key {
