@@ -104,6 +104,17 @@ func TestPeerHashIPv6(t *testing.T) {
 	assert.NotEqual(t, peerHash(a), peerHash(netip.MustParseAddr("2001:db8::1:3")))
 }
 
+// hostKeys returns the host keys of peers [0, n) of 127.32.0.0/11, each
+// with its own secret, as the external tests' peerKeys makes them.
+func hostKeys(n int) []Key {
+	keys := make([]Key, 0, n)
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{127, byte(32 + i/(254*256)), byte(i / 254), byte(i%254 + 1)})
+		keys = append(keys, Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(i))})
+	}
+	return keys
+}
+
 // TestCrowdedSocketAddsOne: host keys arriving one by one grow the group by
 // one socket a SetKey at most while no socket's option memory is full, so
 // that no SetKey makes several sockets, each with every prefix key, while
@@ -123,10 +134,9 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	defer ln.Close()
 	require.Greater(t, ln.capacity(), keysPerSocket(), "this test needs option memory for more than %d keys a socket", keysPerSocket())
 	grew := 0
-	for n := range hosts {
-		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
+	for n, k := range hostKeys(hosts) {
 		before := len(ln.shards)
-		require.NoError(t, ln.SetKey(Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))}))
+		require.NoError(t, ln.SetKey(k))
 		added := len(ln.shards) - before
 		require.LessOrEqual(t, added, 1, "SetKey of host %d added %d sockets", n, added)
 		grew += added
@@ -158,25 +168,22 @@ func TestPrefixKeysLeaveHostRoom(t *testing.T) {
 	// steering program takes on the first socket.
 	prefixes := min(keysPerSocket()-1, socketCapacity()-keysPerSocket()/2-16)
 	require.Greater(t, prefixes, keysPerSocket()/2, "this test needs option memory for more than %d keys a socket", keysPerSocket()+16)
-	var prefixKeys, hostKeys []Key
+	var prefixKeys []Key
 	for i := range prefixes {
 		prefixKeys = append(prefixKeys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 61, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
 	}
-	for n := range hosts {
-		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
-		hostKeys = append(hostKeys, Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))})
-	}
+	hosted := hostKeys(hosts)
 	sockets := func(listenWith []Key, live bool) int {
 		keys := listenWith
 		if !live {
-			keys = append(slices.Clone(listenWith), hostKeys...)
+			keys = append(slices.Clone(listenWith), hosted...)
 		}
 		lc := ListenConfig{Keys: keys}
 		ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 		require.NoError(t, err)
 		defer ln.Close()
 		if live {
-			for _, k := range hostKeys {
+			for _, k := range hosted {
 				require.NoError(t, ln.SetKey(k))
 			}
 		}
@@ -253,13 +260,7 @@ func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
 func BenchmarkPrefixKeyHold(b *testing.B) {
 	testenv.Require(b, testenv.MD5)
 	testenv.Netns(b)
-	const hosts = 100000
-	keys := make([]Key, 0, hosts)
-	for n := range hosts {
-		a := netip.AddrFrom4([4]byte{127, byte(32 + n/(254*256)), byte(n / 254), byte(n%254 + 1)})
-		keys = append(keys, Key{Peer: netip.PrefixFrom(a, 32), Secret: []byte("fake-secret-peer-" + strconv.Itoa(n))})
-	}
-	lc := ListenConfig{Keys: keys}
+	lc := ListenConfig{Keys: hostKeys(100000)}
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(b, err)
 	defer ln.Close()
