@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sort"
 	"sync/atomic"
 	"syscall"
 )
@@ -44,21 +45,20 @@ func shardsFor(keys *keySet) int {
 		return 1
 	}
 	loads := make([]int, maxShards)
-	for n := max(2, len(hosts)/room); n < maxShards; n++ {
+	fits := func(n int) bool {
 		clear(loads[:n])
-		fits := true
 		for _, h := range hosts {
 			s := shardOf(h, n)
 			if loads[s]++; loads[s] > room {
-				fits = false
-				break
+				return false
 			}
 		}
-		if fits {
-			return n
-		}
+		return true
 	}
-	return maxShards
+	// A step of linear hashing splits one shard and moves no other key, so
+	// the fullest shard never fills up as n grows: the search can halve.
+	least := max(2, len(hosts)/room)
+	return least + sort.Search(maxShards-least, func(i int) bool { return fits(least + i) })
 }
 
 // placeKeys returns the keys of each of n shards: every prefix key, then

@@ -105,6 +105,32 @@ func TestHostRoom(t *testing.T) {
 	}
 }
 
+// TestShardsForFewest: shardsFor, which halves its search, finds the
+// fewest shards whose fullest holds no more host keys than hostRoom, as
+// trying every count from one up does.
+func TestShardsForFewest(t *testing.T) {
+	t.Parallel()
+	room := hostRoom(socketCapacity(), 0)
+	for _, hosts := range []int{1, 64, 65, 500, 2000, 9000} {
+		keys := keySetOf(t, 0, hosts)
+		fits := func(n int) bool {
+			loads := make([]int, n)
+			for id := range keys.md5.hosts {
+				s := shardOf(peerHash(id.peer.Addr()), n)
+				if loads[s]++; loads[s] > room {
+					return false
+				}
+			}
+			return true
+		}
+		fewest := 1
+		for !fits(fewest) {
+			fewest++
+		}
+		assert.Equal(t, fewest, shardsFor(keys), "%d host keys", hosts)
+	}
+}
+
 // keySetOf returns a key set of prefixes prefix keys and hosts host keys.
 func keySetOf(t *testing.T, prefixes, hosts int) *keySet {
 	t.Helper()

@@ -32,7 +32,7 @@ func (k AOKey) id() keyID { return keyID{k.Peer, k.Ifindex, k.SendID, k.RecvID} 
 type keyTable[K tableKey] struct {
 	hosts, prefixes map[keyID]K
 	peers           map[netip.Prefix][]keyID // the keys of each peer prefix, over interfaces and KeyIDs, in the order first set
-	bits            [2][129]int              // peer prefixes per length: [0] IPv4, [1] IPv6
+	bits            *[2][129]int32           // peer prefixes per length: [0] IPv4, [1] IPv6; nil while empty
 	interfaces      int                      // keys with an Ifindex
 
 	// few is the ID of every key while there are at most fewKeys: covers
@@ -56,6 +56,7 @@ func (t *keyTable[K]) set(k K) {
 	if t.hosts == nil {
 		t.hosts, t.prefixes = make(map[keyID]K), make(map[keyID]K)
 		t.peers = make(map[netip.Prefix][]keyID)
+		t.bits = new([2][129]int32)
 	}
 	id := k.id()
 	m := t.kind(id)
@@ -149,6 +150,9 @@ func (t *keyTable[K]) match(addr netip.Addr, l3index int, skip keyID) []K {
 // holds addr and has a key that applies on l3index other than skip; nil if
 // there is none. Some of them may not apply: filter with applies.
 func (t *keyTable[K]) longest(addr netip.Addr, l3index int, skip keyID) []keyID {
+	if t.bits == nil {
+		return nil
+	}
 	addr = addr.Unmap().WithZone("")
 	f := family(addr)
 	for bits := addr.BitLen(); bits >= 0; bits-- {
@@ -202,6 +206,10 @@ func (t *keyTable[K]) coversExcept(addr netip.Addr, l3index int, skip keyID) boo
 // key for overlapping peers on one socket. A host p costs a walk over the
 // prefix lengths; a range p, a walk over every key.
 func (t *keyTable[K]) overlapping(p netip.Prefix, ifindex int) (K, bool) {
+	var zero K
+	if t.bits == nil {
+		return zero, false
+	}
 	compatible := func(id keyID) bool { return id.ifindex == 0 || ifindex == 0 || id.ifindex == ifindex }
 	f := family(p.Addr())
 	for bits := p.Bits(); bits >= 0; bits-- {
@@ -224,7 +232,6 @@ func (t *keyTable[K]) overlapping(p netip.Prefix, ifindex int) (K, bool) {
 			}
 		}
 	}
-	var zero K
 	return zero, false
 }
 
@@ -241,6 +248,9 @@ func (id keyID) name() string { return Key{Peer: id.peer, Ifindex: id.ifindex}.p
 // confinedTo returns the VRF of an interface key that covers addr, if one
 // does: a key a socket bound elsewhere does not use.
 func (t *keyTable[K]) confinedTo(addr netip.Addr) (int, bool) {
+	if t.bits == nil {
+		return 0, false
+	}
 	addr = addr.Unmap().WithZone("")
 	for bits := addr.BitLen(); bits >= 0; bits-- {
 		if t.bits[family(addr)][bits] == 0 {
