@@ -263,13 +263,13 @@ func applyTTLSecurity(c syscall.RawConn, hops int) error {
 // (net.core.optmem_max) holds no more keys.
 func keysFull(err error) bool { return errors.Is(err, syscall.ENOMEM) }
 
-// maxSocketKeys caps the keys a Listener puts on one socket, well below the
-// roughly 960 its option memory holds: the kernel keeps a socket's keys in a
-// list and walks it for every SYN it verifies and every key it installs, so
-// spreading peers over more sockets keeps handshakes and SetKey cheap as the
-// peers grow. Prefix keys, which go on every socket, take host keys' room
-// down to half of it, then come on top (hostRoom).
-const maxSocketKeys = 128
+// hostsPerSocket caps the host keys a Listener puts on one socket, well
+// below the roughly 960 keys its option memory holds: the kernel keeps a
+// socket's keys in a list and walks all of it, cold, for the SYN of every
+// handshake it verifies, so the fewer keys a socket, the cheaper the
+// handshake, at the price of more sockets. Prefix keys, which go on every
+// socket, come on top (hostRoom).
+const hostsPerSocket = 64
 
 // keyBytes is what the kernel charges to a socket's option memory for one
 // key, sizeof(struct tcp_md5sig_key) on 64-bit 6.x kernels: 131072 bytes of
@@ -286,10 +286,6 @@ var socketCapacity = sync.OnceValue(func() int {
 	}
 	return n
 })
-
-// keysPerSocket is how many keys a Listener puts on one socket: what its
-// option memory holds, at most maxSocketKeys.
-func keysPerSocket() int { return min(socketCapacity(), maxSocketKeys) }
 
 // optmemFull says what a socket's full option memory (ENOMEM) holds.
 func optmemFull() string {

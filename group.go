@@ -378,13 +378,11 @@ func (g *group) learn(s *shard) {
 var errFull = fmt.Errorf("no socket of the group can take it: %w", syscall.ENOMEM)
 
 // hostRoom is how many host keys one socket takes beside prefixes prefix
-// keys when its option memory holds capacity keys: what keeps the socket
-// within keysPerSocket keys, but never fewer than half of those, and no
-// more than its option memory holds beside the prefix keys. Prefix keys go
-// on every socket, so taking host keys' room for them spreads the host
-// keys over more sockets, each with every prefix key: the floor bounds
-// that to about twice the sockets the host keys alone would take.
+// keys when its option memory holds capacity keys: hostsPerSocket, or
+// what option memory holds beside the prefix keys if that is less. Prefix
+// keys take no room from host keys before that: they go on every socket,
+// so thinning out the host keys for them would copy every prefix key onto
+// more sockets.
 func hostRoom(capacity, prefixes int) int {
-	soft := keysPerSocket()
-	return min(max(soft-prefixes, soft/2), capacity-prefixes)
+	return min(hostsPerSocket, capacity-prefixes)
 }

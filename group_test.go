@@ -70,38 +70,32 @@ func TestGroupPlacement(t *testing.T) {
 	assert.Equal(t, 1, g.capacity(), "an emptier socket's refusal lowers it")
 }
 
-// TestHostRoom: prefix keys, which go on every socket, take host keys'
-// room while a socket's keys stay within keysPerSocket, down to half of
-// keysPerSocket host keys, and beside more prefix keys a socket takes that
-// half, as far as its option memory holds it; more prefix keys never leave
-// more room. So the fewest sockets for a set of host keys beside any number
-// of prefix keys is about twice that beside none at most (within three
-// times: linear hashing grows in steps), where a prefix key one short of
-// keysPerSocket used to leave one host key a socket, and a listener made
-// thousands of sockets, each with every prefix key.
+// TestHostRoom: a socket takes hostsPerSocket host keys, and prefix keys,
+// which go on every socket, come on top of them as far as option memory
+// holds them; more prefix keys never leave more room. So a set of host keys
+// beside prefix keys takes the sockets it takes alone, where prefix keys
+// used to take host keys' room down to one key a socket (and a listener
+// made 4,096 sockets for 1,000 host keys beside 127 prefix keys).
 func TestHostRoom(t *testing.T) {
 	t.Parallel()
-	capacity, soft := socketCapacity(), keysPerSocket()
-	assert.Equal(t, soft, hostRoom(capacity, 0))
-	assert.Equal(t, soft-3, hostRoom(capacity, 3), "within keysPerSocket keys a socket")
-	assert.Equal(t, min(soft/2, capacity-soft+1), hostRoom(capacity, soft-1), "at least half of keysPerSocket host keys, as far as option memory holds them")
-	assert.Equal(t, min(soft/2, capacity-soft), hostRoom(capacity, soft))
+	capacity := socketCapacity()
+	require.Greater(t, capacity, hostsPerSocket+10, "this test needs option memory for more than %d keys a socket", hostsPerSocket+10)
+	assert.Equal(t, hostsPerSocket, hostRoom(capacity, 0))
+	assert.Equal(t, hostsPerSocket, hostRoom(capacity, 3), "prefix keys come on top")
+	assert.Equal(t, hostsPerSocket, hostRoom(capacity, capacity-hostsPerSocket))
 	assert.Equal(t, 10, hostRoom(capacity, capacity-10), "beside many prefix keys, what option memory holds")
 	assert.Equal(t, 0, hostRoom(capacity, capacity))
 	for prefixes := 1; prefixes <= capacity; prefixes++ {
 		require.LessOrEqual(t, hostRoom(capacity, prefixes), hostRoom(capacity, prefixes-1), "%d prefix keys", prefixes)
-		require.GreaterOrEqual(t, hostRoom(capacity, prefixes), min(soft/2, capacity-prefixes), "%d prefix keys", prefixes)
 	}
 
 	alone := shardsFor(keySetOf(t, 0, 2000))
 	require.Greater(t, alone, 1)
-	for _, prefixes := range []int{1, soft / 2, soft - 1, soft, soft + 1} {
-		if capacity-prefixes < soft/2 {
-			continue
+	for _, prefixes := range []int{1, 64, 127, 128, capacity - hostsPerSocket} {
+		if prefixes > capacity-hostsPerSocket {
+			continue // option memory is short of them (6.1 holds 150 keys)
 		}
-		beside := shardsFor(keySetOf(t, prefixes, 2000))
-		assert.LessOrEqual(t, beside, 3*alone, "beside %d prefix keys", prefixes)
-		assert.GreaterOrEqual(t, beside, alone, "beside %d prefix keys", prefixes)
+		assert.Equal(t, alone, shardsFor(keySetOf(t, prefixes, 2000)), "beside %d prefix keys", prefixes)
 	}
 }
 

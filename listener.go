@@ -74,7 +74,7 @@ type ListenConfig struct {
 // installed before the socket listens. If any key cannot be installed, Listen
 // fails and the socket is closed: nothing is left half-applied.
 //
-// When the keys are more than one socket should hold (128 host keys, or
+// When the keys are more than one socket should hold (64 host keys, or
 // fewer if net.core.optmem_max is small), Listen spreads them over a group
 // of SO_REUSEPORT sockets bound to the same address, each with its share of
 // the keys before it listens; see [Listener].
@@ -228,13 +228,12 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // as its option memory allows (net.core.optmem_max: about 960 on 6.x
 // kernels, 150 on older ones), and the kernel walks all of a socket's keys
 // for every SYN it verifies and every key it installs. So when a new host
-// key would be a socket's 129th key, or the socket is full, the Listener
+// key would be a socket's 65th host key, or the socket is full, the Listener
 // adds another socket bound to the same address, in a SO_REUSEPORT group,
 // and attaches a classic BPF program (SO_ATTACH_REUSEPORT_CBPF) that sends
 // each SYN to the socket holding the key for its source address. Keys for a
-// single host live on one socket; prefix keys live on every socket and
-// count against each one's room, but leave it at least 64 host keys, as far
-// as its option memory holds them. Accept takes connections from all
+// single host live on one socket; prefix keys live on every socket, on top
+// of its 64 host keys as far as its option memory holds them. Accept takes connections from all
 // sockets, Addr stays the same, and Close closes them all.
 //
 // Every socket of the group, the first included, has SO_REUSEPORT set, so

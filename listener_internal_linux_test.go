@@ -138,7 +138,7 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
 	var keys []Key
-	for i := range 3 * keysPerSocket() {
+	for i := range 3 * hostsPerSocket {
 		keys = append(keys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 40 + byte(i/250), byte(i%250 + 1)}), 32), Secret: fakeA})
 	}
 	var mu sync.Mutex

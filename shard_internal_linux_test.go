@@ -118,7 +118,7 @@ func hostKeys(n int) []Key {
 // TestCrowdedSocketAddsOne: host keys arriving one by one grow the group by
 // one socket a SetKey at most while no socket's option memory is full, so
 // that no SetKey makes several sockets, each with every prefix key, while
-// Accept waits; the sockets still share the keys within keysPerSocket
+// Accept waits; the sockets still hold hostsPerSocket host keys at most
 // beside the prefix keys, but for a few crowded ones.
 func TestCrowdedSocketAddsOne(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
@@ -132,7 +132,7 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	require.Greater(t, ln.capacity(), keysPerSocket(), "this test needs option memory for more than %d keys a socket", keysPerSocket())
+	require.Greater(t, ln.capacity(), prefixes+hostsPerSocket, "this test needs option memory for more than %d keys a socket", prefixes+hostsPerSocket)
 	grew := 0
 	for n, k := range hostKeys(hosts) {
 		before := len(ln.shards)
@@ -145,29 +145,29 @@ func TestCrowdedSocketAddsOne(t *testing.T) {
 	crowded := 0
 	for _, s := range ln.shards {
 		require.Equal(t, prefixes, s.keys.prefixes())
-		if s.keys.len() > keysPerSocket() {
+		if s.keys.hosts() > hostsPerSocket {
 			crowded++
 		}
 	}
-	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d keys", keysPerSocket())
-	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d keys", hosts, prefixes, len(ln.shards), crowded, keysPerSocket())
+	assert.Less(t, crowded, len(ln.shards)/10, "most sockets hold at most %d host keys", hostsPerSocket)
+	t.Logf("%d host keys and %d prefix keys on %d sockets, %d over %d host keys", hosts, prefixes, len(ln.shards), crowded, hostsPerSocket)
 }
 
-// TestPrefixKeysLeaveHostRoom: beside many prefix keys, a socket keeps
-// half of keysPerSocket host keys, so the same host keys make about twice
-// the group they make beside none (within three times), at Listen and
-// live. One prefix key short of keysPerSocket used to leave each socket one
-// host key: 1,000 host keys made 4,096 sockets at Listen and 758 live, each
-// with every prefix key, where 14 do alone.
+// TestPrefixKeysLeaveHostRoom: beside many prefix keys, a socket keeps its
+// hostsPerSocket host keys while option memory holds them, so the same host
+// keys make the same group they make beside none, at Listen and live.
+// Prefix keys used to take host keys' room: 127 of them left each socket
+// one host key, and 1,000 host keys made 4,096 sockets at Listen and 758
+// live, each with every prefix key, where 14 do alone.
 func TestPrefixKeysLeaveHostRoom(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
 	const hosts = 1000
-	// As many prefix keys as leave a socket half of keysPerSocket host
-	// keys, short of its option memory by a few keys' room, which the
-	// steering program takes on the first socket.
-	prefixes := min(keysPerSocket()-1, socketCapacity()-keysPerSocket()/2-16)
-	require.Greater(t, prefixes, keysPerSocket()/2, "this test needs option memory for more than %d keys a socket", keysPerSocket()+16)
+	// Many prefix keys, short of filling option memory beside
+	// hostsPerSocket host keys by a few keys' room, which the steering
+	// program takes on the first socket.
+	prefixes := min(127, socketCapacity()-hostsPerSocket-16)
+	require.Greater(t, prefixes, hostsPerSocket/2, "this test needs option memory for more than %d keys a socket", hostsPerSocket*3/2+16)
 	var prefixKeys []Key
 	for i := range prefixes {
 		prefixKeys = append(prefixKeys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 61, byte(i), 0}), 24), Secret: []byte("fake-secret-prefix")})
@@ -195,7 +195,7 @@ func TestPrefixKeysLeaveHostRoom(t *testing.T) {
 	for _, live := range []bool{false, true} {
 		alone, beside := sockets(nil, live), sockets(prefixKeys, live)
 		assert.Greater(t, alone, 1)
-		assert.LessOrEqual(t, beside, 3*alone, "%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
+		assert.Equal(t, alone, beside, "%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
 		t.Logf("%d host keys (live %v): %d sockets alone, %d beside %d prefix keys", hosts, live, alone, beside, prefixes)
 	}
 }
@@ -253,10 +253,11 @@ func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
 }
 
 // BenchmarkPrefixKeyHold measures a prefix key's SetKey, then RemoveKey,
-// on a group of 1,024 sockets (100,000 host keys): the whole call, and the
-// longest the call holds the listener, and Accept with it, at a time:
-// from its start, or from a yield, to the next yield, or its end. Run it
-// with -benchtime 10x.
+// on the group that 100,000 host keys make: the whole call (the median),
+// and how long the call holds the listener, and Accept with it, at a time,
+// from its start or from a yield to the next yield or its end: the 99th
+// percentile of those holds, which a busy machine hardly moves, and the
+// longest, which one stalled system call makes. Run it with -benchtime 10x.
 func BenchmarkPrefixKeyHold(b *testing.B) {
 	testenv.Require(b, testenv.MD5)
 	testenv.Netns(b)
@@ -264,11 +265,10 @@ func BenchmarkPrefixKeyHold(b *testing.B) {
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(b, err)
 	defer ln.Close()
-	var longest time.Duration
+	var holds []time.Duration
 	var since time.Time
 	ln.yielded = func() {
-		now := time.Now()
-		longest = max(longest, now.Sub(since))
+		holds = append(holds, time.Since(since))
 		since = time.Now()
 	}
 	var calls []time.Duration
@@ -278,12 +278,14 @@ func BenchmarkPrefixKeyHold(b *testing.B) {
 			since = time.Now()
 			start := since
 			require.NoError(b, change(k))
-			longest = max(longest, time.Since(since))
+			holds = append(holds, time.Since(since))
 			calls = append(calls, time.Since(start))
 		}
 	}
 	slices.Sort(calls)
+	slices.Sort(holds)
 	b.ReportMetric(float64(calls[len(calls)/2].Microseconds())/1000, "call-ms")
-	b.ReportMetric(float64(longest.Microseconds())/1000, "max-hold-ms")
+	b.ReportMetric(float64(holds[len(holds)*99/100].Microseconds())/1000, "p99-hold-ms")
+	b.ReportMetric(float64(holds[len(holds)-1].Microseconds())/1000, "max-hold-ms")
 	b.ReportMetric(float64(len(ln.shards)), "sockets")
 }

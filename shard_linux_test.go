@@ -258,7 +258,7 @@ func TestGroupGrowsUnderLoad(t *testing.T) {
 	t.Parallel()
 	testenv.Netns(t)
 	enter := joinNetns(t)
-	const initial, total, step, dialsPerStep = 100, 5000, 100, 16
+	const initial, total, step, dialsPerStep = 50, 5000, 100, 16
 	addr := func(n int) netip.Addr { return peer4(6, n) }
 	ln := listen(t, &tcpmd5.ListenConfig{Keys: peerKeys(addr, 0, initial)}, "tcp4", "127.0.0.1:0")
 	accepted := acceptAndReset(t, ln)
