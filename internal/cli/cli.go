@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -181,6 +182,61 @@ func parseExit(err error) int {
 		return ExitOK
 	}
 	return ExitUsage
+}
+
+// peerFlags are the flags of dial and probe that say how to reach the
+// peer: its keys, the address to dial it from and TTL security.
+type peerFlags struct {
+	keys   secretSource
+	source string
+	hops   *int
+}
+
+// register adds the flags to fs; source says what -source is for.
+func (p *peerFlags) register(fs *flag.FlagSet, source string) {
+	p.keys.register(fs)
+	fs.StringVar(&p.source, "source", "", source)
+	p.hops = ttlSecurityFlag(fs)
+}
+
+// peer is what dial and probe read off their command line: the peer's
+// address, the address to dial it from (invalid: any) and its keys.
+type peer struct {
+	target *net.TCPAddr
+	source netip.Addr
+	keys   keyfile.File
+}
+
+// parsePeer parses args for verb, which takes the flags of fs (p's among
+// them, and the verb's own, which check validates if not nil) and one
+// HOST:PORT. Where args are wrong it says so and returns the exit code,
+// with ok false.
+func (e *env) parsePeer(verb string, fs *flag.FlagSet, args []string, p *peerFlags, check func() error) (r peer, exit int, ok bool) {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return peer{}, parseExit(err), false
+	}
+	err = checkTTLSecurity(*p.hops)
+	if err == nil && len(pos) != 1 {
+		fs.Usage()
+		err = fmt.Errorf("%s takes one HOST:PORT, got %d arguments", verb, len(pos))
+	}
+	if err == nil && check != nil {
+		err = check()
+	}
+	if err == nil {
+		r.source, err = sourceAddr(p.source)
+	}
+	if err == nil {
+		r.target, err = net.ResolveTCPAddr("tcp", pos[0])
+	}
+	if err == nil {
+		r.keys, err = e.keysFor(p.keys, r.target.AddrPort().Addr())
+	}
+	if err != nil {
+		return peer{}, e.errorf(ExitUsage, "%v", err), false
+	}
+	return r, ExitOK, true
 }
 
 // secretSource is the -secret SECRET, -key PEER=SECRET, -key-file FILE and

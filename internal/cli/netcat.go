@@ -305,52 +305,32 @@ func (e *env) showDrops(port uint16, set *metrics.Set) (stop func()) {
 
 func (e *env) dial(args []string) int {
 	fs := e.flagSet("dial [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] HOST:PORT", dialExamples)
-	var keys secretSource
-	keys.register(fs)
-	source := fs.String("source", "", "dial from this local `ADDR`ess")
+	var flags peerFlags
+	flags.register(fs, "dial from this local `ADDR`ess")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the connection")
-	hops := ttlSecurityFlag(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return parseExit(err)
+	p, exit, ok := e.parsePeer("dial", fs, args, &flags, nil)
+	if !ok {
+		return exit
 	}
-	if err := checkTTLSecurity(*hops); err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return e.errorf(ExitUsage, "dial takes one HOST:PORT, got %d arguments", len(pos))
-	}
-	src, err := sourceAddr(*source)
+	hops := flags.hops
+	chain, err := newKeyChain("dial", p.keys)
 	if err != nil {
 		return e.errorf(ExitUsage, "%v", err)
 	}
-	target, err := net.ResolveTCPAddr("tcp", pos[0])
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	ks, err := e.keysFor(keys, target.AddrPort().Addr())
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	chain, err := newKeyChain("dial", ks)
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	if keys.file != "" {
-		host := target.AddrPort().Addr().Unmap()
+	if flags.keys.file != "" {
+		host := p.target.AddrPort().Addr().Unmap()
 		stopReload := e.reloadOnHangup(chain, func() (keyfile.File, error) {
-			fk, err := e.loadKeys(keys.file)
+			fk, err := e.loadKeys(flags.keys.file)
 			return fk.Lookup(host), err
 		})
 		defer stopReload()
 	}
 	d := tcpmd5.Dialer{KeyChain: chain.KeyChain, TTLSecurity: *hops}
 	d.Timeout = *timeout
-	if src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	if p.source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: p.source.AsSlice()}
 	}
-	c, err := d.Dial("tcp", target.String())
+	c, err := d.Dial("tcp", p.target.String())
 	if err != nil {
 		var ne net.Error
 		if *hops == 0 && errors.As(err, &ne) && ne.Timeout() {

@@ -3,8 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -22,48 +22,28 @@ const probeExamples = `  tcpmd5 probe -key-file /etc/tcpmd5.keys 192.0.2.1:179
 
 func (e *env) probe(args []string) int {
 	fs := e.flagSet("probe [-secret SECRET | -key PEER=SECRET... | -key-file FILE] [-ao PARAMS] [-source ADDR] [-ttl-security N] [-timeout D] [-wait D] [-json] HOST:PORT", probeExamples)
-	var keys secretSource
-	keys.register(fs)
-	source := fs.String("source", "", "dial from this local `ADDR`ess (the address the peer holds our key for)")
+	var flags peerFlags
+	flags.register(fs, "dial from this local `ADDR`ess (the address the peer holds our key for)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long each attempt waits for an answer")
 	wait := fs.Duration("wait", 2*time.Second, "how long to listen for a connected peer to speak first")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
-	hops := ttlSecurityFlag(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return parseExit(err)
-	}
-	if err := checkTTLSecurity(*hops); err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return e.errorf(ExitUsage, "probe takes one HOST:PORT, got %d arguments", len(pos))
-	}
-	if *timeout <= 0 || *wait < 0 {
-		return e.errorf(ExitUsage, "-timeout must be positive and -wait not negative")
-	}
-	src, err := sourceAddr(*source)
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	target, err := net.ResolveTCPAddr("tcp", pos[0])
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
-	}
-	host := target.AddrPort().Addr()
-	ks, err := e.keysFor(keys, host)
-	if err != nil {
-		return e.errorf(ExitUsage, "%v", err)
+	p, exit, ok := e.parsePeer("probe", fs, args, &flags, func() error {
+		if *timeout <= 0 || *wait < 0 {
+			return errors.New("-timeout must be positive and -wait not negative")
+		}
+		return nil
+	})
+	if !ok {
+		return exit
 	}
 	r, err := probe.Run(context.Background(), probe.Config{
-		Address:     target.AddrPort().String(),
-		Keys:        ks.Keys,
-		AOKeys:      ks.AOKeys,
-		Source:      src,
+		Address:     p.target.AddrPort().String(),
+		Keys:        p.keys.Keys,
+		AOKeys:      p.keys.AOKeys,
+		Source:      p.source,
 		Timeout:     *timeout,
 		Wait:        *wait,
-		TTLSecurity: *hops,
+		TTLSecurity: *flags.hops,
 		Progress:    func(msg string) { fmt.Fprintf(e.stderr, "tcpmd5 probe: %s...\n", msg) },
 	})
 	if err != nil {
