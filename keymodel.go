@@ -173,6 +173,9 @@ func takeBack[K liveKey[K]](k, old K, had bool, s *shard) {
 
 // removeLive deletes the key with k's id from the live listener l and
 // from every socket that holds it; one that is not there is not an error.
+// A socket that fails to let it go (out of descriptors while it judges
+// its queue, say) stops the removal, and the key goes back on the sockets
+// done (putBack): a failed removal changes nothing.
 func removeLive[K liveKey[K]](l *Listener, k K) error {
 	id := k.id()
 	l.changing.Lock()
@@ -183,21 +186,40 @@ func removeLive[K liveKey[K]](l *Listener, k K) error {
 	if !ok {
 		return nil
 	}
-	done := 0
+	var done []*shard
 	for _, s := range l.shards {
 		if _, ok := k.of(&s.keys).get(id); !ok {
 			continue
 		}
-		if done > 0 {
+		if len(done) > 0 {
 			l.yield() // as stepwise does: each socket is done, drains and all
 		}
 		if err := removeFrom(l, s, old); err != nil {
-			return err
+			if berr := putBack(l, old, done); berr != nil {
+				return fmt.Errorf("%w; putting the key back failed too, so some sockets refuse its peers: %w", err, berr)
+			}
+			return fmt.Errorf("%w; the key stays on the listener", err)
 		}
-		done++
+		done = append(done, s)
 	}
 	k.of(&l.keys).remove(id)
 	return nil
+}
+
+// putBack installs k again on the sockets a failed removal took it off,
+// each settled as a new key is, and returns the first failure: a socket
+// that cannot take k back goes on without it, refusing its peers (the
+// registry still covers them). l.mu and l.changing are held.
+func putBack[K liveKey[K]](l *Listener, k K, shards []*shard) error {
+	var zero K
+	var first error
+	_, _ = l.stepwise(shards, func(s *shard) error {
+		if _, err := installOne(l, k, zero, false, s); err != nil && first == nil {
+			first = err
+		}
+		return nil
+	})
+	return first
 }
 
 // removeFrom deletes keys, with their secrets, from s, keeping judge's

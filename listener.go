@@ -404,7 +404,10 @@ func (l *Listener) open() error {
 // RemoveKey deletes the key for k.Peer and k.Ifindex from the listener; the
 // secret is ignored. Removing a key that is not installed is not an error.
 // Connections already accepted keep their keys, and so do the ones waiting
-// to be accepted: they are judged by the key that verified them.
+// to be accepted: they are judged by the key that verified them. A
+// RemoveKey that fails on a socket of the group (out of descriptors while
+// it takes the connections waiting there, say) puts the key back on the
+// sockets it had left, and returns the error with nothing changed.
 func (l *Listener) RemoveKey(k Key) error {
 	k, err := k.normalizePeer()
 	if err != nil {

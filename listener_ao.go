@@ -41,7 +41,8 @@ func (l *Listener) SetAOKey(k AOKey) error {
 // RemoveAOKey deletes the TCP-AO key with k's Peer, SendID, RecvID and
 // Ifindex from the listener; the rest of k is ignored. Removing a key that
 // is not installed is not an error. Connections already accepted keep
-// their keys.
+// their keys. A RemoveAOKey that fails puts the key back on the sockets it
+// had left, as RemoveKey does.
 func (l *Listener) RemoveAOKey(k AOKey) error {
 	peer, err := Key{Peer: k.Peer, Ifindex: k.Ifindex}.normalizePeer()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcplowlevel/tcpmd5/internal/testenv"
 )
@@ -213,6 +214,93 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 		_, ok := s.keys.md5.get(k.id())
 		assert.False(t, ok, "no socket holds the key")
 	}
+}
+
+// TestRemoveKeyFailureChangesNothing: a prefix key's RemoveKey that fails
+// on a socket of the group, out of descriptors while it takes the
+// connection that waits there, verified with the key, puts the key back on
+// the sockets it had left: each holds it again, in the kernel too, and the
+// waiting connection is handed over. It used to leave those sockets
+// without the key, dropping its peers' signed SYNs. It runs in a child of
+// the test binary, whose descriptor limit it lowers.
+func TestRemoveKeyFailureChangesNothing(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.RequireRoot(t)
+	if !InChild(t, "TCPMD5_REMOVE_CHILD", "the key is back on every socket") {
+		return
+	}
+	testenv.Netns(t)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
+	k := Key{Peer: netip.MustParsePrefix("127.0.80.0/24"), Secret: fakeB}
+	l, err := (&ListenConfig{Keys: append(hostKeys(3*hostsPerSocket), k)}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	n := len(l.shards)
+	require.Greater(t, n, 2)
+	peerOn := func(shard int) netip.Addr { // a peer of k whose SYNs reach that socket
+		for i := 1; i < 255; i++ {
+			if a := netip.AddrFrom4([4]byte{127, 0, 80, byte(i)}); shardOf(peerHash(a), n) == shard {
+				return a
+			}
+		}
+		t.Fatalf("no peer of %s reaches socket %d", k.Peer, shard)
+		return netip.Addr{}
+	}
+	first, last := peerOn(0), peerOn(n-1)
+
+	// Once the key is off the first socket, a signed connection waits on
+	// the last one and the process runs out of descriptors. The hook runs
+	// with l.mu released inside RemoveKey: it fails the test with assert,
+	// never require, whose Goexit would unlock l.mu again.
+	var waiting net.Conn
+	var fill []int
+	l.yielded = func() {
+		if waiting != nil {
+			return
+		}
+		var err error
+		if waiting, err = dialKeyed(last, l.Addr().String(), fakeB); !assert.NoError(t, err) {
+			return
+		}
+		assert.Eventually(t, func() bool { return queued(l.shards[n-1].rc) }, 10*time.Second, time.Millisecond)
+		for {
+			fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				assert.ErrorIs(t, err, unix.EMFILE)
+				return
+			}
+			fill = append(fill, fd)
+		}
+	}
+	err = l.RemoveKey(k)
+	for _, fd := range fill {
+		unix.Close(fd)
+	}
+	require.NotNil(t, waiting, "RemoveKey never yielded")
+	defer waiting.Close()
+	require.ErrorIs(t, err, unix.EMFILE)
+	t.Log(err)
+	for i, s := range l.shards {
+		_, ok := s.keys.md5.get(k.id())
+		assert.True(t, ok, "socket %d holds the key", i)
+	}
+	_, ok := l.keys.md5.get(k.id())
+	assert.True(t, ok, "the listener holds the key")
+
+	require.NoError(t, l.SetDeadline(time.Now().Add(30*time.Second)))
+	c, err := l.Accept()
+	require.NoError(t, err)
+	assert.Equal(t, waiting.LocalAddr().String(), c.RemoteAddr().String())
+	c.Close()
+	signed, err := dialKeyed(first, l.Addr().String(), fakeB)
+	require.NoError(t, err, "a signed peer of the key, whose SYNs reach the first socket")
+	defer signed.Close()
+	c, err = l.Accept()
+	require.NoError(t, err)
+	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
+	c.Close()
+	assert.Zero(t, l.RefusedUnsigned())
+	t.Log("the key is back on every socket")
 }
 
 // portless returns rs with the remote ports zeroed, which the kernel chose.
