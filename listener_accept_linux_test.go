@@ -330,27 +330,20 @@ func TestAcceptOutOfDescriptors(t *testing.T) {
 
 	// Take every descriptor. If the connection still waits for accept(2),
 	// give back one at a time until it is taken: then none is free.
-	var fill []int
-	for {
-		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			require.ErrorIs(t, err, unix.EMFILE)
-			break
-		}
-		fill = append(fill, fd)
-	}
+	fill, err := testenv.FillDescriptors()
+	require.NoError(t, err)
 	require.NotEmpty(t, fill)
 	require.NoError(t, ln.SetDeadline(time.Now().Add(mustConnect)))
 	c, err := ln.Accept()
 	for errors.Is(err, unix.EMFILE) && len(fill) > 0 {
-		unix.Close(fill[len(fill)-1])
+		fill[len(fill)-1].Close()
 		fill = fill[:len(fill)-1]
 		c, err = ln.Accept()
 	}
 	require.NoError(t, err)
 	t.Log("handed over with no descriptor free")
-	for _, fd := range fill {
-		unix.Close(fd)
+	for _, f := range fill {
+		f.Close()
 	}
 	defer c.Close()
 	go func() { _, _ = io.Copy(c, c) }()

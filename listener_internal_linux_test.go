@@ -253,7 +253,7 @@ func TestRemoveKeyFailureChangesNothing(t *testing.T) {
 	// with l.mu released inside RemoveKey: it fails the test with assert,
 	// never require, whose Goexit would unlock l.mu again.
 	var waiting net.Conn
-	var fill []int
+	var fill []*os.File
 	l.yielded = func() {
 		if waiting != nil {
 			return
@@ -263,18 +263,12 @@ func TestRemoveKeyFailureChangesNothing(t *testing.T) {
 			return
 		}
 		assert.Eventually(t, func() bool { return queued(l.shards[n-1].rc) }, 10*time.Second, time.Millisecond)
-		for {
-			fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				assert.ErrorIs(t, err, unix.EMFILE)
-				return
-			}
-			fill = append(fill, fd)
-		}
+		fill, err = testenv.FillDescriptors()
+		assert.NoError(t, err)
 	}
 	err = l.RemoveKey(k)
-	for _, fd := range fill {
-		unix.Close(fd)
+	for _, f := range fill {
+		f.Close()
 	}
 	require.NotNil(t, waiting, "RemoveKey never yielded")
 	defer waiting.Close()

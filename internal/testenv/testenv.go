@@ -5,8 +5,10 @@
 package testenv
 
 import (
+	"errors"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 )
 
@@ -44,4 +46,21 @@ func WithoutCaps(t testing.TB, argv ...string) []string {
 	t.Helper()
 	setpriv := RequireTool(t, "setpriv", "util-linux")
 	return append([]string{setpriv, "--bounding-set", "-all", "--inh-caps", "-all", "--"}, argv...)
+}
+
+// FillDescriptors opens the null device until the process is out of file
+// descriptors (EMFILE) and returns the files it opened, for the caller to
+// close; err is whatever else stopped it.
+func FillDescriptors() ([]*os.File, error) {
+	var fill []*os.File
+	for {
+		f, err := os.Open(os.DevNull)
+		if errors.Is(err, syscall.EMFILE) {
+			return fill, nil
+		}
+		if err != nil {
+			return fill, err
+		}
+		fill = append(fill, f)
+	}
 }
