@@ -187,17 +187,24 @@ func (l *Listener) grow() error {
 	moved, aoMoved := movedKeys(&l.keys.md5, &split.keys.md5, n), movedKeys(&l.keys.ao, &split.keys.ao, n)
 	keys := append(slices.Collect(maps.Values(l.keys.md5.prefixes)), moved...)
 	aoKeys := append(slices.Collect(maps.Values(l.keys.ao.prefixes)), aoMoved...)
-	s, err := listenShard(context.Background(), l.cfg, l.network, l.address, keys, aoKeys)
+	// The new socket takes its keys and joins the group, and the group is
+	// counted, without the lock: the program for n sockets steers no SYN
+	// to it, and the keys stay as they are (l.changing). The new socket is
+	// n-th in the group only if no other joined before it; one that joins
+	// later comes after it, where the program for n+1 sockets never steers.
+	var s *shard
+	var err error
+	l.unlocked(func() {
+		if s, err = listenShard(context.Background(), l.cfg, l.network, l.address, keys, aoKeys); err == nil {
+			if err = checkGroup(s, n+1); err != nil {
+				s.close()
+			}
+		}
+	})
 	if err != nil {
 		return err
 	}
-	// The new socket is n-th in the group only if no other joined before
-	// it; one that joins later comes after it, where the program for n+1
-	// sockets never steers.
-	err = checkGroup(s, n+1)
-	if err == nil {
-		err = l.fan.add(s)
-	}
+	err = l.fan.add(s)
 	if err == nil {
 		if err = steer(l.shards[0].rc, n+1); err != nil {
 			l.fan.remove(s)

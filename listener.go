@@ -256,8 +256,9 @@ type Listener struct {
 
 	// changing serializes changes to the keys, each of which holds mu, the
 	// lock Accept judges under, for one socket's step at a time (yield).
-	changing sync.Mutex
-	yielded  func() // tests only: runs in yield, mu released
+	changing  sync.Mutex
+	yielded   func() // tests only: runs when a change releases mu (unlocked)
+	relocking func() // tests only: runs when it takes mu again
 
 	mu      sync.RWMutex // guards what follows
 	keys    keySet       // the key registry: every key, with its secret
@@ -422,10 +423,19 @@ func (l *Listener) RemoveKey(k Key) error {
 // yield lets the accepts that wait for l.mu judge what they took, between
 // two sockets of one key change: l.changing keeps every other change out,
 // and each socket holds its keys with its queue judged, or neither.
-func (l *Listener) yield() {
+func (l *Listener) yield() { l.unlocked(func() {}) }
+
+// unlocked runs f with l.mu released, letting Accept in, in the middle of
+// a key change that holds l.changing, which keeps the keys as they are; f
+// touches nothing that Accept reads.
+func (l *Listener) unlocked(f func()) {
 	l.mu.Unlock()
 	if l.yielded != nil {
 		l.yielded()
+	}
+	f()
+	if l.relocking != nil {
+		l.relocking()
 	}
 	l.mu.Lock()
 }

@@ -115,6 +115,51 @@ func hostKeys(n int) []Key {
 	return keys
 }
 
+// TestGrowthLetsAcceptIn: a SetKey that grows the group makes the new
+// socket, with its keys, and counts the group without the listener's
+// lock, so Accept hands over a signed connection meanwhile; the new
+// socket joins the group and takes its SYNs only after.
+func TestGrowthLetsAcceptIn(t *testing.T) {
+	testenv.Require(t, testenv.MD5)
+	testenv.Netns(t)
+	keys := hostKeys(hostsPerSocket)
+	l, err := (&ListenConfig{Keys: keys}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	require.Len(t, l.shards, 1)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	handed := false
+	// The hook runs with l.mu released inside SetKey: it fails the test
+	// with assert, never require, whose Goexit would unlock l.mu again.
+	l.yielded = func() {
+		c, err := dialKeyed(keys[0].Peer.Addr(), l.Addr().String(), keys[0].Secret)
+		if !assert.NoError(t, err) {
+			return
+		}
+		defer c.Close()
+		select {
+		case a := <-accepted:
+			handed = assert.Equal(t, c.LocalAddr().String(), a.RemoteAddr().String())
+			a.Close()
+		case <-time.After(30 * time.Second):
+			t.Error("Accept handed nothing over while the group grew")
+		}
+	}
+	more := hostKeys(hostsPerSocket + 1)[hostsPerSocket]
+	require.NoError(t, l.SetKey(more))
+	assert.Len(t, l.shards, 2, "the crowded socket added one")
+	assert.True(t, handed, "no connection handed over while the group grew")
+}
+
 // TestCrowdedSocketAddsOne: host keys arriving one by one grow the group by
 // one socket a SetKey at most while no socket's option memory is full, so
 // that no SetKey makes several sockets, each with every prefix key, while
@@ -255,9 +300,10 @@ func TestGroupKeepsDescriptorTableAhead(t *testing.T) {
 // BenchmarkPrefixKeyHold measures a prefix key's SetKey, then RemoveKey,
 // on the group that 100,000 host keys make: the whole call (the median),
 // and how long the call holds the listener, and Accept with it, at a time,
-// from its start or from a yield to the next yield or its end: the 99th
-// percentile of those holds, which a busy machine hardly moves, and the
-// longest, which one stalled system call makes. Run it with -benchtime 10x.
+// from its start or from taking the lock again to letting it go or its
+// end: the 99th percentile of those holds, which a busy machine hardly
+// moves, and the longest, which a garbage collection or a stalled system
+// call makes. Run it with -benchtime 10x.
 func BenchmarkPrefixKeyHold(b *testing.B) {
 	testenv.Require(b, testenv.MD5)
 	testenv.Netns(b)
@@ -265,27 +311,87 @@ func BenchmarkPrefixKeyHold(b *testing.B) {
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(b, err)
 	defer ln.Close()
-	var holds []time.Duration
-	var since time.Time
-	ln.yielded = func() {
-		holds = append(holds, time.Since(since))
-		since = time.Now()
-	}
+	h := timeHolds(ln)
 	var calls []time.Duration
 	k := Key{Peer: netip.MustParsePrefix("10.99.0.0/16"), Secret: []byte("fake-secret-prefix")}
 	for b.Loop() {
 		for _, change := range []func(Key) error{ln.SetKey, ln.RemoveKey} {
-			since = time.Now()
-			start := since
+			start := h.begin()
 			require.NoError(b, change(k))
-			holds = append(holds, time.Since(since))
+			h.end()
 			calls = append(calls, time.Since(start))
 		}
 	}
 	slices.Sort(calls)
-	slices.Sort(holds)
 	b.ReportMetric(float64(calls[len(calls)/2].Microseconds())/1000, "call-ms")
-	b.ReportMetric(float64(holds[len(holds)*99/100].Microseconds())/1000, "p99-hold-ms")
-	b.ReportMetric(float64(holds[len(holds)-1].Microseconds())/1000, "max-hold-ms")
+	h.report(b)
 	b.ReportMetric(float64(len(ln.shards)), "sockets")
+}
+
+// BenchmarkGrowthHold measures how long SetKey holds the listener, and
+// Accept with it, while host keys arrive one by one and the group grows
+// from one socket to hundreds or thousands: the 99th percentile and the
+// longest hold, beside the 99th percentile call, which is what the hold
+// was while a growing SetKey made the new socket and counted the group
+// with the lock held. Run it with -benchtime 1x.
+func BenchmarkGrowthHold(b *testing.B) {
+	testenv.Require(b, testenv.MD5)
+	for _, hosts := range []int{20000, 100000} {
+		b.Run("hosts="+strconv.Itoa(hosts), func(b *testing.B) {
+			testenv.Netns(b)
+			keys := hostKeys(hosts)
+			var calls []time.Duration
+			var h *holds
+			sockets := 0
+			for b.Loop() {
+				ln, err := (&ListenConfig{}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+				require.NoError(b, err)
+				h = timeHolds(ln)
+				for _, k := range keys {
+					start := h.begin()
+					require.NoError(b, ln.SetKey(k))
+					h.end()
+					calls = append(calls, time.Since(start))
+				}
+				sockets = len(ln.shards)
+				ln.Close()
+			}
+			slices.Sort(calls)
+			b.ReportMetric(float64(calls[len(calls)*99/100].Microseconds())/1000, "p99-call-ms")
+			h.report(b)
+			b.ReportMetric(float64(sockets), "sockets")
+		})
+	}
+}
+
+// holds times how long the key changes of a listener hold its lock at a
+// time: from a call's start, or from taking the lock again after letting
+// Accept in, to letting it go, or the call's end.
+type holds struct {
+	since time.Time
+	all   []time.Duration
+}
+
+// timeHolds times the holds of l, whose hooks it sets.
+func timeHolds(l *Listener) *holds {
+	h := &holds{}
+	l.yielded = func() { h.all = append(h.all, time.Since(h.since)) }
+	l.relocking = func() { h.since = time.Now() }
+	return h
+}
+
+// begin marks a call's start, and returns it.
+func (h *holds) begin() time.Time {
+	h.since = time.Now()
+	return h.since
+}
+
+// end marks a call's end.
+func (h *holds) end() { h.all = append(h.all, time.Since(h.since)) }
+
+// report reports the 99th percentile hold and the longest.
+func (h *holds) report(b *testing.B) {
+	slices.Sort(h.all)
+	b.ReportMetric(float64(h.all[len(h.all)*99/100].Microseconds())/1000, "p99-hold-ms")
+	b.ReportMetric(float64(h.all[len(h.all)-1].Microseconds())/1000, "max-hold-ms")
 }
