@@ -362,8 +362,9 @@ func (l *Listener) RefusedUnsigned() uint64 { return l.refused.Load() }
 // which moves some host keys to the new socket (see [Listener]). It returns
 // the kernel's ENOMEM only when growing cannot help, such as for a prefix
 // key on a socket holding nothing but prefix keys. A prefix key goes on the
-// sockets one at a time, and Accept goes on between two; other key changes
-// and Close wait for it to end.
+// sockets one at a time, and Accept goes on between two; a new socket of
+// the group gets its keys while Accept goes on too. Other key changes and
+// Close wait for the change to end.
 //
 // A key that covers peers no key covered before also takes the connections
 // waiting in the accept queue of its sockets off it, to judge each by
