@@ -152,9 +152,12 @@ func TestKeyChainAORoll(t *testing.T) {
 	next.Peer = old.Peer
 	start := time.Now()
 	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: start.Add(time.Hour)}, tcpmd5.Lifetime{}))
-	t.Logf("adding the new key to %d sessions and the listener took %v", peers+1, time.Since(start))
-	at := time.Now().Add(5 * time.Second)
-	end := at.Add(8 * time.Second)
+	took := time.Since(start)
+	t.Logf("adding the new key to %d sessions and the listener took %v", peers+1, took)
+	// T and the old key's end leave the peers' own switch, a call each as
+	// costly as that, room on a slow machine too.
+	at := time.Now().Add(max(5*time.Second, 3*took))
+	end := at.Add(max(8*time.Second, 10*took))
 	require.NoError(t, chain.SetAOKey(next, tcpmd5.Lifetime{From: at}, tcpmd5.Lifetime{}))
 	require.NoError(t, chain.SetAOKey(old, tcpmd5.Lifetime{Until: end}, tcpmd5.Lifetime{Until: end}))
 	require.True(t, time.Now().Before(at), "changing lifetimes took past T")
@@ -164,6 +167,7 @@ func TestKeyChainAORoll(t *testing.T) {
 	for _, p := range keen {
 		require.NoError(t, p.raw(func(fd int) error { return rawao.SetRNext(fd, newSend) }))
 	}
+	require.True(t, time.Now().Before(end.Add(-2*time.Second)), "the peers' switch took past the old key's end: no time left to look")
 	// A keen peer follows as soon as its next chunk is signed with the new
 	// key; the laggard never does, talking or stalled.
 	var last atomic.Pointer[string] // what the last look saw, for the failure's message
