@@ -233,8 +233,9 @@ func Listen(network, address string, keys ...Key) (*Listener, error) {
 // and attaches a classic BPF program (SO_ATTACH_REUSEPORT_CBPF) that sends
 // each SYN to the socket holding the key for its source address. Keys for a
 // single host live on one socket; prefix keys live on every socket, on top
-// of its 64 host keys as far as its option memory holds them. Accept takes connections from all
-// sockets, Addr stays the same, and Close closes them all.
+// of its 64 host keys as far as its option memory holds them. Accept takes
+// connections from all sockets, Addr stays the same, and Close closes them
+// all.
 //
 // Every socket of the group, the first included, has SO_REUSEPORT set, so
 // another socket of the same user (a second instance of a daemon, say) can
