@@ -197,6 +197,9 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	}
 	require.NoError(t, l.SetKey(k))
 	assert.Equal(t, n-1, yields, "one yield between two sockets")
+	// OnRefuse is told after the reset goes out, which the dial may see
+	// first.
+	assert.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(refused) > 0 }, 10*time.Second, time.Millisecond)
 	mu.Lock()
 	assert.Equal(t, []Refusal{{Remote: netip.AddrPortFrom(late, 0), Local: l.first.addrPort(), Reason: RefusedKeyAdded}},
 		portless(refused))
