@@ -186,21 +186,18 @@ func removeLive[K liveKey[K]](l *Listener, k K) error {
 	if !ok {
 		return nil
 	}
-	var done []*shard
+	var holding []*shard
 	for _, s := range l.shards {
-		if _, ok := k.of(&s.keys).get(id); !ok {
-			continue
+		if _, ok := k.of(&s.keys).get(id); ok {
+			holding = append(holding, s)
 		}
-		if len(done) > 0 {
-			l.yield() // as stepwise does: each socket is done, drains and all
+	}
+	done, err := l.stepwise(holding, func(s *shard) error { return removeFrom(l, s, old) })
+	if err != nil {
+		if berr := putBack(l, old, holding[:done]); berr != nil {
+			return fmt.Errorf("%w; putting the key back failed too, so some sockets refuse its peers: %w", err, berr)
 		}
-		if err := removeFrom(l, s, old); err != nil {
-			if berr := putBack(l, old, done); berr != nil {
-				return fmt.Errorf("%w; putting the key back failed too, so some sockets refuse its peers: %w", err, berr)
-			}
-			return fmt.Errorf("%w; the key stays on the listener", err)
-		}
-		done = append(done, s)
+		return fmt.Errorf("%w; the key stays on the listener", err)
 	}
 	k.of(&l.keys).remove(id)
 	return nil
