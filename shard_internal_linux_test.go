@@ -311,7 +311,8 @@ func BenchmarkPrefixKeyHold(b *testing.B) {
 	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(b, err)
 	defer ln.Close()
-	h := timeHolds(ln)
+	var h holds
+	h.watch(ln)
 	var calls []time.Duration
 	k := Key{Peer: netip.MustParsePrefix("10.99.0.0/16"), Secret: []byte("fake-secret-prefix")}
 	for b.Loop() {
@@ -341,12 +342,12 @@ func BenchmarkGrowthHold(b *testing.B) {
 			testenv.Netns(b)
 			keys := hostKeys(hosts)
 			var calls []time.Duration
-			var h *holds
+			var h holds
 			sockets := 0
 			for b.Loop() {
 				ln, err := (&ListenConfig{}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 				require.NoError(b, err)
-				h = timeHolds(ln)
+				h.watch(ln)
 				for _, k := range keys {
 					start := h.begin()
 					require.NoError(b, ln.SetKey(k))
@@ -372,12 +373,10 @@ type holds struct {
 	all   []time.Duration
 }
 
-// timeHolds times the holds of l, whose hooks it sets.
-func timeHolds(l *Listener) *holds {
-	h := &holds{}
+// watch times the holds of l too, whose hooks it sets.
+func (h *holds) watch(l *Listener) {
 	l.yielded = func() { h.all = append(h.all, time.Since(h.since)) }
 	l.relocking = func() { h.since = time.Now() }
-	return h
 }
 
 // begin marks a call's start, and returns it.
