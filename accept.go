@@ -61,19 +61,21 @@ func (a accepted) close() {
 //
 // The invariant that makes this exact: every connection in the accept
 // queue of s completed its handshake after the last change to which peers
-// the MD5 keys of s cover, because each such change takes the queue's
-// connections off it (drainMD5). The kernel completes no unsigned
-// handshake with a covered peer, and copies the key to every verified one,
-// so c was verified if and only if the keys of s cover its peer now. For c
-// taken off the queue during a change, during holds the keys added or
-// removed: a peer whose cover that change flipped is asked of c's own key
-// (md5Held). Whatever cannot be read is refused.
+// the keys of s cover, MD5 and AO each, because each such change takes
+// the queue's connections off it (drain). The kernel completes no unsigned
+// handshake with a covered peer, none but an AO one with a peer an AO key
+// covers, and copies the key to every verified one, so c was verified if
+// and only if the keys of s cover its peer now. For c taken off the queue
+// during a change, during holds the MD5 keys added or removed: a peer
+// whose cover that change flipped is asked of c's own key (md5Held); and
+// while an AO change is judged (s.askAO), c is asked for its AO state.
+// Whatever cannot be read is refused.
 func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 	refuse := accepted{c: c, why: RefusedUnreadable}
 	// The descriptor is asked only where keys make the answer differ; c is
 	// a connection, not nil, so SyscallConn cannot fail.
 	raw := func() syscall.RawConn { rc, _ := c.SyscallConn(); return rc }
-	if l.aoKeyed { // else nothing could have signed it with AO, and no syscall need say so
+	if s.askAO {
 		if ao, err := acceptedAO(raw()); err != nil {
 			return refuse
 		} else if ao {
@@ -95,6 +97,9 @@ func (l *Listener) judge(s *shard, c *net.TCPConn, during []Key) accepted {
 		if l3index, err = boundIfindex(raw()); err != nil {
 			return refuse
 		}
+	}
+	if !s.askAO && s.keys.ao.covers(addr, l3index) {
+		return accepted{c: c, admit: true}
 	}
 	signed := s.keys.md5.covers(addr, l3index)
 	if k, ok := flipped(&s.keys.md5, during, addr, l3index); ok {
@@ -136,15 +141,16 @@ func flipped(t *keyTable[Key], changed []Key, addr netip.Addr, l3index int) (Key
 	return Key{}, false
 }
 
-// drainMD5 takes the connections queued on s off its queue and judges
-// them, during being the MD5 keys just added to s or removed from it (nil
-// before a change), and hands them to Accept; it keeps judge's invariant
-// across a change to the peers the MD5 keys of s cover. A change that
-// removes keys drains before (so that connections verified with them are
-// judged signed) and after (for those that completed meanwhile); one that
-// adds keys drains after. l.mu is held, so nothing else accepts on s, and
-// accept(2) does not wait while the queue is not empty.
-func (l *Listener) drainMD5(s *shard, during []Key) error {
+// drain takes the connections queued on s off its queue and judges them,
+// during being the MD5 keys just added to s or removed from it (nil before
+// a change, and for an AO change, which s.askAO marks), and hands them to
+// Accept; it keeps judge's invariant across a change to the peers the keys
+// of s cover. An MD5 change that removes keys drains before (so that
+// connections verified with them are judged signed) and after (for those
+// that completed meanwhile); one that adds keys drains after. l.mu is
+// held, so nothing else accepts on s, and accept(2) does not wait while
+// the queue is not empty.
+func (l *Listener) drain(s *shard, during []Key) error {
 	var judged []accepted
 	var err error
 	for queued(s.rc) {

@@ -3,8 +3,14 @@
 package tcpmd5
 
 import (
+	"context"
+	"net"
 	"net/netip"
+	"os"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
@@ -166,4 +172,130 @@ func TestAOKernelFacts(t *testing.T) {
 		require.Error(t, err)
 		assert.NotContains(t, err.Error(), "fake-ao-fact-secret")
 	})
+}
+
+// TestAOReplaceJudgesTheGap: the kernel replaces no AO key in place, so
+// SetAOKey deletes the old key, then adds the new one. An unsigned
+// handshake from the key's peer that completes between the two is refused,
+// as one a key covers, though the socket's table covers the peer
+// throughout; an AO peer with the new key is handed over after it.
+func TestAOReplaceJudgesTheGap(t *testing.T) {
+	testenv.Require(t, testenv.AO)
+	testenv.Netns(t)
+	const peer = "127.0.61.9"
+	old := aoTestKey(peer, 1, 2)
+	var mu sync.Mutex
+	var refused []Refusal
+	lc := ListenConfig{AOKeys: []AOKey{old}, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
+	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+
+	var unsigned net.Conn
+	l.replacing = func() {
+		unsigned = dialFrom(t, peer, l.Addr().String(), nil)
+		require.Eventually(t, func() bool { return queued(l.first.rc) }, 10*time.Second, time.Millisecond,
+			"the unsigned handshake completes while no key covers the peer")
+	}
+	k := old
+	k.Secret = []byte("fake-ao-gap-secret-2")
+	require.NoError(t, l.SetAOKey(k))
+	l.replacing = nil
+	require.NotNil(t, unsigned, "SetAOKey replaced the key")
+
+	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
+	_, err = l.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the unsigned connection is not handed over")
+	assert.EqualValues(t, 1, l.RefusedUnsigned())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(c, refused, 1)
+		assert.Equal(c, RefusedKeyAdded, refused[0].Reason)
+		assert.Equal(c, unsigned.LocalAddr().String(), refused[0].Remote.String())
+	}, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, unsigned.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = unsigned.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+
+	mirror := aoTestKey("127.0.0.1", 2, 1)
+	mirror.Secret = k.Secret
+	d := Dialer{AOKeys: []AOKey{mirror}}
+	d.Timeout = 30 * time.Second
+	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(peer)}
+	signed, err := d.Dial("tcp4", l.Addr().String())
+	require.NoError(t, err)
+	defer signed.Close()
+	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
+	c, err := l.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
+	echoes(t, signed, c)
+}
+
+// TestAOChangeOutOfDescriptors: a SetAOKey that cannot take the connection
+// waiting on its socket (out of descriptors) keeps its key, and Accept
+// asks each connection of that socket for its AO state until a later
+// change has judged the queue: the unsigned connection that completed
+// before the key, whose peer the socket's table now covers, is refused;
+// an AO peer with the key is handed over. It runs in a child of the test
+// binary, whose descriptor limit it lowers.
+func TestAOChangeOutOfDescriptors(t *testing.T) {
+	testenv.Require(t, testenv.AO)
+	testenv.RequireRoot(t)
+	if !InChild(t, "TCPMD5_AO_DRAIN_CHILD", "Accept asked the kernel") {
+		return
+	}
+	testenv.Netns(t)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
+	const peer = "127.0.62.9"
+	var mu sync.Mutex
+	var refused []Refusal
+	other := aoTestKey("127.0.62.1", 1, 2)
+	lc := ListenConfig{AOKeys: []AOKey{other}, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
+	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+
+	unsigned := dialFrom(t, peer, l.Addr().String(), nil)
+	require.Eventually(t, func() bool { return queued(l.first.rc) }, 10*time.Second, time.Millisecond)
+	fill, err := testenv.FillDescriptors()
+	require.NoError(t, err)
+	err = l.SetAOKey(aoTestKey(peer, 1, 2))
+	for _, f := range fill {
+		f.Close()
+	}
+	require.NoError(t, err, "the key is installed; only its queue waits")
+	require.True(t, queued(l.first.rc), "the unsigned connection still waits")
+	require.True(t, l.first.askAO, "Accept asks on the socket whose queue waits")
+
+	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
+	_, err = l.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the unsigned connection is not handed over")
+	assert.EqualValues(t, 1, l.RefusedUnsigned())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(c, refused, 1)
+		assert.Equal(c, RefusedKeyAdded, refused[0].Reason)
+		assert.Equal(c, unsigned.LocalAddr().String(), refused[0].Remote.String())
+	}, 10*time.Second, 10*time.Millisecond)
+
+	mirror := aoTestKey("127.0.0.1", 2, 1)
+	d := Dialer{AOKeys: []AOKey{mirror}}
+	d.Timeout = 30 * time.Second
+	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(peer)}
+	signed, err := d.Dial("tcp4", l.Addr().String())
+	require.NoError(t, err)
+	defer signed.Close()
+	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
+	c, err := l.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
+
+	require.NoError(t, l.RemoveAOKey(other))
+	assert.False(t, l.first.askAO, "a change whose drain took the queue ends the asking")
+	t.Log("Accept asked the kernel")
 }

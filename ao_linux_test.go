@@ -406,6 +406,23 @@ func TestAOAcceptOrderings(t *testing.T) {
 			handedOver: true,
 		},
 		{
+			name:   "AO, then another AO key for the peer, other KeyIDs",
+			lc:     tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{ao(peer, secretA)}},
+			dialAO: &dialAO,
+			change: func(ln *tcpmd5.Listener) error {
+				k := ao(peer, secretB)
+				k.SendID, k.RecvID = 3, 4
+				return ln.SetAOKey(k)
+			},
+			handedOver: true,
+		},
+		{
+			name:       "unsigned and allowed, then an AO key for another peer",
+			lc:         tcpmd5.ListenConfig{AllowUnsigned: true, AOKeys: []tcpmd5.AOKey{ao("127.0.56.1", secretA)}},
+			change:     func(ln *tcpmd5.Listener) error { return ln.SetAOKey(ao("127.0.56.2", secretA)) },
+			handedOver: true,
+		},
+		{
 			name:       "AO on a group of sockets, then the group grows",
 			lc:         tcpmd5.ListenConfig{AOKeys: append([]tcpmd5.AOKey{ao(peer, secretA)}, group...)},
 			dialAO:     &dialAO,

@@ -189,22 +189,6 @@ func addAOKey(c syscall.RawConn, family int, k AOKey) error {
 	return withFamily(c, family, func(fd, family int) error { return aoAdd(fd, family, k) })
 }
 
-// replaceAOKey puts k in the place of old, the key with its Peer, KeyIDs
-// and Ifindex, on the socket behind c, of family: the kernel replaces no
-// key in place, so old is deleted first, and goes back if k fails.
-func replaceAOKey(c syscall.RawConn, family int, k, old AOKey) error {
-	return controlErr(c, func(fd int) error {
-		if err := aoDel(fd, family, old); err != nil {
-			return err
-		}
-		if err := aoAdd(fd, family, k); err != nil {
-			_ = aoAdd(fd, family, old)
-			return err
-		}
-		return nil
-	})
-}
-
 // removeAOKey deletes k from the socket behind c, of family (0: read it);
 // one that is not there is not an error.
 func removeAOKey(c syscall.RawConn, family int, k AOKey) error {

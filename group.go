@@ -266,10 +266,10 @@ func (l *Listener) shrink(n int) {
 		if err == nil {
 			_, err = moveBack[AOKey](l, last, into)
 		}
-		if err != nil || l.drainMD5(into, back) != nil || steer(l.shards[0].rc, m) != nil {
+		if err != nil || l.drain(into, back) != nil || steer(l.shards[0].rc, m) != nil {
 			return
 		}
-		_ = l.drainMD5(last, nil)
+		_ = l.drain(last, nil)
 		l.shards = l.shards[:m]
 		l.fan.remove(last)
 		last.close() // the last socket of the group: closing it moves no other

@@ -2,9 +2,9 @@ package tcpmd5
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
-	"syscall"
 )
 
 // liveKey is what the steps a key takes on a live listener (place,
@@ -20,10 +20,12 @@ type liveKey[K tableKey] interface {
 	clash(*keySet) error     // refuses a key of the other kind for overlapping peers
 	compare(K) int           // the order Keys and AOKeys list in
 
-	add(c syscall.RawConn, family int) error            // install on a socket that holds no key with its id
-	replace(c syscall.RawConn, family int, old K) error // install in the place of old, which has its id
-	del(c syscall.RawConn, family int) error            // delete; one not there is not an error
-	settle(l *Listener, s *shard) error                 // what follows its install on s, where it is new, l.mu held
+	// The kernel's side, on socket s of l, with l.mu held: each keeps
+	// judge's invariant for K's kind where it can do so alone.
+	add(l *Listener, s *shard) error            // install on s, which holds no key with its id
+	replace(l *Listener, s *shard, old K) error // install in the place of old, which has its id; errKeyLost if neither stays
+	del(l *Listener, s *shard) error            // delete; one not there is not an error
+	settle(l *Listener, s *shard) error         // what follows its install on s, where it is new
 }
 
 func (Key) of(s *keySet) *keyTable[Key]     { return &s.md5 }
@@ -59,30 +61,78 @@ func (k AOKey) compare(o AOKey) int {
 		cmp.Compare(k.Ifindex, o.Ifindex), cmp.Compare(k.SendID, o.SendID), cmp.Compare(k.RecvID, o.RecvID))
 }
 
-// An MD5 key replaces the one with its id in place; a TCP-AO key cannot.
-func (k Key) add(c syscall.RawConn, family int) error            { return setKey(c, family, k) }
-func (k Key) replace(c syscall.RawConn, family int, _ Key) error { return setKey(c, family, k) }
-func (k Key) del(c syscall.RawConn, family int) error            { return removeKey(c, family, k) }
-func (k AOKey) add(c syscall.RawConn, family int) error          { return addAOKey(c, family, k) }
-func (k AOKey) replace(c syscall.RawConn, family int, o AOKey) error {
-	return replaceAOKey(c, family, k, o)
+// An MD5 key replaces the one with its id in place; its changes are
+// judged by the drains around them (settle, removeFrom).
+func (k Key) add(_ *Listener, s *shard) error            { return setKey(s.rc, s.family, k) }
+func (k Key) replace(_ *Listener, s *shard, _ Key) error { return setKey(s.rc, s.family, k) }
+func (k Key) del(_ *Listener, s *shard) error            { return removeKey(s.rc, s.family, k) }
+
+// A TCP-AO key's every change goes through askingAO.
+func (k AOKey) add(l *Listener, s *shard) error {
+	return l.askingAO(s, k, func() error { return addAOKey(s.rc, s.family, k) })
 }
-func (k AOKey) del(c syscall.RawConn, family int) error { return removeAOKey(c, family, k) }
+
+func (k AOKey) del(l *Listener, s *shard) error {
+	return l.askingAO(s, k, func() error { return removeAOKey(s.rc, s.family, k) })
+}
+
+// replace puts k in the place of old: the kernel replaces no AO key in
+// place, so old is deleted first, and goes back if k fails. Between the
+// two, no key covers their peers, and an unsigned handshake can complete:
+// askingAO judges it by what the kernel did.
+func (k AOKey) replace(l *Listener, s *shard, old AOKey) error {
+	return l.askingAO(s, k, func() error {
+		if err := removeAOKey(s.rc, s.family, old); err != nil {
+			return err
+		}
+		if l.replacing != nil {
+			l.replacing()
+		}
+		if err := addAOKey(s.rc, s.family, k); err != nil {
+			if addAOKey(s.rc, s.family, old) != nil {
+				return fmt.Errorf("%w; the key it replaced could not go back (%w)", err, errKeyLost)
+			}
+			return err
+		}
+		return nil
+	})
+}
+
+// errKeyLost: a replaced key could not go back on a socket after its
+// replacement failed, so the socket holds neither.
+var errKeyLost = errors.New("the socket holds neither key")
 
 // settle keeps judge's invariant on s after k, new there, went on it: if
 // k changed which peers s covers, the queue of s is drained and judged.
 func (k Key) settle(l *Listener, s *shard) error {
-	if !s.flips(k) {
+	if !flips(&s.keys.md5, k) {
 		return nil
 	}
-	return l.drainMD5(s, []Key{k})
+	return l.drain(s, []Key{k})
 }
 
-// settle makes Accept ask every connection for its AO state from now on,
-// before it can take one from s.
-func (k AOKey) settle(l *Listener, _ *shard) error {
-	l.aoKeyed = true
-	return nil
+// settle has nothing to do: askingAO judged the queue of s when k went on.
+func (AOKey) settle(*Listener, *shard) error { return nil }
+
+// askingAO runs change, which adds or deletes the AO key k on s, l.mu
+// held, keeping judge's invariant for AO keys: every connection in the
+// queue of s completed its handshake after the last change to which peers
+// the AO keys of s cover. Where k alone decides whether s covers its peers
+// (flips), Accept asks each connection of s for its AO state instead
+// (s.askAO), from before the change until a drain after it has judged the
+// queue. A drain that cannot take every connection (out of descriptors)
+// leaves Accept asking on s until one does: never a verdict the keys
+// cannot back.
+func (l *Listener) askingAO(s *shard, k AOKey, change func() error) error {
+	if !flips(&s.keys.ao, k) {
+		return change()
+	}
+	s.askAO = true
+	err := change()
+	if l.drain(s, nil) == nil {
+		s.askAO = false
+	}
+	return err
 }
 
 // setLive installs k, normalized, on the live listener l, or replaces the
@@ -124,7 +174,7 @@ func installOn[K liveKey[K]](l *Listener, k, old K, had bool) (*shard, error) {
 	if err == nil {
 		return nil, nil
 	}
-	_, _ = l.stepwise(targets[:done], func(s *shard) error { takeBack(k, old, had, s); return nil })
+	_, _ = l.stepwise(targets[:done], func(s *shard) error { takeBack(l, k, old, had, s); return nil })
 	if had {
 		k.of(&l.keys).set(old)
 	} else {
@@ -140,9 +190,12 @@ func installOn[K liveKey[K]](l *Listener, k, old K, had bool) (*shard, error) {
 func installOne[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) (*shard, error) {
 	var err error
 	if had {
-		err = k.replace(s.rc, s.family, old)
+		err = k.replace(l, s, old)
 	} else {
-		err = k.add(s.rc, s.family)
+		err = k.add(l, s)
+	}
+	if errors.Is(err, errKeyLost) {
+		k.of(&s.keys).remove(k.id()) // its peers are refused, never taken for covered
 	}
 	if err != nil {
 		return s, err
@@ -152,7 +205,7 @@ func installOne[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) (*shard
 		return nil, nil
 	}
 	if err := k.settle(l, s); err != nil {
-		takeBack(k, old, had, s)
+		takeBack(l, k, old, had, s)
 		return nil, fmt.Errorf("%w; the %s was not installed", err, k.label())
 	}
 	return nil, nil
@@ -160,13 +213,18 @@ func installOne[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) (*shard
 
 // takeBack undoes k on s, which holds it: old goes back in its place if
 // had, else k is deleted. What the kernel refuses to undo stays, and the
-// table of s says so.
-func takeBack[K liveKey[K]](k, old K, had bool, s *shard) {
+// table of s says what s holds.
+func takeBack[K liveKey[K]](l *Listener, k, old K, had bool, s *shard) {
+	var err error
 	if had {
-		if old.replace(s.rc, s.family, k) == nil {
-			k.of(&s.keys).set(old.bare())
-		}
-	} else if k.del(s.rc, s.family) == nil {
+		err = old.replace(l, s, k)
+	} else {
+		err = k.del(l, s)
+	}
+	switch {
+	case err == nil && had:
+		k.of(&s.keys).set(old.bare())
+	case err == nil || errors.Is(err, errKeyLost):
 		k.of(&s.keys).remove(k.id())
 	}
 }
@@ -220,28 +278,29 @@ func putBack[K liveKey[K]](l *Listener, k K, shards []*shard) error {
 }
 
 // removeFrom deletes keys, with their secrets, from s, keeping judge's
-// invariant where they are MD5 keys that change which peers s covers: the
+// invariant where they are MD5 keys that change which peers s covers (an
+// AO key's del keeps it for AO keys): the
 // connections they verified are judged before they go, and those that
 // completed while they went are judged after. What the second drain cannot
 // take stays queued and is judged unsigned: refused, never let in. It
 // stops at the first key the kernel does not delete. l.mu is held.
 func removeFrom[K liveKey[K]](l *Listener, s *shard, keys ...K) error {
-	var md5 []Key // AO connections are judged by their own AO state: no drain
+	var md5 []Key // an AO key's del judges its own change (askingAO)
 	for _, k := range keys {
 		if m, ok := any(k).(Key); ok {
 			md5 = append(md5, m)
 		}
 	}
-	flips := slices.ContainsFunc(md5, s.flips)
-	if flips {
-		if err := l.drainMD5(s, nil); err != nil {
+	flipping := slices.ContainsFunc(md5, func(k Key) bool { return flips(&s.keys.md5, k) })
+	if flipping {
+		if err := l.drain(s, nil); err != nil {
 			return err
 		}
 	}
 	var err error
 	var removed []Key
 	for _, k := range keys {
-		if err = k.del(s.rc, s.family); err != nil {
+		if err = k.del(l, s); err != nil {
 			break
 		}
 		k.of(&s.keys).remove(k.id())
@@ -249,8 +308,8 @@ func removeFrom[K liveKey[K]](l *Listener, s *shard, keys ...K) error {
 			removed = append(removed, m)
 		}
 	}
-	if flips {
-		_ = l.drainMD5(s, removed)
+	if flipping {
+		_ = l.drain(s, removed)
 	}
 	return err
 }
@@ -263,7 +322,7 @@ func moveBack[K liveKey[K]](l *Listener, last, into *shard) ([]K, error) {
 	var back []K
 	for id := range zero.of(&last.keys).hosts {
 		k := zero.of(&l.keys).hosts[id]
-		if err := k.add(into.rc, into.family); err != nil {
+		if err := k.add(l, into); err != nil {
 			return back, err
 		}
 		k.of(&into.keys).set(k.bare())

@@ -110,7 +110,6 @@ func (lc *ListenConfig) Listen(ctx context.Context, network, address string) (*L
 		}
 		l.keys.ao.set(k.clone())
 	}
-	l.aoKeyed = len(aoKeys) > 0
 	hosts := l.keys.hosts()
 	_, port, _ := net.SplitHostPort(address)
 	for n, tries := shardsFor(&l.keys), 1; ; tries++ {
@@ -260,12 +259,12 @@ type Listener struct {
 	changing  sync.Mutex
 	yielded   func() // tests only: runs when a change releases mu (unlocked)
 	relocking func() // tests only: runs when it takes mu again
+	replacing func() // tests only: runs while an AO key's replacement has neither key on a socket
 
-	mu      sync.RWMutex // guards what follows
-	keys    keySet       // the key registry: every key, with its secret
-	aoKeyed bool         // an AO key was ever installed
-	closed  bool
-	group   // the sockets
+	mu     sync.RWMutex // guards what follows
+	keys   keySet       // the key registry: every key, with its secret
+	closed bool
+	group  // the sockets
 
 	fan *fanIn // waits on every socket for Accept
 }
@@ -283,11 +282,11 @@ var errNoListener = errors.New("tcpmd5: the Listener was not made by Listen")
 // What decides is what the kernel did with the handshake, not the keys
 // Accept finds now: the kernel completes no unsigned handshake with a peer
 // a key covers, so a connection queued since the last key change was
-// verified if and only if its peer is covered; the connections queued
-// while a key change is made are taken off the queue and judged by that
-// change (see [Listener.SetKey]). AO connections are judged by their AO
-// state (TCP_AO_INFO). Socket filters, IPv6 sticky options and descriptor
-// limits change nothing of this.
+// verified if and only if its peer is covered, and with TCP-AO if an AO
+// key covers it; the connections queued while a key change is made are
+// taken off the queue and judged by that change (see [Listener.SetKey]),
+// an AO change by their AO state (TCP_AO_INFO). Socket filters, IPv6
+// sticky options and descriptor limits change nothing of this.
 func (l *Listener) Accept() (net.Conn, error) {
 	c, err := l.AcceptTCP()
 	if err != nil {

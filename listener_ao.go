@@ -21,7 +21,8 @@ func mixedKeysError(md5 Key, ao AOKey) error {
 
 // SetAOKey installs the TCP-AO key k on the live listener, for handshakes
 // that start afterwards; a key with the same Peer, SendID, RecvID and
-// Ifindex is replaced (the kernel deletes it, then adds k). A host key
+// Ifindex is replaced (the kernel deletes it, then adds k; an unsigned
+// handshake that completes between the two is refused). A host key
 // costs setsockopt(2) calls on the socket that holds its peer, a prefix
 // key on every socket of the group, and the group grows as for
 // [Listener.SetKey]. An AO key whose peers overlap an MD5 key's is refused:

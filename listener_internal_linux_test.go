@@ -110,7 +110,7 @@ func TestSetKeyJudgesWhatCompletedDuringIt(t *testing.T) {
 	signed := dialFrom(t, "127.0.27.11", l.Addr().String(), fakeB)
 	l.first.keys.md5.set(k.bare())
 	l.keys.md5.set(k.clone())
-	require.NoError(t, l.drainMD5(l.first, []Key{k}))
+	require.NoError(t, l.drain(l.first, []Key{k}))
 	l.mu.Unlock()
 
 	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))

@@ -135,13 +135,19 @@ type shard struct {
 	closed atomic.Bool // close was called: Accept takes nothing more from it
 
 	keys keySet // the keys installed on the socket, without secrets; guarded by the Listener's mu
+
+	// Accept asks each connection for its AO state (TCP_AO_INFO) instead
+	// of reading keys: an AO change on the socket has not yet had its
+	// queue judged (Listener.askingAO). Guarded by the Listener's mu.
+	askAO bool
 }
 
-// flips reports whether adding or removing the MD5 key k changes which
-// peers the socket's MD5 keys cover: always for a prefix key, and for a
+// flips reports whether adding or removing k changes which peers t, a
+// socket's table of k's kind, covers: always for a prefix key, and for a
 // host key unless another key covers the host too.
-func (s *shard) flips(k Key) bool {
-	return !k.Peer.IsSingleIP() || !s.keys.md5.coversExcept(k.Peer.Addr(), k.Ifindex, k.id())
+func flips[K tableKey](t *keyTable[K], k K) bool {
+	id := k.id()
+	return !id.peer.IsSingleIP() || !t.coversExcept(id.peer.Addr(), id.ifindex, id)
 }
 
 // listenShard makes one socket of a group, with cfg (MPTCP off): before
