@@ -6,9 +6,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -174,6 +171,30 @@ func TestAOKernelFacts(t *testing.T) {
 	})
 }
 
+// dialAO dials addr from src with TCP-AO, signing with k.
+func dialAO(t *testing.T, src, addr string, k AOKey) net.Conn {
+	t.Helper()
+	d := Dialer{AOKeys: []AOKey{k}}
+	d.Timeout = 30 * time.Second
+	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	c, err := d.Dial("tcp4", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// requireHandedOver requires that Accept on l hands over client's
+// connection.
+func requireHandedOver(t *testing.T, l *Listener, client net.Conn) {
+	t.Helper()
+	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
+	c, err := l.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
+	echoes(t, client, c)
+}
+
 // TestAOReplaceJudgesTheGap: the kernel replaces no AO key in place, so
 // SetAOKey deletes the old key, then adds the new one. An unsigned
 // handshake from the key's peer that completes between the two is refused,
@@ -184,10 +205,8 @@ func TestAOReplaceJudgesTheGap(t *testing.T) {
 	testenv.Netns(t)
 	const peer = "127.0.61.9"
 	old := aoTestKey(peer, 1, 2)
-	var mu sync.Mutex
-	var refused []Refusal
-	lc := ListenConfig{AOKeys: []AOKey{old}, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
-	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	var refused refusals
+	l, err := (&ListenConfig{AOKeys: []AOKey{old}, OnRefuse: refused.add}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
 
@@ -202,36 +221,11 @@ func TestAOReplaceJudgesTheGap(t *testing.T) {
 	require.NoError(t, l.SetAOKey(k))
 	l.replacing = nil
 	require.NotNil(t, unsigned, "SetAOKey replaced the key")
-
-	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
-	_, err = l.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the unsigned connection is not handed over")
-	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		mu.Lock()
-		defer mu.Unlock()
-		require.Len(c, refused, 1)
-		assert.Equal(c, RefusedKeyAdded, refused[0].Reason)
-		assert.Equal(c, unsigned.LocalAddr().String(), refused[0].Remote.String())
-	}, 10*time.Second, 10*time.Millisecond)
-	require.NoError(t, unsigned.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err = unsigned.Read(make([]byte, 1))
-	require.ErrorIs(t, err, syscall.ECONNRESET)
+	requireRefused(t, l, &refused, unsigned, RefusedKeyAdded)
 
 	mirror := aoTestKey("127.0.0.1", 2, 1)
 	mirror.Secret = k.Secret
-	d := Dialer{AOKeys: []AOKey{mirror}}
-	d.Timeout = 30 * time.Second
-	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(peer)}
-	signed, err := d.Dial("tcp4", l.Addr().String())
-	require.NoError(t, err)
-	defer signed.Close()
-	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
-	c, err := l.Accept()
-	require.NoError(t, err)
-	defer c.Close()
-	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
-	echoes(t, signed, c)
+	requireHandedOver(t, l, dialAO(t, peer, l.Addr().String(), mirror))
 }
 
 // TestAOChangeOutOfDescriptors: a SetAOKey that cannot take the connection
@@ -250,11 +244,9 @@ func TestAOChangeOutOfDescriptors(t *testing.T) {
 	testenv.Netns(t)
 	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
 	const peer = "127.0.62.9"
-	var mu sync.Mutex
-	var refused []Refusal
 	other := aoTestKey("127.0.62.1", 1, 2)
-	lc := ListenConfig{AOKeys: []AOKey{other}, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
-	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	var refused refusals
+	l, err := (&ListenConfig{AOKeys: []AOKey{other}, OnRefuse: refused.add}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
 
@@ -269,31 +261,8 @@ func TestAOChangeOutOfDescriptors(t *testing.T) {
 	require.NoError(t, err, "the key is installed; only its queue waits")
 	require.True(t, queued(l.first.rc), "the unsigned connection still waits")
 	require.True(t, l.first.askAO, "Accept asks on the socket whose queue waits")
-
-	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
-	_, err = l.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the unsigned connection is not handed over")
-	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		mu.Lock()
-		defer mu.Unlock()
-		require.Len(c, refused, 1)
-		assert.Equal(c, RefusedKeyAdded, refused[0].Reason)
-		assert.Equal(c, unsigned.LocalAddr().String(), refused[0].Remote.String())
-	}, 10*time.Second, 10*time.Millisecond)
-
-	mirror := aoTestKey("127.0.0.1", 2, 1)
-	d := Dialer{AOKeys: []AOKey{mirror}}
-	d.Timeout = 30 * time.Second
-	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(peer)}
-	signed, err := d.Dial("tcp4", l.Addr().String())
-	require.NoError(t, err)
-	defer signed.Close()
-	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
-	c, err := l.Accept()
-	require.NoError(t, err)
-	defer c.Close()
-	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
+	requireRefused(t, l, &refused, unsigned, RefusedKeyAdded)
+	requireHandedOver(t, l, dialAO(t, peer, l.Addr().String(), aoTestKey("127.0.0.1", 2, 1)))
 
 	require.NoError(t, l.RemoveAOKey(other))
 	assert.False(t, l.first.askAO, "a change whose drain took the queue ends the asking")

@@ -142,9 +142,8 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	for i := range 3 * hostsPerSocket {
 		keys = append(keys, Key{Peer: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, 0, 40 + byte(i/250), byte(i%250 + 1)}), 32), Secret: fakeA})
 	}
-	var mu sync.Mutex
-	var refused []Refusal
-	lc := ListenConfig{Keys: keys, OnRefuse: func(r Refusal) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
+	var refused refusals
+	lc := ListenConfig{Keys: keys, OnRefuse: refused.add}
 	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
@@ -199,11 +198,9 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	assert.Equal(t, n-1, yields, "one yield between two sockets")
 	// OnRefuse is told after the reset goes out, which the dial may see
 	// first.
-	assert.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(refused) > 0 }, 10*time.Second, time.Millisecond)
-	mu.Lock()
+	assert.Eventually(t, func() bool { return len(refused.portless()) > 0 }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, []Refusal{{Remote: netip.AddrPortFrom(late, 0), Local: l.first.addrPort(), Reason: RefusedKeyAdded}},
-		portless(refused))
-	mu.Unlock()
+		refused.portless())
 	for _, s := range l.shards {
 		_, ok := s.keys.md5.get(k.id())
 		assert.True(t, ok, "every socket holds the key")
@@ -298,6 +295,41 @@ func TestRemoveKeyFailureChangesNothing(t *testing.T) {
 	c.Close()
 	assert.Zero(t, l.RefusedUnsigned())
 	t.Log("the key is back on every socket")
+}
+
+// refusals records what a Listener's OnRefuse is told.
+type refusals struct {
+	mu sync.Mutex
+	rs []Refusal
+}
+
+func (r *refusals) add(x Refusal) { r.mu.Lock(); r.rs = append(r.rs, x); r.mu.Unlock() }
+
+// portless returns the refusals so far with the remote ports zeroed.
+func (r *refusals) portless() []Refusal {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return portless(r.rs)
+}
+
+// requireRefused requires that Accept on l hands nothing over within a
+// second, and that l refused exactly one connection, client's, for why:
+// counted, told to OnRefuse (recorded in rs), reset.
+func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, why RefusalReason) {
+	t.Helper()
+	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
+	_, err := l.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
+	assert.EqualValues(t, 1, l.RefusedUnsigned())
+	// OnRefuse is told after the reset goes out, which the dial may see
+	// first.
+	remote := netip.MustParseAddrPort(client.LocalAddr().String())
+	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
+	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, want, rs.portless())
+	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = client.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
 }
 
 // portless returns rs with the remote ports zeroed, which the kernel chose.
