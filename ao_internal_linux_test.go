@@ -6,6 +6,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -181,6 +183,26 @@ func dialAO(t *testing.T, src, addr string, k AOKey) net.Conn {
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// requireRefused requires that Accept on l hands nothing over within a
+// second, and that l refused exactly one connection, client's, for why:
+// counted, told to OnRefuse (recorded in rs), reset.
+func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, why RefusalReason) {
+	t.Helper()
+	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
+	_, err := l.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
+	assert.EqualValues(t, 1, l.RefusedUnsigned())
+	// OnRefuse is told after the reset goes out, which the dial may see
+	// first.
+	remote := netip.MustParseAddrPort(client.LocalAddr().String())
+	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
+	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, want, rs.portless())
+	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = client.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
 }
 
 // requireHandedOver requires that Accept on l hands over client's

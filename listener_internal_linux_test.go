@@ -312,26 +312,6 @@ func (r *refusals) portless() []Refusal {
 	return portless(r.rs)
 }
 
-// requireRefused requires that Accept on l hands nothing over within a
-// second, and that l refused exactly one connection, client's, for why:
-// counted, told to OnRefuse (recorded in rs), reset.
-func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, why RefusalReason) {
-	t.Helper()
-	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
-	_, err := l.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
-	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	// OnRefuse is told after the reset goes out, which the dial may see
-	// first.
-	remote := netip.MustParseAddrPort(client.LocalAddr().String())
-	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
-	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
-	assert.Equal(t, want, rs.portless())
-	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err = client.Read(make([]byte, 1))
-	require.ErrorIs(t, err, syscall.ECONNRESET)
-}
-
 // portless returns rs with the remote ports zeroed, which the kernel chose.
 func portless(rs []Refusal) []Refusal {
 	out := make([]Refusal, len(rs))
