@@ -6,8 +6,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -185,38 +183,6 @@ func dialAO(t *testing.T, src, addr string, k AOKey) net.Conn {
 	return c
 }
 
-// requireRefused requires that Accept on l hands nothing over within a
-// second, and that l refused exactly one connection, client's, for why:
-// counted, told to OnRefuse (recorded in rs), reset.
-func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, why RefusalReason) {
-	t.Helper()
-	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
-	_, err := l.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
-	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	// OnRefuse is told after the reset goes out, which the dial may see
-	// first.
-	remote := netip.MustParseAddrPort(client.LocalAddr().String())
-	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
-	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
-	assert.Equal(t, want, rs.portless())
-	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err = client.Read(make([]byte, 1))
-	require.ErrorIs(t, err, syscall.ECONNRESET)
-}
-
-// requireHandedOver requires that Accept on l hands over client's
-// connection.
-func requireHandedOver(t *testing.T, l *Listener, client net.Conn) {
-	t.Helper()
-	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
-	c, err := l.Accept()
-	require.NoError(t, err)
-	defer c.Close()
-	assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
-	echoes(t, client, c)
-}
-
 // TestAOReplaceJudgesTheGap: the kernel replaces no AO key in place, so
 // SetAOKey deletes the old key, then adds the new one. An unsigned
 // handshake from the key's peer that completes between the two is refused,
@@ -258,13 +224,9 @@ func TestAOReplaceJudgesTheGap(t *testing.T) {
 // an AO peer with the key is handed over. It runs in a child of the test
 // binary, whose descriptor limit it lowers.
 func TestAOChangeOutOfDescriptors(t *testing.T) {
-	testenv.Require(t, testenv.AO)
-	testenv.RequireRoot(t)
-	if !InChild(t, "TCPMD5_AO_DRAIN_CHILD", "Accept asked the kernel") {
+	if !inDescriptorChild(t, testenv.AO, "TCPMD5_AO_DRAIN_CHILD", "Accept asked the kernel") {
 		return
 	}
-	testenv.Netns(t)
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
 	const peer = "127.0.62.9"
 	other := aoTestKey("127.0.62.1", 1, 2)
 	var refused refusals

@@ -100,7 +100,8 @@ func TestMD5Held(t *testing.T) {
 func TestSetKeyJudgesWhatCompletedDuringIt(t *testing.T) {
 	testenv.Require(t, testenv.MD5)
 	testenv.Netns(t)
-	l, err := (&ListenConfig{}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	var refused refusals
+	l, err := (&ListenConfig{OnRefuse: refused.add}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
 	k := Key{Peer: netip.MustParsePrefix("127.0.27.0/24"), Secret: fakeB}
@@ -113,19 +114,8 @@ func TestSetKeyJudgesWhatCompletedDuringIt(t *testing.T) {
 	require.NoError(t, l.drain(l.first, []Key{k}))
 	l.mu.Unlock()
 
-	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
-	c, err := l.Accept()
-	require.NoError(t, err)
-	defer c.Close()
-	assert.Equal(t, signed.LocalAddr().String(), c.RemoteAddr().String())
-	echoes(t, signed, c)
-	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
-	_, err = l.Accept()
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	require.NoError(t, unsigned.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err = unsigned.Read(make([]byte, 1))
-	require.ErrorIs(t, err, syscall.ECONNRESET)
+	requireHandedOver(t, l, signed)
+	requireRefused(t, l, &refused, unsigned, RefusedKeyAdded)
 }
 
 // TestPrefixKeyLetsAcceptIn: a prefix key goes on the group's sockets one
@@ -216,6 +206,21 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	}
 }
 
+// inDescriptorChild is InChild for a test, needing feature, that runs the
+// process out of descriptors: it reports whether this is the child, which
+// then has a network namespace of its own and a descriptor limit of 512.
+func inDescriptorChild(t *testing.T, feature testenv.Feature, env, want string) bool {
+	t.Helper()
+	testenv.Require(t, feature)
+	testenv.RequireRoot(t)
+	if !InChild(t, env, want) {
+		return false
+	}
+	testenv.Netns(t)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
+	return true
+}
+
 // TestRemoveKeyFailureChangesNothing: a prefix key's RemoveKey that fails
 // on a socket of the group, out of descriptors while it takes the
 // connection that waits there, verified with the key, puts the key back on
@@ -224,13 +229,9 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 // without the key, dropping its peers' signed SYNs. It runs in a child of
 // the test binary, whose descriptor limit it lowers.
 func TestRemoveKeyFailureChangesNothing(t *testing.T) {
-	testenv.Require(t, testenv.MD5)
-	testenv.RequireRoot(t)
-	if !InChild(t, "TCPMD5_REMOVE_CHILD", "the key is back on every socket") {
+	if !inDescriptorChild(t, testenv.MD5, "TCPMD5_REMOVE_CHILD", "the key is back on every socket") {
 		return
 	}
-	testenv.Netns(t)
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 512, Max: 512}))
 	k := Key{Peer: netip.MustParsePrefix("127.0.80.0/24"), Secret: fakeB}
 	l, err := (&ListenConfig{Keys: append(hostKeys(3*hostsPerSocket), k)}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -310,6 +311,38 @@ func (r *refusals) portless() []Refusal {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return portless(r.rs)
+}
+
+// requireRefused requires that Accept on l hands nothing over within a
+// second, and that l refused exactly one connection, client's, for why:
+// counted, told to OnRefuse (recorded in rs), reset.
+func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, why RefusalReason) {
+	t.Helper()
+	require.NoError(t, l.SetDeadline(time.Now().Add(time.Second)))
+	_, err := l.Accept()
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
+	assert.EqualValues(t, 1, l.RefusedUnsigned())
+	// OnRefuse is told after the reset goes out, which the dial may see
+	// first.
+	remote := netip.MustParseAddrPort(client.LocalAddr().String())
+	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
+	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, want, rs.portless())
+	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = client.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+}
+
+// requireHandedOver requires that Accept on l hands over client's
+// connection.
+func requireHandedOver(t *testing.T, l *Listener, client net.Conn) {
+	t.Helper()
+	require.NoError(t, l.SetDeadline(time.Now().Add(10*time.Second)))
+	c, err := l.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, client.LocalAddr().String(), c.RemoteAddr().String())
+	echoes(t, client, c)
 }
 
 // portless returns rs with the remote ports zeroed, which the kernel chose.
