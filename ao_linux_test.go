@@ -118,20 +118,24 @@ func TestAORefused(t *testing.T) {
 		name    string
 		key     func(t testing.TB) *tcpmd5.AOKey // nil: unsigned
 		md5     bool                             // sign with MD5 instead
+		from    string                           // the dialer's address, if not peer
 		counter string
 	}{
-		{"wrong secret", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Secret = []byte(secretB); return &k }, false, netstat.AOBad},
-		{"wrong SendID", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.SendID = 7; return &k }, false, netstat.AOKeyNotFound},
-		{"wrong algorithm", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Algorithm = "cmac(aes128)"; return &k }, false, netstat.AOBad},
-		{"wrong MAC length", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.MACLen = 16; return &k }, false, netstat.AOBad},
-		{"unsigned", func(testing.TB) *tcpmd5.AOKey { return nil }, false, netstat.AORequired},
-		{"MD5 instead", func(testing.TB) *tcpmd5.AOKey { return nil }, true, netstat.MD5Unexpected},
+		{"wrong secret", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Secret = []byte(secretB); return &k }, false, "", netstat.AOBad},
+		{"wrong SendID", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.SendID = 7; return &k }, false, "", netstat.AOKeyNotFound},
+		{"wrong algorithm", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.Algorithm = "cmac(aes128)"; return &k }, false, "", netstat.AOBad},
+		{"wrong MAC length", func(t testing.TB) *tcpmd5.AOKey { k := right(t); k.MACLen = 16; return &k }, false, "", netstat.AOBad},
+		{"unsigned", func(testing.TB) *tcpmd5.AOKey { return nil }, false, "", netstat.AORequired},
+		{"MD5 instead", func(testing.TB) *tcpmd5.AOKey { return nil }, true, "", netstat.MD5Unexpected},
+		// Accept takes a connection for AO only from a peer an AO key
+		// covers: the kernel completes no AO handshake with another.
+		{"the right key from a peer no key covers", func(t testing.TB) *tcpmd5.AOKey { k := right(t); return &k }, false, "127.0.50.2", netstat.AOKeyNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			testenv.Netns(t)
 			ln := listen(t, &tcpmd5.ListenConfig{AOKeys: []tcpmd5.AOKey{aoKey(t, peer, 1, 2, "hmac(sha1)", secretA)}}, "tcp4", "127.0.0.1:0")
-			d := dialer(peer)
+			d := dialer(cmp.Or(tc.from, peer))
 			d.AllowUnsigned = true
 			if k := tc.key(t); k != nil {
 				d.AOKeys = []tcpmd5.AOKey{*k}
