@@ -174,13 +174,9 @@ func TestAOKernelFacts(t *testing.T) {
 // dialAO dials addr from src with TCP-AO, signing with k.
 func dialAO(t *testing.T, src, addr string, k AOKey) net.Conn {
 	t.Helper()
-	d := Dialer{AOKeys: []AOKey{k}}
-	d.Timeout = 30 * time.Second
-	d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-	c, err := d.Dial("tcp4", addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c
+	d := keyedDialer(netip.MustParseAddr(src), nil)
+	d.AllowUnsigned, d.AOKeys = false, []AOKey{k}
+	return dialWith(t, d, addr)
 }
 
 // TestAOReplaceJudgesTheGap: the kernel replaces no AO key in place, so

@@ -28,7 +28,14 @@ var (
 // dialFrom connects from src to addr, signing with secret unless it is nil.
 func dialFrom(t *testing.T, src, addr string, secret []byte) net.Conn {
 	t.Helper()
-	c, err := dialKeyed(netip.MustParseAddr(src), addr, secret)
+	return dialWith(t, keyedDialer(netip.MustParseAddr(src), secret), addr)
+}
+
+// dialWith connects with d to addr, on 127.0.0.1; the connection is closed
+// when t ends.
+func dialWith(t *testing.T, d Dialer, addr string) net.Conn {
+	t.Helper()
+	c, err := d.Dial("tcp4", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -37,13 +44,20 @@ func dialFrom(t *testing.T, src, addr string, secret []byte) net.Conn {
 // dialKeyed dials addr, on 127.0.0.1, from src, signed with secret, or
 // unsigned if secret is nil.
 func dialKeyed(src netip.Addr, addr string, secret []byte) (net.Conn, error) {
+	d := keyedDialer(src, secret)
+	return d.Dial("tcp4", addr)
+}
+
+// keyedDialer dials from src, signing with secret for 127.0.0.1, or
+// unsigned if secret is nil.
+func keyedDialer(src netip.Addr, secret []byte) Dialer {
 	d := Dialer{AllowUnsigned: secret == nil}
 	d.Timeout = 30 * time.Second
 	d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	if secret != nil {
 		d.Keys = []Key{{Peer: netip.MustParsePrefix("127.0.0.1/32"), Secret: secret}}
 	}
-	return d.Dial("tcp4", addr)
+	return d
 }
 
 // echoes requires client's bytes back from server, which echoes them.
@@ -186,11 +200,7 @@ func TestPrefixKeyLetsAcceptIn(t *testing.T) {
 	}
 	require.NoError(t, l.SetKey(k))
 	assert.Equal(t, n-1, yields, "one yield between two sockets")
-	// OnRefuse is told after the reset goes out, which the dial may see
-	// first.
-	assert.Eventually(t, func() bool { return len(refused.portless()) > 0 }, 10*time.Second, time.Millisecond)
-	assert.Equal(t, []Refusal{{Remote: netip.AddrPortFrom(late, 0), Local: l.first.addrPort(), Reason: RefusedKeyAdded}},
-		refused.portless())
+	refused.told(t, []Refusal{{Remote: netip.AddrPortFrom(late, 0), Local: l.first.addrPort(), Reason: RefusedKeyAdded}})
 	for _, s := range l.shards {
 		_, ok := s.keys.md5.get(k.id())
 		assert.True(t, ok, "every socket holds the key")
@@ -313,6 +323,15 @@ func (r *refusals) portless() []Refusal {
 	return portless(r.rs)
 }
 
+// told asserts that OnRefuse was told want, with the remote ports zeroed,
+// and nothing else. It is told after the reset goes out, which the dial may
+// see first, so it waits for the first refusal.
+func (r *refusals) told(t *testing.T, want []Refusal) {
+	t.Helper()
+	assert.Eventually(t, func() bool { return len(r.portless()) > 0 }, 10*time.Second, time.Millisecond)
+	assert.Equal(t, want, r.portless())
+}
+
 // requireRefused requires that Accept on l hands nothing over within a
 // second, and that l refused exactly one connection, client's, for why:
 // counted, told to OnRefuse (recorded in rs), reset.
@@ -322,12 +341,8 @@ func requireRefused(t *testing.T, l *Listener, rs *refusals, client net.Conn, wh
 	_, err := l.Accept()
 	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the connection is not handed over")
 	assert.EqualValues(t, 1, l.RefusedUnsigned())
-	// OnRefuse is told after the reset goes out, which the dial may see
-	// first.
 	remote := netip.MustParseAddrPort(client.LocalAddr().String())
-	want := []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}}
-	assert.Eventually(t, func() bool { return len(rs.portless()) > 0 }, 10*time.Second, time.Millisecond)
-	assert.Equal(t, want, rs.portless())
+	rs.told(t, []Refusal{{Remote: netip.AddrPortFrom(remote.Addr(), 0), Local: l.first.addrPort(), Reason: why}})
 	require.NoError(t, client.SetReadDeadline(time.Now().Add(10*time.Second)))
 	_, err = client.Read(make([]byte, 1))
 	require.ErrorIs(t, err, syscall.ECONNRESET)
