@@ -177,11 +177,12 @@ func FuzzParse(f *testing.F) {
 			// The secret is what follows the first blank of a line: none
 			// may show in the error, unless the error has that text anyway
 			// (the peer field as given, quoted or normalized, and the
-			// examples of the message).
+			// examples and fixed prose of the messages).
 			// The lifetime words' names are named by the errors that
 			// refuse them, as the AO parameters are.
 			const examples = "192.0.2.1 or 2001:db8::/64 (want: PEER SECRET) PEER ao send=N recv=N alg=NAME SECRET" +
-				" from=TIME until= send-from= send-until= accept-from= accept-until="
+				" from=TIME until= send-from= send-until= accept-from= accept-until=" +
+				" more than a secret follows the peer; put a secret with blanks in double quotes; # starts a comment"
 			for line := range strings.Lines(input) {
 				line = strings.TrimSpace(line)
 				if i := strings.IndexAny(line, " \t"); i >= 0 {
